@@ -1,0 +1,1 @@
+"""DomainStudio web application: photo sets, runs, galleries and packs."""

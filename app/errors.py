@@ -1,0 +1,25 @@
+"""Errors services raise; routes turn them into HTTP answers with the message as reason."""
+
+
+class ServiceError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(ServiceError):
+    status_code = 400
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class Unavailable(ServiceError):
+    status_code = 503

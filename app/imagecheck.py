@@ -1,0 +1,93 @@
+"""Checks an uploaded photo by its content, whatever its name says.
+
+A photo is accepted when it is a JPEG, PNG or WebP that fully decodes, is within the byte
+and pixel limits and is at least ``min_side`` pixels on each side. The EXIF orientation is
+applied, so what is stored is what the user saw.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import unicodedata
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+FORMATS = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "WEBP": ("image/webp", "webp")}
+THUMB_SIDE = 256
+
+
+class PhotoRejected(ValueError):
+    """The message says, in the user's words, why the file was refused."""
+
+
+@dataclass
+class CheckedPhoto:
+    data: bytes  # what is stored: the original bytes, or re-encoded when EXIF rotated it
+    sha256: str  # of the uploaded bytes, for duplicate detection
+    content_type: str
+    ext: str
+    width: int
+    height: int
+    thumbnail: bytes  # JPEG, long side THUMB_SIDE
+
+
+def clean_filename(name: str | None) -> str:
+    """A display name without paths, control or bidi characters, at most 200 characters."""
+    name = (name or "photo").replace("\\", "/").split("/")[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
+    name = name.strip().lstrip(".") or "photo"
+    return name[:200]
+
+
+def check_photo(data: bytes, *, max_bytes: int, max_pixels: int, min_side: int) -> CheckedPhoto:
+    if not data:
+        raise PhotoRejected("the file is empty")
+    if len(data) > max_bytes:
+        raise PhotoRejected(f"the file is larger than {max_bytes // (1024 * 1024)} MB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data))
+            fmt = probe.format
+            width, height = probe.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, ValueError):
+        raise PhotoRejected("the file is not a JPEG, PNG or WebP image") from None
+    if fmt not in FORMATS:
+        raise PhotoRejected(f"{fmt or 'this'} files are not accepted; use JPEG, PNG or WebP")
+    if width * height > max_pixels:
+        raise PhotoRejected(f"the image has {width}x{height} pixels, more than the limit of {max_pixels:,}")
+    if min(width, height) < min_side:
+        raise PhotoRejected(f"the image is {width}x{height}; each side must be at least {min_side} pixels")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # decodes every byte: truncated files fail here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise PhotoRejected("the image is damaged or truncated and cannot be decoded") from None
+
+    content_type, ext = FORMATS[fmt]
+    sha = hashlib.sha256(data).hexdigest()
+    stored = data
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation not in (1, None):
+        img = ImageOps.exif_transpose(img)
+        width, height = img.size
+        out = io.BytesIO()
+        save_kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+        img.save(out, format=fmt, **save_kwargs)
+        stored = out.getvalue()
+    return CheckedPhoto(stored, sha, content_type, ext, width, height, make_thumbnail(img))
+
+
+def make_thumbnail(img: Image.Image, side: int = THUMB_SIDE) -> bytes:
+    thumb = img.copy()
+    if thumb.mode not in ("RGB", "L"):
+        background = Image.new("RGB", thumb.size, "white")
+        rgba = thumb.convert("RGBA")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        thumb = background
+    thumb.thumbnail((side, side))
+    out = io.BytesIO()
+    thumb.convert("RGB").save(out, format="JPEG", quality=85)
+    return out.getvalue()

@@ -1,0 +1,136 @@
+"""The FastAPI application factory."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from starlette.middleware.sessions import SessionMiddleware
+
+from app.db import make_engine, make_sessionmaker
+from app.deps import CSRFFailed, LoginRequired
+from app.errors import ServiceError
+from app.jobs import JobQueue
+from app.settings import Settings, get_settings
+from app.storage import make_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("domainstudio.app")
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+    "script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
+
+
+def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    if celery_app is None:
+        from worker.celery_app import make_celery
+
+        celery_app = make_celery(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="DomainStudio", version="0.1.0", lifespan=lifespan,
+                  description="Turn 10-100 product photos into hundreds of on-brand images.")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.storage = make_storage(settings)
+    app.state.queue = JobQueue(celery_app)
+
+    app.add_middleware(
+        SessionMiddleware, secret_key=settings.resolved_secret_key, session_cookie="domainstudio_session",
+        max_age=settings.session_max_age, same_site="lax", https_only=settings.cookie_secure,
+    )
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        from app.routes.pages import render_error
+
+        return render_error(request, exc.status_code, exc.message)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired):
+        if _wants_json(request) or request.method != "GET":
+            return JSONResponse({"detail": "sign in first"}, status_code=401)
+        return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(CSRFFailed)
+    async def csrf_failed(request: Request, exc: CSRFFailed):
+        msg = "missing or invalid CSRF token; reload the page and try again"
+        if _wants_json(request):
+            return JSONResponse({"detail": msg}, status_code=403)
+        from app.routes.pages import render_error
+
+        return render_error(request, 403, msg)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        reasons = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+            reasons.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        msg = "; ".join(reasons) or "invalid request"
+        if _wants_json(request):
+            return JSONResponse({"detail": msg, "errors": [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()]},
+                                status_code=422)
+        from app.routes.pages import render_error
+
+        return render_error(request, 422, msg)
+
+    @app.get("/health", tags=["health"])
+    def health():
+        checks = {}
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # report, don't crash: this is what the endpoint is for
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            app.state.queue.ping()
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"error: {type(exc).__name__}"
+        try:
+            app.state.storage.ping()
+            checks["storage"] = "ok"
+        except Exception as exc:
+            checks["storage"] = f"error: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    from app.routes import api, files, pages
+
+    app.include_router(api.router)
+    app.include_router(files.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
+    return app

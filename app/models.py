@@ -1,0 +1,174 @@
+"""Tables: teams, users, photo sets, photos, runs, checkpoints, galleries, images, packs.
+
+Every row that belongs to a team carries ``team_id`` so that each query can be scoped to
+the signed-in user's team in one WHERE clause.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _id() -> Mapped[uuid.UUID]:
+    return mapped_column(primary_key=True, default=uuid.uuid4)
+
+
+def _team_fk() -> Mapped[uuid.UUID]:
+    return mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Team(Base):
+    __tablename__ = "teams"
+    id: Mapped[uuid.UUID] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _created()
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[uuid.UUID] = _id()
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _created()
+    team: Mapped[Team] = relationship(lazy="raise")
+
+
+class PhotoSet(Base):
+    __tablename__ = "photo_sets"
+    id: Mapped[uuid.UUID] = _id()
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    name: Mapped[str] = mapped_column(String(200))
+    class_word: Mapped[str] = mapped_column(String(100))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = _created()
+    photos: Mapped[list[Photo]] = relationship(
+        back_populates="photo_set", lazy="raise", order_by="Photo.created_at",
+        cascade="all, delete-orphan", passive_deletes=True,
+    )
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+    __table_args__ = (UniqueConstraint("photo_set_id", "sha256", name="uq_photos_photo_set_id_sha256"),)
+    id: Mapped[uuid.UUID] = _id()
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    photo_set_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("photo_sets.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(50))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[str] = mapped_column(String(500))
+    thumb_key: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = _created()
+    photo_set: Mapped[PhotoSet] = relationship(back_populates="photos", lazy="raise")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[uuid.UUID] = _id()
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    photo_set_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("photo_sets.id", ondelete="CASCADE"), index=True)
+    preset: Mapped[str] = mapped_column(String(50))
+    base_model: Mapped[str] = mapped_column(String(500))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    gallery_size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    stage: Mapped[str] = mapped_column(String(30), default="")
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    losses: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    elapsed_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    preview_count: Mapped[int] = mapped_column(Integer, default=0)
+    preview_step: Mapped[int] = mapped_column(Integer, default=0)
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    photo_set: Mapped[PhotoSet] = relationship(lazy="raise")
+    checkpoint: Mapped[Checkpoint | None] = relationship(
+        back_populates="run", lazy="raise", uselist=False, cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    id: Mapped[uuid.UUID] = _id()
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # "lora" or "full"
+    base_model: Mapped[str] = mapped_column(String(500))
+    prefix: Mapped[str] = mapped_column(String(500))  # object prefix of the run's output files
+    download_key: Mapped[str] = mapped_column(String(500))  # lora.safetensors or model.zip
+    download_name: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = _created()
+    run: Mapped[Run] = relationship(back_populates="checkpoint", lazy="raise")
+
+
+class Gallery(Base):
+    __tablename__ = "galleries"
+    id: Mapped[uuid.UUID] = _id()
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    size: Mapped[int] = mapped_column(Integer)  # images wanted in total (grows with "generate more")
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    steps: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _created()
+    run: Mapped[Run] = relationship(lazy="raise")
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("gallery_id", "seed", name="uq_images_gallery_id_seed"),)
+    id: Mapped[uuid.UUID] = _id()
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    gallery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(500))
+    thumb_key: Mapped[str] = mapped_column(String(500))
+    review: Mapped[str] = mapped_column(String(20), default="new")  # new / approved / rejected
+    created_at: Mapped[datetime] = _created()
+
+
+class Pack(Base):
+    __tablename__ = "packs"
+    id: Mapped[uuid.UUID] = _id()
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    gallery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
+    selection: Mapped[str] = mapped_column(String(20))  # approved / all
+    image_ids: Mapped[list[str]] = mapped_column(JSON)  # fixed when the pack is requested
+    format: Mapped[str] = mapped_column(String(10))
+    size: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    key: Mapped[str] = mapped_column(String(500))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _created()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,118 @@
+"""Every SELECT lives here. Functions that take a ``team_id`` only ever return that team's
+rows, so a route cannot forget the team check: another team's id reads as missing."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run, User
+
+
+def user_by_email(db: Session, email: str) -> User | None:
+    return db.scalar(select(User).where(User.email == email.lower()))
+
+
+def user_by_id(db: Session, user_id: uuid.UUID) -> User | None:
+    return db.get(User, user_id)
+
+
+def _owned(db: Session, model, team_id: uuid.UUID, obj_id: uuid.UUID, *options):
+    return db.scalar(select(model).where(model.id == obj_id, model.team_id == team_id).options(*options))
+
+
+def photo_set(db: Session, team_id, photo_set_id, with_photos: bool = False) -> PhotoSet | None:
+    opts = (selectinload(PhotoSet.photos),) if with_photos else ()
+    return _owned(db, PhotoSet, team_id, photo_set_id, *opts)
+
+
+def photo_sets(db: Session, team_id) -> Sequence[tuple[PhotoSet, int]]:
+    count = select(func.count(Photo.id)).where(Photo.photo_set_id == PhotoSet.id).scalar_subquery()
+    rows = db.execute(select(PhotoSet, count).where(PhotoSet.team_id == team_id).order_by(PhotoSet.created_at.desc()))
+    return [(ps, n) for ps, n in rows]
+
+
+def photo(db: Session, team_id, photo_id) -> Photo | None:
+    return _owned(db, Photo, team_id, photo_id)
+
+
+def photos_of_set(db: Session, photo_set_id) -> Sequence[Photo]:
+    return db.scalars(select(Photo).where(Photo.photo_set_id == photo_set_id).order_by(Photo.created_at, Photo.id)).all()
+
+
+def photo_count(db: Session, photo_set_id) -> int:
+    return db.scalar(select(func.count(Photo.id)).where(Photo.photo_set_id == photo_set_id)) or 0
+
+
+def photo_hashes(db: Session, photo_set_id) -> set[str]:
+    return set(db.scalars(select(Photo.sha256).where(Photo.photo_set_id == photo_set_id)))
+
+
+def run(db: Session, team_id, run_id) -> Run | None:
+    return _owned(db, Run, team_id, run_id, selectinload(Run.photo_set), selectinload(Run.checkpoint))
+
+
+def run_by_id(db: Session, run_id) -> Run | None:
+    """For workers, which act on an id they were given by the app."""
+    return db.get(Run, run_id, options=[selectinload(Run.photo_set), selectinload(Run.checkpoint)])
+
+
+def runs(db: Session, team_id, photo_set_id=None, limit: int = 50) -> Sequence[Run]:
+    q = select(Run).where(Run.team_id == team_id).options(selectinload(Run.photo_set))
+    if photo_set_id is not None:
+        q = q.where(Run.photo_set_id == photo_set_id)
+    return db.scalars(q.order_by(Run.created_at.desc()).limit(limit)).all()
+
+
+def is_canceled(db: Session, run_id) -> bool:
+    return bool(db.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def checkpoint_of_run(db: Session, run_id) -> Checkpoint | None:
+    return db.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id))
+
+
+def galleries_of_run(db: Session, run_id) -> Sequence[Gallery]:
+    return db.scalars(select(Gallery).where(Gallery.run_id == run_id).order_by(Gallery.created_at)).all()
+
+
+def gallery(db: Session, team_id, gallery_id) -> Gallery | None:
+    return _owned(db, Gallery, team_id, gallery_id, selectinload(Gallery.run).selectinload(Run.photo_set))
+
+
+def gallery_by_id(db: Session, gallery_id) -> Gallery | None:
+    return db.get(Gallery, gallery_id, options=[selectinload(Gallery.run).selectinload(Run.photo_set)])
+
+
+def images_of_gallery(db: Session, gallery_id, review: str | None = None) -> Sequence[Image]:
+    q = select(Image).where(Image.gallery_id == gallery_id)
+    if review:
+        q = q.where(Image.review == review)
+    return db.scalars(q.order_by(Image.seed)).all()
+
+
+def image_seeds(db: Session, gallery_id) -> set[int]:
+    return set(db.scalars(select(Image.seed).where(Image.gallery_id == gallery_id)))
+
+
+def image(db: Session, team_id, image_id) -> Image | None:
+    return _owned(db, Image, team_id, image_id)
+
+
+def images_by_ids(db: Session, gallery_id, ids: list[str]) -> Sequence[Image]:
+    wanted = [uuid.UUID(i) for i in ids]
+    return db.scalars(select(Image).where(Image.gallery_id == gallery_id, Image.id.in_(wanted)).order_by(Image.seed)).all()
+
+
+def pack(db: Session, team_id, pack_id) -> Pack | None:
+    return _owned(db, Pack, team_id, pack_id)
+
+
+def pack_by_id(db: Session, pack_id) -> Pack | None:
+    return db.get(Pack, pack_id)
+
+
+def packs_of_gallery(db: Session, gallery_id) -> Sequence[Pack]:
+    return db.scalars(select(Pack).where(Pack.gallery_id == gallery_id).order_by(Pack.created_at.desc())).all()

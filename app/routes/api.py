@@ -1,0 +1,232 @@
+"""The JSON API. Sign in with POST /api/auth/login; then send the returned csrf_token as
+the X-CSRF-Token header on every POST and DELETE."""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from app import repositories as repo
+from app import serializers as ser
+from app.deps import Ctx, ctx, get_db
+from app.errors import BadInput, NotFound
+from app.presets import EXPERT_FIELDS, PRESETS
+from app.security import csrf_token
+from app.services import auth, galleries, packs, photosets, runs
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+
+class SignUp(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1000)
+    team_name: str | None = Field(None, max_length=200)
+
+
+class Login(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1000)
+
+
+class PhotoSetIn(BaseModel):
+    name: str = Field(max_length=200)
+    class_word: str = Field(max_length=100)
+    notes: str = Field("", max_length=5000)
+
+
+class RunIn(BaseModel):
+    preset: str = "quick"
+    base_model: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    gallery_size: int | None = Field(None, ge=1, le=1000)
+
+
+class MoreIn(BaseModel):
+    n: int = Field(8, ge=1, le=256)
+
+
+class ReviewIn(BaseModel):
+    review: str
+
+
+class PackIn(BaseModel):
+    selection: str = "approved"
+    format: str = "png"
+    size: str = "original"
+
+
+def _signed_in(request: Request, user) -> dict:
+    request.session.clear()
+    request.session["user_id"] = str(user.id)
+    return {"user": {"id": str(user.id), "email": user.email, "team_id": str(user.team_id)},
+            "csrf_token": csrf_token(request.session)}
+
+
+@router.post("/auth/signup", status_code=201)
+def signup(body: SignUp, request: Request, db: Session = Depends(get_db)):
+    return _signed_in(request, auth.sign_up(db, body.email, body.password, body.team_name))
+
+
+@router.post("/auth/login")
+def login(body: Login, request: Request, db: Session = Depends(get_db)):
+    user = auth.authenticate(db, body.email, body.password)
+    if user is None:
+        raise BadInput("wrong email or password")
+    return _signed_in(request, user)
+
+
+@router.post("/auth/logout")
+def logout(request: Request, c: Ctx = Depends(ctx)):
+    request.session.clear()
+    return {"ok": True}
+
+
+@router.get("/me")
+def me(request: Request, c: Ctx = Depends(ctx)):
+    return {"user": {"id": str(c.user.id), "email": c.user.email, "team_id": str(c.team_id)},
+            "csrf_token": csrf_token(request.session)}
+
+
+@router.get("/base-models")
+def base_models(c: Ctx = Depends(ctx)):
+    return {"base_models": c.settings.base_model_list}
+
+
+@router.get("/presets")
+def presets(c: Ctx = Depends(ctx)):
+    return {
+        "presets": [{"name": p.name, "label": p.label, "description": p.description, "settings": p.settings}
+                    for p in PRESETS.values()],
+        "expert_settings": {k: {"type": f.type.__name__, "min": f.lo, "max": f.hi, "choices": f.choices}
+                            for k, f in EXPERT_FIELDS.items()},
+    }
+
+
+@router.get("/photo-sets")
+def list_photo_sets(c: Ctx = Depends(ctx)):
+    return {"photo_sets": [ser.photo_set(ps, count=n) for ps, n in repo.photo_sets(c.db, c.team_id)]}
+
+
+@router.post("/photo-sets", status_code=201)
+def create_photo_set(body: PhotoSetIn, c: Ctx = Depends(ctx)):
+    ps = photosets.create_photo_set(c.db, c.team_id, body.name, body.class_word, body.notes)
+    return ser.photo_set(ps, photos=[])
+
+
+@router.get("/photo-sets/{photo_set_id}")
+def get_photo_set(photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    ps = photosets.get_photo_set(c.db, c.team_id, photo_set_id)
+    return ser.photo_set(ps, photos=list(ps.photos))
+
+
+@router.delete("/photo-sets/{photo_set_id}")
+def delete_photo_set(photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    photosets.delete_photo_set(c.db, c.storage, c.team_id, photo_set_id)
+    return {"ok": True}
+
+
+async def read_uploads(files: list[UploadFile], max_bytes: int) -> list[tuple[str, bytes]]:
+    """Reads at most max_bytes + 1 of each file: enough to tell that it is too large."""
+    out = []
+    for f in files:
+        out.append((f.filename or "photo", await f.read(max_bytes + 1)))
+        await f.close()
+    return out
+
+
+@router.post("/photo-sets/{photo_set_id}/photos")
+async def upload_photos(photo_set_id: uuid.UUID, files: list[UploadFile] = File(...), c: Ctx = Depends(ctx)):
+    if len(files) > c.settings.max_photos:
+        raise BadInput(f"send at most {c.settings.max_photos} files at once")
+    data = await read_uploads(files, c.settings.max_upload_bytes)
+    result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
+    return {"added": [ser.photo(p) for p in result.added], "refused": result.refused}
+
+
+@router.get("/photos/{photo_id}")
+def get_photo(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    p = repo.photo(c.db, c.team_id, photo_id)
+    if p is None:
+        raise NotFound("photo not found")
+    return ser.photo(p)
+
+
+@router.delete("/photos/{photo_id}")
+def delete_photo(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    photosets.delete_photo(c.db, c.storage, c.team_id, photo_id)
+    return {"ok": True}
+
+
+@router.get("/photo-sets/{photo_set_id}/runs")
+def list_runs(photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    photosets.get_photo_set(c.db, c.team_id, photo_set_id)
+    return {"runs": [ser.run(r) for r in repo.runs(c.db, c.team_id, photo_set_id)]}
+
+
+@router.post("/photo-sets/{photo_set_id}/runs", status_code=201)
+def start_run(photo_set_id: uuid.UUID, body: RunIn, c: Ctx = Depends(ctx)):
+    run = runs.start_run(c.db, c.queue, c.settings, c.team_id, photo_set_id, preset=body.preset,
+                         base_model=body.base_model, expert=body.settings, gallery_size=body.gallery_size)
+    return ser.run(run)
+
+
+@router.get("/runs/{run_id}")
+def get_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    run = runs.get_run(c.db, c.team_id, run_id)
+    return ser.run(run, galleries=list(repo.galleries_of_run(c.db, run.id)))
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    return ser.run(runs.cancel_run(c.db, c.team_id, run_id))
+
+
+@router.get("/runs/{run_id}/checkpoint")
+def get_checkpoint(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    run = runs.get_run(c.db, c.team_id, run_id)
+    if run.checkpoint is None:
+        raise NotFound("this run has no checkpoint yet")
+    return ser.checkpoint(run.checkpoint)
+
+
+@router.get("/galleries/{gallery_id}")
+def get_gallery(gallery_id: uuid.UUID, review: str | None = None, c: Ctx = Depends(ctx)):
+    g = galleries.get_gallery(c.db, c.team_id, gallery_id)
+    if review is not None and review not in galleries.REVIEWS:
+        raise BadInput("review must be one of: new, approved, rejected")
+    out = ser.gallery(g, images=list(repo.images_of_gallery(c.db, g.id, review)))
+    out["packs"] = [ser.pack(p) for p in repo.packs_of_gallery(c.db, g.id)]
+    return out
+
+
+@router.post("/galleries/{gallery_id}/more")
+def generate_more(gallery_id: uuid.UUID, body: MoreIn, c: Ctx = Depends(ctx)):
+    return ser.gallery(galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, body.n))
+
+
+@router.post("/images/{image_id}/review")
+def review_image(image_id: uuid.UUID, body: ReviewIn, c: Ctx = Depends(ctx)):
+    return ser.image(galleries.review_image(c.db, c.team_id, image_id, body.review))
+
+
+@router.get("/images/{image_id}")
+def get_image(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    i = repo.image(c.db, c.team_id, image_id)
+    if i is None:
+        raise NotFound("image not found")
+    return ser.image(i)
+
+
+@router.post("/galleries/{gallery_id}/packs", status_code=201)
+def create_pack(gallery_id: uuid.UUID, body: PackIn, c: Ctx = Depends(ctx)):
+    return ser.pack(packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=body.selection,
+                                       format=body.format, size=body.size))
+
+
+@router.get("/packs/{pack_id}")
+def get_pack(pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    return ser.pack(packs.get_pack(c.db, c.team_id, pack_id))

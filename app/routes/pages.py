@@ -1,0 +1,252 @@
+"""HTML pages. Form posts carry the session's CSRF token; on bad input they come back to
+the page with the reason shown at the top."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+from app import repositories as repo
+from app.deps import Ctx, check_csrf, ctx, get_db
+from app.errors import NotFound, ServiceError
+from app.presets import EXPERT_FIELDS, PRESETS
+from app.routes.api import read_uploads
+from app.security import csrf_token
+from app.services import auth, galleries, packs, photosets, runs
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
+
+
+def _filesize(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+templates.env.filters["filesize"] = _filesize
+
+
+def flash(request: Request, message: str, kind: str = "info") -> None:
+    request.session.setdefault("flash", []).append([kind, message])
+
+
+def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
+    context.setdefault("user", None)
+    context["csrf_token"] = csrf_token(request.session)
+    context["flashes"] = request.session.pop("flash", [])
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def render_error(request: Request, status_code: int, message: str) -> HTMLResponse:
+    return render(request, "error.html", status_code=status_code, status=status_code, message=message)
+
+
+def redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def act(request: Request, action: Callable[[], str], back: str) -> RedirectResponse:
+    """Runs a form action; on a ServiceError shows its message on the page it came from."""
+    try:
+        return redirect(action())
+    except ServiceError as exc:
+        flash(request, exc.message, "error")
+        return redirect(back)
+
+
+# ------------------------------------------------------------------------- sign up / in
+@router.get("/signup")
+def signup_page(request: Request):
+    return render(request, "signup.html")
+
+
+@router.post("/signup", dependencies=[Depends(check_csrf)])
+def signup(request: Request, email: str = Form(""), password: str = Form(""), team_name: str = Form(""),
+           db: Session = Depends(get_db)):
+    try:
+        user = auth.sign_up(db, email, password, team_name)
+    except ServiceError as exc:
+        return render(request, "signup.html", status_code=exc.status_code, error=exc.message, email=email,
+                      team_name=team_name)
+    request.session.clear()
+    request.session["user_id"] = str(user.id)
+    return redirect("/")
+
+
+@router.get("/login")
+def login_page(request: Request):
+    return render(request, "login.html")
+
+
+@router.post("/login", dependencies=[Depends(check_csrf)])
+def login(request: Request, email: str = Form(""), password: str = Form(""), db: Session = Depends(get_db)):
+    user = auth.authenticate(db, email, password)
+    if user is None:
+        return render(request, "login.html", status_code=400, error="wrong email or password", email=email)
+    request.session.clear()
+    request.session["user_id"] = str(user.id)
+    return redirect("/")
+
+
+@router.post("/logout")
+def logout(request: Request, c: Ctx = Depends(ctx)):
+    request.session.clear()
+    return redirect("/login")
+
+
+# ---------------------------------------------------------------------------- photo sets
+@router.get("/")
+def home(request: Request, c: Ctx = Depends(ctx)):
+    return render(request, "home.html", user=c.user, photo_sets=repo.photo_sets(c.db, c.team_id),
+                  runs=repo.runs(c.db, c.team_id, limit=20))
+
+
+@router.post("/photo-sets")
+def create_photo_set(request: Request, name: str = Form(""), class_word: str = Form(""), notes: str = Form(""),
+                     c: Ctx = Depends(ctx)):
+    return act(request, lambda: f"/photo-sets/{photosets.create_photo_set(c.db, c.team_id, name, class_word, notes).id}",
+               "/")
+
+
+@router.get("/photo-sets/{photo_set_id}")
+def photo_set_page(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    ps = photosets.get_photo_set(c.db, c.team_id, photo_set_id)
+    return render(request, "photo_set.html", user=c.user, ps=ps, photos=list(ps.photos),
+                  runs=repo.runs(c.db, c.team_id, ps.id), presets=PRESETS, expert_fields=EXPERT_FIELDS,
+                  base_models=c.settings.base_model_list, settings=c.settings)
+
+
+@router.post("/photo-sets/{photo_set_id}/delete")
+def delete_photo_set(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    def action():
+        photosets.delete_photo_set(c.db, c.storage, c.team_id, photo_set_id)
+        flash(request, "photo set deleted")
+        return "/"
+
+    return act(request, action, f"/photo-sets/{photo_set_id}")
+
+
+@router.post("/photo-sets/{photo_set_id}/photos")
+async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[UploadFile] = File(...),
+                        c: Ctx = Depends(ctx)):
+    """The form upload without JavaScript; the page's drag and drop uses the JSON API."""
+    from starlette.concurrency import run_in_threadpool
+
+    data = await read_uploads(files[: c.settings.max_photos + 1], c.settings.max_upload_bytes)
+    back = f"/photo-sets/{photo_set_id}"
+    try:
+        result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
+    except ServiceError as exc:
+        flash(request, exc.message, "error")
+        return redirect(back)
+    flash(request, f"{len(result.added)} photo(s) added")
+    for r in result.refused:
+        flash(request, f"{r['file']}: {r['reason']}", "error")
+    return redirect(back)
+
+
+@router.post("/photos/{photo_id}/delete")
+def delete_photo(request: Request, photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    photo = repo.photo(c.db, c.team_id, photo_id)
+    if photo is None:
+        raise NotFound("photo not found")
+    back = f"/photo-sets/{photo.photo_set_id}"
+
+    def action():
+        photosets.delete_photo(c.db, c.storage, c.team_id, photo_id)
+        return back
+
+    return act(request, action, back)
+
+
+@router.post("/photo-sets/{photo_set_id}/runs")
+async def start_run(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    form = await request.form()
+    expert = {name: form.get(f"x_{name}") for name in EXPERT_FIELDS}
+    from starlette.concurrency import run_in_threadpool
+
+    def action():
+        run = runs.start_run(c.db, c.queue, c.settings, c.team_id, photo_set_id, preset=str(form.get("preset", "quick")),
+                             base_model=form.get("base_model") or None, expert=expert,
+                             gallery_size=form.get("gallery_size") or None)
+        return f"/runs/{run.id}"
+
+    return await run_in_threadpool(act, request, action, f"/photo-sets/{photo_set_id}")
+
+
+# --------------------------------------------------------------------------------- runs
+@router.get("/runs/{run_id}")
+def run_page(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    run = runs.get_run(c.db, c.team_id, run_id)
+    return render(request, "run.html", user=c.user, run=run, galleries=repo.galleries_of_run(c.db, run.id))
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    return act(request, lambda: f"/runs/{runs.cancel_run(c.db, c.team_id, run_id).id}", f"/runs/{run_id}")
+
+
+# ---------------------------------------------------------------------------- galleries
+@router.get("/galleries/{gallery_id}")
+def gallery_page(request: Request, gallery_id: uuid.UUID, review: str = "", c: Ctx = Depends(ctx)):
+    g = galleries.get_gallery(c.db, c.team_id, gallery_id)
+    review = review if review in galleries.REVIEWS else ""
+    all_images = repo.images_of_gallery(c.db, g.id)
+    counts = {r: sum(1 for i in all_images if i.review == r) for r in galleries.REVIEWS}
+    shown = [i for i in all_images if not review or i.review == review]
+    return render(request, "gallery.html", user=c.user, gallery=g, run=g.run, images=shown, counts=counts,
+                  total=len(all_images), review=review, photos=repo.photos_of_set(c.db, g.run.photo_set_id),
+                  packs=repo.packs_of_gallery(c.db, g.id), formats=packs.FORMATS, sizes=packs.SIZES)
+
+
+@router.post("/galleries/{gallery_id}/more")
+def generate_more(request: Request, gallery_id: uuid.UUID, n: str = Form("8"), c: Ctx = Depends(ctx)):
+    back = f"/galleries/{gallery_id}"
+    return act(request, lambda: galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, n) and back, back)
+
+
+@router.get("/images/{image_id}")
+def image_page(request: Request, image_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    image = repo.image(c.db, c.team_id, image_id)
+    if image is None:
+        raise NotFound("image not found")
+    g = galleries.get_gallery(c.db, c.team_id, image.gallery_id)
+    ids = [i.id for i in repo.images_of_gallery(c.db, g.id)]
+    pos = ids.index(image.id)
+    return render(request, "image.html", user=c.user, image=image, gallery=g, run=g.run,
+                  prev_id=ids[pos - 1] if pos > 0 else None, next_id=ids[pos + 1] if pos + 1 < len(ids) else None,
+                  position=pos + 1, total=len(ids))
+
+
+@router.post("/images/{image_id}/review")
+def review_image(request: Request, image_id: uuid.UUID, review: str = Form(""), next: str = Form(""),
+                 c: Ctx = Depends(ctx)):
+    def action():
+        image = galleries.review_image(c.db, c.team_id, image_id, review)
+        # only local paths: never redirect off-site
+        return next if next.startswith("/") and not next.startswith("//") else f"/galleries/{image.gallery_id}"
+
+    return act(request, action, "/")
+
+
+@router.post("/galleries/{gallery_id}/packs")
+def create_pack(request: Request, gallery_id: uuid.UUID, selection: str = Form("approved"), format: str = Form("png"),
+                size: str = Form("original"), c: Ctx = Depends(ctx)):
+    back = f"/galleries/{gallery_id}"
+
+    def action():
+        packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=selection, format=format, size=size)
+        flash(request, "the pack is being built; it appears below when ready")
+        return back + "#packs"
+
+    return act(request, action, back + "#packs")

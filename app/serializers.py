@@ -1,0 +1,81 @@
+"""Rows to JSON for the API (and for the pages' JavaScript)."""
+from __future__ import annotations
+
+from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run
+
+
+def photo(p: Photo) -> dict:
+    return {
+        "id": str(p.id), "photo_set_id": str(p.photo_set_id), "filename": p.filename, "sha256": p.sha256,
+        "content_type": p.content_type, "width": p.width, "height": p.height, "size_bytes": p.size_bytes,
+        "thumb_url": f"/photos/{p.id}/thumb", "url": f"/photos/{p.id}/file", "created_at": p.created_at.isoformat(),
+    }
+
+
+def photo_set(ps: PhotoSet, photos: list[Photo] | None = None, count: int | None = None) -> dict:
+    out = {
+        "id": str(ps.id), "name": ps.name, "class_word": ps.class_word, "notes": ps.notes,
+        "created_at": ps.created_at.isoformat(),
+    }
+    if photos is not None:
+        out["photos"] = [photo(p) for p in photos]
+        out["photo_count"] = len(photos)
+    elif count is not None:
+        out["photo_count"] = count
+    return out
+
+
+def checkpoint(c: Checkpoint) -> dict:
+    return {
+        "id": str(c.id), "run_id": str(c.run_id), "kind": c.kind, "base_model": c.base_model,
+        "size_bytes": c.size_bytes, "files": c.files, "settings": c.settings, "download_name": c.download_name,
+        "download_url": f"/runs/{c.run_id}/checkpoint/download", "created_at": c.created_at.isoformat(),
+    }
+
+
+def run(r: Run, galleries: list[Gallery] | None = None) -> dict:
+    out = {
+        "id": str(r.id), "photo_set_id": str(r.photo_set_id), "preset": r.preset, "base_model": r.base_model,
+        "settings": r.settings, "gallery_size": r.gallery_size, "status": r.status,
+        "cancel_requested": r.cancel_requested, "step": r.step, "total_steps": r.total_steps,
+        "progress": round(r.step / r.total_steps, 4) if r.total_steps else 0.0, "losses": r.losses or {},
+        "eta_seconds": r.eta_seconds, "elapsed_seconds": r.elapsed_seconds, "warnings": r.warnings or [],
+        "error": r.error,
+        "previews": [f"/runs/{r.id}/previews/{i}?v={r.preview_step}" for i in range(r.preview_count)],
+        "preview_step": r.preview_step, "created_at": r.created_at.isoformat(),
+        "started_at": r.started_at.isoformat() if r.started_at else None,
+        "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+    }
+    if "checkpoint" in r.__dict__:  # only when eagerly loaded
+        out["checkpoint"] = checkpoint(r.checkpoint) if r.checkpoint else None
+    if galleries is not None:
+        out["galleries"] = [gallery(g) for g in galleries]
+    return out
+
+
+def image(i: Image) -> dict:
+    return {
+        "id": str(i.id), "gallery_id": str(i.gallery_id), "seed": i.seed, "prompt": i.prompt, "width": i.width,
+        "height": i.height, "review": i.review, "thumb_url": f"/images/{i.id}/thumb", "url": f"/images/{i.id}/file",
+        "created_at": i.created_at.isoformat(),
+    }
+
+
+def gallery(g: Gallery, images: list[Image] | None = None) -> dict:
+    out = {
+        "id": str(g.id), "run_id": str(g.run_id), "size": g.size, "prompt": g.prompt, "steps": g.steps,
+        "status": g.status, "error": g.error, "created_at": g.created_at.isoformat(),
+    }
+    if images is not None:
+        out["images"] = [image(i) for i in images]
+        out["image_count"] = len(images)
+    return out
+
+
+def pack(p: Pack) -> dict:
+    return {
+        "id": str(p.id), "gallery_id": str(p.gallery_id), "selection": p.selection, "format": p.format,
+        "size": p.size, "image_count": len(p.image_ids), "status": p.status, "size_bytes": p.size_bytes,
+        "error": p.error, "download_url": f"/packs/{p.id}/download" if p.status == "succeeded" else None,
+        "created_at": p.created_at.isoformat(),
+    }

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from app import repositories as repo
+from app.errors import BadInput, Conflict, NotFound, Unavailable
+from app.imagecheck import PhotoRejected, check_photo, clean_filename
+from app.models import Photo, PhotoSet
+from app.settings import Settings
+from app.storage import Storage, StorageError, gallery_prefix, pack_key, run_prefix, team_prefix
+
+log = logging.getLogger("domainstudio.photosets")
+ACTIVE = ("queued", "running")
+
+
+def _text(value: str | None, name: str, limit: int, required: bool = True) -> str:
+    value = (value or "").strip()
+    if required and not value:
+        raise BadInput(f"{name} is required")
+    if len(value) > limit:
+        raise BadInput(f"{name} must be at most {limit} characters")
+    return value
+
+
+def create_photo_set(db: Session, team_id, name: str, class_word: str, notes: str = "") -> PhotoSet:
+    ps = PhotoSet(
+        team_id=team_id,
+        name=_text(name, "name", 200),
+        class_word=_text(class_word, "class word", 100),
+        notes=_text(notes, "notes", 5000, required=False),
+    )
+    db.add(ps)
+    db.commit()
+    return ps
+
+
+def get_photo_set(db: Session, team_id, photo_set_id) -> PhotoSet:
+    ps = repo.photo_set(db, team_id, photo_set_id, with_photos=True)
+    if ps is None:
+        raise NotFound("photo set not found")
+    return ps
+
+
+@dataclass
+class UploadResult:
+    added: list[Photo] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)  # {"file": name, "reason": why}
+
+
+def add_photos(
+    db: Session, storage: Storage, settings: Settings, team_id, photo_set_id, files: list[tuple[str, bytes]]
+) -> UploadResult:
+    """Check each file, store the accepted ones, then insert their rows in one commit.
+    If storing or committing fails, the objects written by this call are removed again."""
+    ps = repo.photo_set(db, team_id, photo_set_id)
+    if ps is None:
+        raise NotFound("photo set not found")
+    result = UploadResult()
+    seen = repo.photo_hashes(db, ps.id)
+    room = settings.max_photos - repo.photo_count(db, ps.id)
+    written: list[str] = []
+    try:
+        for raw_name, data in files:
+            name = clean_filename(raw_name)
+            try:
+                checked = check_photo(
+                    data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+                    min_side=settings.min_pixels_side,
+                )
+            except PhotoRejected as exc:
+                result.refused.append({"file": name, "reason": str(exc)})
+                continue
+            if checked.sha256 in seen:
+                result.refused.append({"file": name, "reason": "duplicate: the same photo is already in this set"})
+                continue
+            if room <= 0:
+                result.refused.append(
+                    {"file": name, "reason": f"the photo set already holds the maximum of {settings.max_photos} photos"}
+                )
+                continue
+            photo_id = uuid.uuid4()
+            base = f"{team_prefix(team_id)}/photo-sets/{ps.id}"
+            key, thumb_key = f"{base}/photos/{photo_id}.{checked.ext}", f"{base}/thumbs/{photo_id}.jpg"
+            storage.put_bytes(key, checked.data, checked.content_type)
+            written.append(key)
+            storage.put_bytes(thumb_key, checked.thumbnail, "image/jpeg")
+            written.append(thumb_key)
+            photo = Photo(
+                id=photo_id, team_id=team_id, photo_set_id=ps.id, filename=name, sha256=checked.sha256,
+                content_type=checked.content_type, width=checked.width, height=checked.height,
+                size_bytes=len(checked.data), key=key, thumb_key=thumb_key,
+            )
+            db.add(photo)
+            result.added.append(photo)
+            seen.add(checked.sha256)
+            room -= 1
+        db.commit()
+    except BaseException as exc:
+        db.rollback()
+        for key in written:
+            try:
+                storage.delete(key)
+            except StorageError:
+                log.error("photo.cleanup.failed", extra={"key": key})
+        if isinstance(exc, StorageError):
+            raise Unavailable("the object store is unreachable; no photo was saved, please retry") from exc
+        raise
+    log.info("photo_set.photos.added", extra={"photo_set": str(ps.id), "added": len(result.added)})
+    return result
+
+
+def delete_photo(db: Session, storage: Storage, team_id, photo_id) -> None:
+    photo = repo.photo(db, team_id, photo_id)
+    if photo is None:
+        raise NotFound("photo not found")
+    keys = [photo.key, photo.thumb_key]
+    db.delete(photo)
+    db.commit()
+    # row first, then objects: a failure here leaves an unreferenced object, never a row
+    # pointing at nothing
+    for key in keys:
+        try:
+            storage.delete(key)
+        except StorageError:
+            log.error("photo.object.delete_failed", extra={"key": key})
+
+
+def delete_photo_set(db: Session, storage: Storage, team_id, photo_set_id) -> None:
+    ps = repo.photo_set(db, team_id, photo_set_id)
+    if ps is None:
+        raise NotFound("photo set not found")
+    runs = repo.runs(db, team_id, ps.id, limit=100_000)
+    if any(r.status in ACTIVE for r in runs):
+        raise Conflict("this photo set has a run in progress; cancel it first")
+    prefixes = [f"{team_prefix(team_id)}/photo-sets/{ps.id}"]
+    for run in runs:
+        prefixes.append(run_prefix(team_id, run.id))
+        for gallery in repo.galleries_of_run(db, run.id):
+            prefixes.append(gallery_prefix(team_id, gallery.id))
+            for pack in repo.packs_of_gallery(db, gallery.id):
+                prefixes.append(pack_key(team_id, pack.id))
+    db.delete(ps)  # cascades to photos, runs, checkpoints, galleries, images, packs
+    db.commit()
+    for prefix in prefixes:
+        try:
+            storage.delete_prefix(prefix)
+        except StorageError:
+            log.error("photo_set.object.delete_failed", extra={"prefix": prefix})

@@ -1,0 +1,94 @@
+"""One settings object for the web app, the Celery workers and the scripts.
+
+Every field is read from the environment with the prefix ``DOMAINSTUDIO_`` (for example
+``DOMAINSTUDIO_DATABASE_URL``). The defaults are the embedded configuration: SQLite, a
+local-folder object store and a Celery broker kept in a SQLite file, all under ``var/``.
+"""
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DOMAINSTUDIO_", extra="ignore")
+
+    # where the embedded configuration keeps its files
+    data_dir: Path = Path("var")
+    database_url: str = ""  # default: sqlite:///<data_dir>/domainstudio.sqlite
+    broker_url: str = ""  # default: sqla+sqlite:///<data_dir>/broker.sqlite
+    queue_gpu: str = "gpu"
+    queue_cpu: str = "cpu"
+
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = None  # default: <data_dir>/objects
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "domainstudio"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    presign_seconds: int = Field(300, ge=10, le=86400)
+
+    secret_key: str = ""  # default: generated once into <data_dir>/secret_key
+    session_max_age: int = 14 * 24 * 3600
+    cookie_secure: bool = False
+
+    # comma-separated list of builtin specs and local diffusers folders users may choose
+    base_models: str = "builtin:fmnist-ddpm-32"
+    device: str = "auto"
+    work_dir: Path | None = None  # default: <data_dir>/work (worker scratch space)
+
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_pixels_side: int = 32
+    min_photos: int = 10
+    max_photos: int = 100
+
+    gallery_size: int = Field(64, ge=1, le=1000)
+    sample_steps: int = Field(25, ge=1, le=1000)
+    sample_batch_size: int = Field(8, ge=1, le=256)
+
+    run_soft_time_limit: int = 6 * 3600
+    run_hard_time_limit: int = 6 * 3600 + 600
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'domainstudio.sqlite').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "objects").resolve()
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return (self.work_dir or self.data_dir / "work").resolve()
+
+    @property
+    def base_model_list(self) -> list[str]:
+        return [m.strip() for m in self.base_models.split(",") if m.strip()]
+
+    @property
+    def resolved_secret_key(self) -> str:
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

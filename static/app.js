@@ -1,0 +1,120 @@
+// Progressive enhancement: every page works with plain forms; this adds drag and drop
+// uploads with per-file progress, live run progress, and in-place image review.
+(function () {
+  "use strict";
+  const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+  const $ = (sel, root) => (root || document).querySelector(sel);
+
+  // ---------------------------------------------------------------- confirm buttons
+  document.querySelectorAll("form[data-confirm]").forEach((form) => {
+    form.addEventListener("submit", (e) => { if (!confirm(form.dataset.confirm)) e.preventDefault(); });
+  });
+
+  // --------------------------------------------------------------------- uploads
+  const form = $("#upload-form");
+  if (form) {
+    const input = $("#file-input"), list = $("#upload-list");
+    const uploadOne = (file) => new Promise((resolve) => {
+      const li = document.createElement("li");
+      const name = document.createElement("span"); name.textContent = file.name;
+      const bar = document.createElement("progress"); bar.max = 100; bar.value = 0;
+      li.append(name, bar); list.append(li);
+      const body = new FormData(); body.append("files", file, file.name);
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", form.dataset.api);
+      xhr.setRequestHeader("X-CSRF-Token", csrf());
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total; };
+      xhr.onload = () => {
+        let res = {}; try { res = JSON.parse(xhr.responseText); } catch (_) {}
+        const msg = document.createElement("span");
+        if (xhr.status === 200 && res.added && res.added.length) { li.className = "added"; msg.textContent = "added"; }
+        else { li.className = "refused"; msg.textContent = (res.refused && res.refused[0] && res.refused[0].reason) || res.detail || ("error " + xhr.status); }
+        bar.replaceWith(msg); resolve();
+      };
+      xhr.onerror = () => { li.className = "refused"; bar.replaceWith(document.createTextNode("network error")); resolve(); };
+      xhr.send(body);
+    });
+    const uploadAll = async (files) => {
+      list.textContent = "";
+      const queue = Array.from(files); const workers = [];
+      for (let w = 0; w < 3; w++) workers.push((async () => { while (queue.length) await uploadOne(queue.shift()); })());
+      await Promise.all(workers);
+      const done = document.createElement("li");
+      const a = document.createElement("a"); a.href = location.pathname; a.textContent = "Refresh to see the new photos";
+      done.append(a); list.append(done);
+      setTimeout(() => { if (!list.querySelector(".refused")) location.reload(); }, 600);
+    };
+    form.addEventListener("submit", (e) => { if (input.files.length) { e.preventDefault(); uploadAll(input.files); } });
+    ["dragenter", "dragover"].forEach((t) => form.addEventListener(t, (e) => { e.preventDefault(); form.classList.add("over"); }));
+    ["dragleave", "drop"].forEach((t) => form.addEventListener(t, (e) => { e.preventDefault(); form.classList.remove("over"); }));
+    form.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) uploadAll(e.dataTransfer.files); });
+  }
+
+  // ------------------------------------------------------------------- run page
+  const run = $("#run");
+  if (run && ["queued", "running"].includes(run.dataset.status)) {
+    const fmt = (s) => (s === null || s === undefined ? "–" : Math.round(s));
+    let lastPreview = -1;
+    const poll = async () => {
+      let r;
+      try { r = await (await fetch(run.dataset.api, { headers: { Accept: "application/json" } })).json(); }
+      catch (_) { setTimeout(poll, 3000); return; }
+      $("#run-step").textContent = r.step; $("#run-total").textContent = r.total_steps;
+      const bar = $("#run-bar"); bar.max = r.total_steps || 1; bar.value = r.step;
+      $("#run-eta").textContent = fmt(r.eta_seconds); $("#run-elapsed").textContent = fmt(r.elapsed_seconds);
+      const tbody = $("#run-losses"); tbody.textContent = "";
+      Object.entries(r.losses || {}).forEach(([k, v]) => {
+        const tr = document.createElement("tr"); const a = document.createElement("td"); const b = document.createElement("td");
+        a.textContent = k; b.textContent = Number(v).toFixed(5); tr.append(a, b); tbody.append(tr);
+      });
+      if (r.preview_step !== lastPreview && r.previews.length) {
+        lastPreview = r.preview_step; const box = $("#run-previews"); box.textContent = "";
+        r.previews.forEach((src, i) => { const img = new Image(); img.src = src; img.alt = "preview " + (i + 1) + " at step " + r.preview_step; box.append(img); });
+      }
+      if (r.error) { const e = $("#run-error"); e.textContent = r.error; e.hidden = false; }
+      if (["queued", "running"].includes(r.status)) setTimeout(poll, 1500);
+      else location.reload();  // show checkpoint and gallery
+    };
+    setTimeout(poll, 1000);
+  }
+
+  // --------------------------------------------------------------- gallery page
+  const gstatus = $("#gallery-status");
+  if (gstatus && ["queued", "running"].includes(gstatus.dataset.status)) {
+    const poll = async () => {
+      try {
+        const g = await (await fetch(gstatus.dataset.api, { headers: { Accept: "application/json" } })).json();
+        if (!["queued", "running"].includes(g.status) || g.image_count !== document.querySelectorAll(".grid.images li").length) { location.reload(); return; }
+      } catch (_) {}
+      setTimeout(poll, 2000);
+    };
+    setTimeout(poll, 2000);
+  }
+  if (document.querySelector('tr.pack[data-status="queued"], tr.pack[data-status="running"]')) setTimeout(() => location.reload(), 2000);
+
+  // In-place approve / reject on the gallery grid.
+  document.querySelectorAll(".grid.images .review-form").forEach((f) => {
+    f.addEventListener("submit", async (e) => {
+      const review = e.submitter && e.submitter.value; if (!review) return;
+      e.preventDefault();
+      const res = await fetch("/api" + f.getAttribute("action"), {
+        method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() }, body: JSON.stringify({ review }),
+      });
+      if (res.ok) { const li = f.closest("li"); li.className = "review-" + review; li.querySelector(".review-label").textContent = review; }
+      else f.submit();
+    });
+  });
+
+  // Keyboard review in the large view: arrows move, A approves, R rejects.
+  const view = $("#image-view");
+  if (view) {
+    document.addEventListener("keydown", (e) => {
+      if (e.target.matches("input, textarea, select")) return;
+      if (e.key === "ArrowLeft" && view.dataset.prev) location.href = view.dataset.prev;
+      if (e.key === "ArrowRight" && view.dataset.next) location.href = view.dataset.next;
+      const btn = { a: "approved", r: "rejected" }[e.key.toLowerCase()];
+      if (btn) view.querySelector('button[value="' + btn + '"]').click();
+    });
+  }
+})();
