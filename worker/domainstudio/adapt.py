@@ -1,0 +1,257 @@
+"""``adapt()``: the DomainStudio training loop, read top to bottom.
+
+Load the base model and photos, resume from a saved state when there is one, run the
+steps (losses -> backward -> AdamW -> EMA), save the training state every
+``checkpoint_every`` steps and whenever the loop dies, report progress, then publish the
+adapted model. Nothing half-written is left: a folder this call created is removed if it
+fails before the first saved state, and files are written under temporary names first.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from .checkpoints import CONFIG_FILE, publish, read_checkpoint, write_json_atomic
+from .config import AdaptConfig
+from .data import Photos, load_photos
+from .errors import Canceled, InputError, ModelError
+from .models import BaseModel, load_base_model
+from .sampling import sample_with
+from .training import (STATE_FILE, autocast_dtype, load_state, resolve_device, rng_state, save_atomic,
+                       set_rng_state)
+
+log = logging.getLogger("domainstudio.adapt")
+
+
+@dataclass
+class ProgressEvent:
+    step: int
+    total: int
+    losses: dict[str, float]
+    eta_seconds: float | None
+    elapsed_seconds: float
+    previews: list[Image.Image] | None = None
+    stage: str = "training"  # "class_images" while prior images are generated, then "training"
+
+
+@dataclass
+class AdaptResult:
+    output_dir: Path
+    steps: int
+    kind: str
+    mode: str
+    losses: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    resumed_from: int = 0
+    elapsed_seconds: float = 0.0
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+def adapt(config: AdaptConfig, photos, output_dir: str | Path, progress: Progress | None = None,
+          should_stop: Callable[[], bool] | None = None, resume: bool = True) -> AdaptResult:
+    """Adapt ``config.base_model`` to ``photos`` with DomainStudio; the result lands in ``output_dir``."""
+    config.validate()
+    out = Path(output_dir)
+    created = not out.exists()
+    try:
+        return _adapt(config, photos, out, progress, should_stop, resume)
+    except BaseException:
+        if created and out.exists() and not (out / STATE_FILE).exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth resuming from
+        raise
+
+
+def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptResult:
+    device = resolve_device(config.device)
+    base = load_base_model(config.base_model)
+    loaded = load_photos(photos, config.resolution or base.resolution, base.channels)
+    cfg = config.resolved(base.kind, len(loaded.names), base.resolution)
+    done = _finished(out, cfg, base) if resume else None
+    if done is not None:
+        return done
+    state = _resume_state(out, cfg, base, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / CONFIG_FILE, {**cfg.to_dict(), "base_fingerprint": base.fingerprint,
+                                          "photos": loaded.names})
+    amp = autocast_dtype(cfg.mixed_precision, device)
+    trainer = _make_trainer(base, cfg, loaded, device, amp, out, progress)
+    result = _train(trainer, base, cfg, len(loaded.names), out, device, amp, state, progress, should_stop)
+    result.warnings = loaded.warnings
+    return result
+
+
+def _finished(out: Path, cfg: AdaptConfig, base: BaseModel) -> AdaptResult | None:
+    """A finished run with at least the asked-for steps is returned as is (idempotent retries)."""
+    info = read_checkpoint(out) if out.is_dir() else None
+    if info is None or info.get("steps", 0) < cfg.steps:
+        return None
+    _check_compatible(info, cfg, base, out)
+    return AdaptResult(out, info["steps"], info["kind"], info["mode"], info.get("losses", {}),
+                       resumed_from=info["steps"])
+
+
+def _resume_state(out: Path, cfg: AdaptConfig, base: BaseModel, resume: bool) -> dict | None:
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise InputError(f"output {out} is a file; give a folder")
+    state_path = out / STATE_FILE
+    if not resume:
+        if any(out.iterdir()):
+            raise InputError(f"output folder {out} is not empty; choose a new folder, or resume the run in it")
+        return None
+    if not state_path.is_file():
+        if any(p for p in out.iterdir() if p.name not in (CONFIG_FILE, "class_images", "previews")):
+            raise InputError(f"output folder {out} holds other files and no run to resume; choose a new folder")
+        return None
+    state = load_state(state_path)
+    _check_compatible(state["meta"], cfg, base, out)
+    if state["step"] > cfg.steps:
+        raise InputError(f"{out} is already at step {state['step']}, beyond the {cfg.steps} steps asked for")
+    return state
+
+
+def _check_compatible(meta: dict, cfg: AdaptConfig, base: BaseModel, out: Path) -> None:
+    if meta.get("base_fingerprint") != base.fingerprint:
+        raise ModelError(
+            f"{out} holds a run adapted from another base model ({meta.get('base_model')}); "
+            f"resume it with that model, or choose a new output folder"
+        )
+    if meta.get("mode") != cfg.mode:
+        raise InputError(f"{out} holds a {meta.get('mode')} run; it cannot resume in {cfg.mode} mode")
+
+
+def _make_trainer(base, cfg, photos: Photos, device, amp, out: Path, progress):
+    if base.is_text_to_image:
+        from .text_to_image import TextToImageTrainer, class_images
+
+        folder = Path(cfg.class_images_dir) if cfg.class_images_dir else out / "class_images"
+        report = None
+        if progress is not None:
+            def report(done: int, total: int) -> None:
+                progress(ProgressEvent(done, total, {}, None, 0.0, stage="class_images"))
+        prior = class_images(base, cfg, folder, device, report)
+        return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp)
+    from .unconditional import UnconditionalTrainer
+
+    return UnconditionalTrainer(base, cfg, device, photos.pixels)
+
+
+def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, should_stop) -> AdaptResult:
+    params = [p for _, p in trainer.named_params]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start = 0
+    if state is not None:
+        start = _restore(state, trainer, optimizer, scaler, generator)
+        log.info("run.resumed step=%d output=%s", start, out)
+    meta = {"base_model": cfg.base_model, "base_fingerprint": base.fingerprint, "mode": cfg.mode}
+    clock = _Clock(start, cfg.steps)
+    completed, rng_before, terms = start, rng_state(generator), {}
+    try:
+        for step in range(start, cfg.steps):
+            if should_stop is not None and should_stop():
+                raise Canceled(f"the run was canceled at step {step} of {cfg.steps}")
+            rng_before = rng_state(generator)
+            index = torch.randperm(n_photos, generator=generator)[: cfg.batch_size]
+            terms = _step(trainer, optimizer, scaler, index, generator, step)
+            completed = step + 1
+            if completed % cfg.checkpoint_every == 0 or completed == cfg.steps:
+                _save(out, completed, trainer, optimizer, scaler, rng_state(generator), meta)
+            previews = _previews(trainer, base, cfg, device, completed)
+            if progress is not None:
+                progress(ProgressEvent(completed, cfg.steps, terms, clock.eta(completed), clock.elapsed(), previews))
+    except Canceled:
+        raise
+    except BaseException:
+        # Keep what was learned: a resumed run continues from the last completed step.
+        if completed > start:
+            _save(out, completed, trainer, optimizer, scaler, rng_before, meta)
+        raise
+    return _publish(trainer, cfg, out, meta, terms, start, clock)
+
+
+def _step(trainer, optimizer, scaler, index, generator, step: int) -> dict[str, float]:
+    terms = trainer.losses(index, generator)
+    total = terms["total"]
+    if not torch.isfinite(total):
+        raise ModelError(
+            f"training diverged at step {step} (loss {total.item()}): lower the learning rate "
+            f"or the DomainStudio weights, or keep ds_max_timestep small"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    trainer.after_step()
+    return {name: float(value.detach()) for name, value in terms.items()}
+
+
+def _restore(state, trainer, optimizer, scaler, generator) -> int:
+    trainer.load_trainable_state(state["weights"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if trainer.ema is not None and state.get("ema"):
+        trainer.ema.load_state_dict(state["ema"])
+    set_rng_state(generator, state["rng"])
+    return int(state["step"])
+
+
+def _save(out, step, trainer, optimizer, scaler, rng, meta) -> None:
+    save_atomic({
+        "step": step, "weights": trainer.trainable_state(), "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(), "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
+        "rng": rng, "meta": meta,
+    }, out / STATE_FILE)
+    log.info("run.checkpoint.saved step=%d", step)
+
+
+def _previews(trainer, base, cfg, device, completed: int) -> list[Image.Image] | None:
+    if not cfg.preview_every or not cfg.num_previews:
+        return None
+    if completed % cfg.preview_every and completed != cfg.steps:
+        return None
+    prompt = cfg.prompt(cfg.instance_prompt) if base.is_text_to_image else None
+    with trainer.sampling_weights():
+        images = sample_with(base, cfg.num_previews, prompt=prompt, seed=cfg.seed, device=device,
+                             batch_size=cfg.num_previews, resolution=cfg.resolution)
+    return [g.image for g in images]
+
+
+def _publish(trainer, cfg, out: Path, meta, terms, start, clock) -> AdaptResult:
+    staging = out / ".saving"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    trainer.save_model(staging)
+    publish(staging, out, {**meta, "kind": trainer.base.kind, "steps": cfg.steps, "losses": terms,
+                           "resolution": cfg.resolution, "channels": trainer.base.channels})
+    log.info("run.finished steps=%d output=%s", cfg.steps, out)
+    return AdaptResult(out, cfg.steps, trainer.base.kind, cfg.mode, terms, resumed_from=start,
+                       elapsed_seconds=clock.elapsed())
+
+
+class _Clock:
+    """ETA from the steps this process ran (a resumed run does not count earlier ones)."""
+
+    def __init__(self, start: int, total: int):
+        self.start, self.total, self.t0 = start, total, time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def eta(self, done: int) -> float | None:
+        ran = done - self.start
+        if ran <= 0:
+            return None
+        return self.elapsed() / ran * (self.total - done)

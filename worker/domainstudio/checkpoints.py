@@ -1,0 +1,116 @@
+"""What an adaptation leaves on disk, and how sampling and `info` read it back.
+
+A run's output folder:
+    config.json        the run's resolved settings (written at the start)
+    checkpoint.json    kind, base model, steps, files (written last: its presence means done)
+    model/             full mode: a diffusers pipeline folder (safetensors)
+    lora.safetensors   LoRA mode: the UNet adapter, for diffusers' load_lora_weights
+    state/             training state for resume (optimizer, step, RNG, EMA)
+    previews/          preview grids reported during training
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelError
+from .models import BaseModel, load_base_model, load_local_folder
+from .text_to_image import LORA_FILE
+
+CHECKPOINT_FILE = "checkpoint.json"
+CONFIG_FILE = "config.json"
+FORMAT = "domainstudio-checkpoint/1"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_checkpoint(folder: Path) -> dict | None:
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc})") from exc
+    if info.get("format") != FORMAT:
+        raise ModelError(f"{path} is not a DomainStudio checkpoint (format {info.get('format')!r})")
+    return info
+
+
+def publish(staging: Path, out: Path, info: dict) -> None:
+    """Move the saved model from the staging folder into place, then write checkpoint.json."""
+    for entry in staging.iterdir():
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        entry.rename(target)
+    staging.rmdir()
+    info = dict(info, format=FORMAT, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                files=sorted(p.name for p in out.iterdir() if not p.name.startswith(".")))
+    write_json_atomic(out / CHECKPOINT_FILE, info)
+
+
+def load_for_sampling(model: str | Path, device: torch.device | str = "cpu") -> BaseModel:
+    """A run's output folder (full or LoRA), a diffusers folder, or a base-model spec."""
+    path = Path(str(model)).expanduser()
+    info = read_checkpoint(path) if path.is_dir() else None
+    if info is None:
+        return load_base_model(str(model), device)
+    if info["mode"] == "lora":
+        base = load_base_model(info["base_model"], device)
+        _check_same_base(base, info, path)
+        pipe = base.pipeline()
+        pipe.load_lora_weights(str(path), weight_name=LORA_FILE)
+        base.spec = str(path)
+        return base
+    model_dir = path / "model"
+    if not model_dir.is_dir():
+        raise ModelError(f"{path} says it holds a full model, but {model_dir} is missing")
+    adapted = load_local_folder(model_dir)
+    adapted.spec, adapted.fingerprint = str(path), info.get("base_fingerprint", "")
+    return adapted.to(device)
+
+
+def _check_same_base(base: BaseModel, info: dict, path: Path) -> None:
+    if info.get("base_fingerprint") and base.fingerprint != info["base_fingerprint"]:
+        raise ModelError(
+            f"{path} was adapted from a different base model than the one now at {info['base_model']} "
+            f"(fingerprint {info['base_fingerprint']} vs {base.fingerprint}); give the original base model"
+        )
+
+
+def describe(model: str | Path) -> dict[str, Any]:
+    """What a checkpoint or a base model is: kind, base, settings, sizes (for `domainstudio info`)."""
+    path = Path(str(model)).expanduser()
+    info = read_checkpoint(path) if path.is_dir() else None
+    if info is not None:
+        config = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
+        return {"type": "checkpoint", "path": str(path), **info, "size_bytes": folder_size(path, skip=("state",)),
+                "settings": config}
+    base = load_base_model(str(model))
+    params = {name: sum(p.numel() for p in m.parameters())
+              for name, m in (("unet", base.unet), ("vae", base.vae), ("text_encoder", base.text_encoder))
+              if m is not None}
+    return {"type": "base model", "spec": base.spec, "kind": base.kind, "resolution": base.resolution,
+            "channels": base.channels, "description": base.description, "parameters": params,
+            "fingerprint": base.fingerprint}
+
+
+def folder_size(folder: Path, skip: tuple[str, ...] = ()) -> int:
+    total = 0
+    for p in folder.rglob("*"):
+        if p.is_file() and not any(part in skip for part in p.relative_to(folder).parts):
+            total += p.stat().st_size
+    return total

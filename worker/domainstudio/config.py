@@ -1,0 +1,193 @@
+"""Every setting of an adaptation, in one dataclass shared by the CLI, the web app and the worker.
+
+Fields left as None take the default of the base model's kind (unconditional DDPM or
+text-to-image), filled in by :meth:`AdaptConfig.resolved` once the model is known; the
+run's saved ``config.json`` always holds resolved values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+UNCONDITIONAL = "unconditional"
+TEXT_TO_IMAGE = "text-to-image"
+
+
+def _f(default: Any, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class AdaptConfig:
+    base_model: str = _f(None, "Base model: builtin:NAME, a local diffusers folder, or a hub id where a hub is reachable.")
+    mode: str = _f("auto", "What is trained: full (all UNet weights) or lora (small adapter file); auto = lora for text-to-image, full for unconditional.", ("auto", "full", "lora"))
+    steps: int | None = _f(None, "Training steps (default: 600 unconditional, 800 text-to-image).")
+    batch_size: int | None = _f(None, "Photos per step (default: 10 unconditional, 4 text-to-image; capped at the number of photos).")
+    learning_rate: float | None = _f(None, "AdamW learning rate (default: 1e-4; 5e-6 for a full text-to-image UNet).")
+    resolution: int | None = _f(None, "Training resolution in pixels (default: the base model's).")
+    l_img: float | None = _f(None, "Weight of the image pairwise-similarity term (default 4 unconditional, 100 text-to-image; 0 disables).")
+    l_hf: float | None = _f(None, "Weight of the high-frequency pairwise-similarity term (default 4 / 100; 0 disables).")
+    l_hfmse: float | None = _f(None, "Weight of the high-frequency MSE term (default 1 / 0.1; 0 disables).")
+    prior_weight: float = _f(1.0, "Weight of the class-prior preservation loss (text-to-image).")
+    num_similarity_samples: int = _f(3, "Samples S drawn from the batch for the pairwise terms (at least 2).")
+    ds_max_timestep: int = _f(200, "The DomainStudio terms see only noisy samples with t below this (1000 = every t, as the official code).")
+    ema_decay: float | None = _f(None, "EMA decay of the weights used for sampling (default 0.995 unconditional, 0 = off for text-to-image).")
+    source: str = _f("unpaired", "Text-to-image source side: unpaired (official: class images under the class prompt) or paired (frozen base UNet on the same noisy latents).", ("unpaired", "paired"))
+    class_word: str = _f("product", "The product's class word, e.g. bottle or sneaker (text-to-image prompts).")
+    instance_token: str = _f("sks", "Rare token that names this product in the instance prompt.")
+    instance_prompt: str | None = _f(None, "Instance prompt (default: 'a photo of {token} {class}').")
+    class_prompt: str | None = _f(None, "Class prompt (default: 'a photo of {class}').")
+    num_class_images: int = _f(200, "Class images generated once by the base model for prior preservation (text-to-image).")
+    class_images_dir: str | None = _f(None, "Where the class images are cached (default: OUTPUT/class_images).")
+    lora_rank: int = _f(8, "LoRA rank (lora mode).")
+    gradient_checkpointing: bool = _f(True, "Recompute UNet/VAE activations in the backward pass to save memory (text-to-image).")
+    mixed_precision: str = _f("auto", "Mixed precision: auto (bf16 on a CUDA GPU that has it, else fp16 on GPU, none on CPU), no, fp16 or bf16.", ("auto", "no", "fp16", "bf16"))
+    checkpoint_every: int = _f(200, "Save the training state (for resume) every N steps.")
+    preview_every: int = _f(100, "Report preview images every N steps (0 = never).")
+    num_previews: int = _f(4, "Preview images per report.")
+    seed: int = _f(0, "Random seed of the run.")
+    device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available).")
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AdaptConfig":
+        """Build from a plain dict (JSON, a web form), rejecting unknown names and bad values."""
+        if not isinstance(data, dict):
+            raise InputError(f"settings must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        values = {k: _coerce(cls, k, v) for k, v in data.items()}
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def fields_help(cls) -> list[dict[str, Any]]:
+        """Name, type, default, help and choices of every setting (CLI options, web form)."""
+        out = []
+        for f in dataclasses.fields(cls):
+            out.append({
+                "name": f.name,
+                "type": _base_type(f.type),
+                "default": f.default,
+                "help": f.metadata["help"],
+                "choices": f.metadata["choices"],
+            })
+        return out
+
+    # -- checks ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        if not self.base_model or not isinstance(self.base_model, str):
+            raise InputError("base_model is required, e.g. builtin:tiny-ddpm or a local diffusers folder")
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise InputError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+        _positive(self, "steps", 1, 1_000_000)
+        _positive(self, "batch_size", 1, 4096)
+        _positive(self, "resolution", 8, 4096)
+        _positive(self, "lora_rank", 1, 1024)
+        _positive(self, "checkpoint_every", 1, 10_000_000)
+        _positive(self, "num_class_images", 1, 100_000)
+        if self.num_similarity_samples < 2:
+            raise InputError("num_similarity_samples must be at least 2: the pairwise terms compare samples")
+        if not 1 <= self.ds_max_timestep <= 1000:
+            raise InputError("ds_max_timestep must be between 1 and 1000")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise InputError("learning_rate must be between 0 and 1")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise InputError("ema_decay must be in [0, 1)")
+        for name in ("l_img", "l_hf", "l_hfmse", "prior_weight"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1e6:
+                raise InputError(f"{name} must be between 0 and 1e6, got {value}")
+        if self.preview_every < 0 or self.num_previews < 0:
+            raise InputError("preview_every and num_previews must not be negative")
+
+    def resolved(self, kind: str, num_photos: int, native_resolution: int) -> "AdaptConfig":
+        """A copy with every None filled in with the default for this kind of model."""
+        t2i = kind == TEXT_TO_IMAGE
+        mode = self.mode if self.mode != "auto" else ("lora" if t2i else "full")
+        if mode == "lora" and not t2i:
+            raise InputError("lora mode is for text-to-image models; use mode full for an unconditional model")
+        defaults = {
+            "mode": mode,
+            "steps": 800 if t2i else 600,
+            "batch_size": 4 if t2i else 10,
+            "learning_rate": (5e-6 if mode == "full" else 1e-4) if t2i else 1e-4,
+            "resolution": native_resolution,
+            "l_img": 100.0 if t2i else 4.0,
+            "l_hf": 100.0 if t2i else 4.0,
+            "l_hfmse": 0.1 if t2i else 1.0,
+            "ema_decay": 0.0 if t2i else 0.995,
+            "instance_prompt": "a photo of {token} {class}",
+            "class_prompt": "a photo of {class}",
+        }
+        values = self.to_dict()
+        for name, default in defaults.items():
+            if values[name] is None or (name == "mode"):
+                values[name] = default
+        values["batch_size"] = min(values["batch_size"], num_photos)
+        return AdaptConfig(**values)
+
+    def prompt(self, template: str) -> str:
+        return template.replace("{token}", self.instance_token).replace("{class}", self.class_word)
+
+
+def _positive(config: AdaptConfig, name: str, low: int, high: int) -> None:
+    value = getattr(config, name)
+    if value is not None and not low <= value <= high:
+        raise InputError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _base_type(annotation: Any) -> str:
+    text = str(annotation)
+    for name in ("bool", "int", "float", "str"):
+        if name in text:
+            return name
+    return "str"
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Accept what JSON and HTML forms send (strings for numbers, 'true'), reject the rest."""
+    kind = next(_base_type(f.type) for f in dataclasses.fields(cls) if f.name == name)
+    if value is None or value == "":
+        return None if kind != "str" or name in ("instance_prompt", "class_prompt", "class_images_dir") else value
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError
+            return number
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a {kind}, got {value!r}") from None

@@ -1,0 +1,115 @@
+"""Photos in: read, check and convert the training photos to model tensors.
+
+A single bad file is skipped with a warning that names it (a marketing folder often holds
+a stray PDF or a thumbnail); too few usable photos is an error before any work starts.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+log = logging.getLogger("domainstudio.data")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+MIN_PHOTOS = 2
+
+
+@dataclass
+class Photos:
+    pixels: torch.Tensor  # [N, C, R, R] in [-1, 1]
+    names: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def list_photo_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InputError(f"photo folder {folder} does not exist")
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def load_photos(
+    photos: str | Path | Iterable[str | Path | Image.Image],
+    resolution: int,
+    channels: int,
+) -> Photos:
+    """Read photos (a folder, or paths / PIL images), square-crop and resize them.
+
+    Skips, with a warning, files that are not decodable images or are smaller than
+    ``resolution`` on their short side; raises :class:`InputError` when fewer than two remain.
+    """
+    items = list_photo_files(Path(photos)) if isinstance(photos, (str, Path)) else list(photos)
+    tensors, names, warnings = [], [], []
+    for index, item in enumerate(items):
+        name = str(item) if not isinstance(item, Image.Image) else f"image #{index}"
+        try:
+            image = _open(item)
+        except InputError as exc:
+            warnings.append(f"skipped {name}: {exc}")
+            continue
+        if min(image.size) < resolution:
+            warnings.append(
+                f"skipped {name}: {image.size[0]}x{image.size[1]} is smaller than the model's "
+                f"{resolution}x{resolution}"
+            )
+            continue
+        tensors.append(to_tensor(square_resize(image, resolution), channels))
+        names.append(name)
+    for w in warnings:
+        log.warning("data.photo.skipped %s", w)
+    if len(tensors) < MIN_PHOTOS:
+        detail = f" ({'; '.join(warnings)})" if warnings else ""
+        raise InputError(
+            f"adaptation needs at least {MIN_PHOTOS} usable photos, found {len(tensors)} "
+            f"of {len(items)}{detail}"
+        )
+    return Photos(torch.stack(tensors), names, warnings)
+
+
+def _open(item: str | Path | Image.Image) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return ImageOps.exif_transpose(item)
+    try:
+        with Image.open(item) as image:
+            image.load()  # decode fully now: a truncated file fails here, not mid-training
+            return ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"not a readable image ({type(exc).__name__})") from None
+
+
+def square_resize(image: Image.Image, resolution: int) -> Image.Image:
+    """Centre-crop to a square, then resize with a Lanczos filter."""
+    return ImageOps.fit(image, (resolution, resolution), method=Image.LANCZOS)
+
+
+def to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
+    """PIL -> [C, H, W] float in [-1, 1]; grayscale for 1-channel models."""
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode in ("RGBA", "LA", "P"):  # put transparent product shots on white
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    array = np.asarray(image.convert(mode), dtype=np.float32) / 127.5 - 1.0
+    if array.ndim == 2:
+        array = array[None]
+    else:
+        array = array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def to_pil(batch: torch.Tensor) -> list[Image.Image]:
+    """[B, C, H, W] in [-1, 1] -> PIL images (L for one channel, RGB for three)."""
+    array = ((batch.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    out = []
+    for item in array:
+        if item.shape[0] == 1:
+            out.append(Image.fromarray(item[0], mode="L"))
+        else:
+            out.append(Image.fromarray(item.transpose(1, 2, 0), mode="RGB"))
+    return out

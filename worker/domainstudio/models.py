@@ -1,0 +1,241 @@
+"""One way in for every base model: builtin names, local diffusers folders, hub ids.
+
+``load_base_model(spec)`` returns a :class:`BaseModel` holding the diffusers components
+(UNet, scheduler and, for text-to-image, VAE, text encoder and tokenizer). Training and
+sampling code only ever sees that object.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import TEXT_TO_IMAGE, UNCONDITIONAL
+from .errors import ModelError
+
+BUILTIN_PREFIX = "builtin:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class BaseModel:
+    spec: str
+    kind: str  # UNCONDITIONAL or TEXT_TO_IMAGE
+    unet: Any
+    scheduler: Any
+    resolution: int
+    channels: int
+    vae: Any = None
+    text_encoder: Any = None
+    tokenizer: Any = None
+    fingerprint: str = ""
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_text_to_image(self) -> bool:
+        return self.kind == TEXT_TO_IMAGE
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "BaseModel":
+        for module in (self.unet, self.vae, self.text_encoder):
+            if module is not None:
+                module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
+        return self
+
+    def pipeline(self, unet: Any = None):
+        """A plain diffusers pipeline over these components (DDPMPipeline or StableDiffusionPipeline)."""
+        from diffusers import DDPMPipeline, StableDiffusionPipeline
+
+        unet = unet if unet is not None else self.unet
+        if self.is_text_to_image:
+            return StableDiffusionPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                unet=unet, scheduler=self.scheduler, safety_checker=None,
+                feature_extractor=None, requires_safety_checker=False,
+            )
+        return DDPMPipeline(unet=unet, scheduler=self.scheduler)
+
+
+# -- builtin models ---------------------------------------------------------------------
+@dataclass
+class Builtin:
+    description: str
+    build: Callable[[], BaseModel]
+
+
+def _tiny_ddpm() -> BaseModel:
+    from .tiny import tiny_ddpm
+
+    unet, scheduler = tiny_ddpm()
+    return BaseModel("builtin:tiny-ddpm", UNCONDITIONAL, unet, scheduler, 32, 3,
+                     fingerprint="builtin:tiny-ddpm", description=BUILTINS["tiny-ddpm"].description)
+
+
+def _tiny_sd() -> BaseModel:
+    from .tiny import sd_components
+
+    c = sd_components("tiny")
+    return BaseModel("builtin:tiny-sd", TEXT_TO_IMAGE, c["unet"], c["scheduler"], c["resolution"], 3,
+                     vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
+                     fingerprint="builtin:tiny-sd", description=BUILTINS["tiny-sd"].description)
+
+
+def _fmnist_ddpm() -> BaseModel:
+    try:
+        from .pretrain import load_fmnist_ddpm
+    except ImportError as exc:  # the demo model's module is part of the package
+        raise ModelError(f"builtin:fmnist-ddpm-32 is not available in this installation ({exc})") from exc
+    unet, scheduler = load_fmnist_ddpm()
+    return BaseModel("builtin:fmnist-ddpm-32", UNCONDITIONAL, unet, scheduler, 32, 1,
+                     fingerprint="builtin:fmnist-ddpm-32", description=BUILTINS["fmnist-ddpm-32"].description)
+
+
+BUILTINS: dict[str, Builtin] = {
+    "tiny-ddpm": Builtin("Unconditional DDPM, 32x32 RGB, random weights (tests and smoke runs).", _tiny_ddpm),
+    "tiny-sd": Builtin("Stable-Diffusion-shaped text-to-image model, 32 px, random weights (tests and smoke runs).", _tiny_sd),
+    "fmnist-ddpm-32": Builtin("Demo model: unconditional DDPM, 32x32 grayscale, trained on Fashion-MNIST clothing and bags (no footwear).", _fmnist_ddpm),
+}
+
+
+def list_builtin_models() -> dict[str, str]:
+    """``{"builtin:NAME": description}`` for every builtin model."""
+    return {BUILTIN_PREFIX + name: b.description for name, b in BUILTINS.items()}
+
+
+# -- loading --------------------------------------------------------------------------
+def load_base_model(spec: str, device: str | torch.device = "cpu") -> BaseModel:
+    """Load a base model from ``builtin:NAME``, a local diffusers folder, or a hub id.
+
+    Raises :class:`ModelError` with what to do when the model cannot be found or read.
+    """
+    spec = str(spec).strip()
+    if spec.startswith(BUILTIN_PREFIX):
+        model = _load_builtin(spec[len(BUILTIN_PREFIX):])
+    elif Path(spec).expanduser().exists():
+        model = load_local_folder(Path(spec).expanduser())
+    elif _HUB_ID.match(spec):
+        model = _load_from_hub(spec)
+    else:
+        raise ModelError(
+            f"base model {spec!r} is neither a builtin name, an existing folder, nor a hub id. "
+            f"Builtin models: {', '.join(list_builtin_models())}"
+        )
+    for module in (model.unet, model.vae, model.text_encoder):
+        if module is not None:
+            module.to(device)
+    return model
+
+
+def _load_builtin(name: str) -> BaseModel:
+    if name not in BUILTINS:
+        raise ModelError(f"unknown builtin model 'builtin:{name}'; available: {', '.join(list_builtin_models())}")
+    return BUILTINS[name].build()
+
+
+def load_local_folder(folder: Path) -> BaseModel:
+    """A diffusers folder: a Stable Diffusion or DDPM pipeline, or a bare UNet2DModel."""
+    if not folder.is_dir():
+        raise ModelError(f"{folder} is a file; give the folder of a diffusers model (with model_index.json)")
+    index = folder / "model_index.json"
+    if index.is_file():
+        info = _read_json(index)
+        pipeline_class = str(info.get("_class_name", ""))
+        if "unet" not in info:
+            raise ModelError(f"{index} lists no unet; DomainStudio adapts UNet diffusion models")
+        if "text_encoder" in info and "vae" in info:
+            return _load_sd_folder(folder, pipeline_class)
+        return _load_ddpm_folder(folder, folder / "unet", pipeline_class)
+    config = folder / "config.json"
+    if config.is_file() and _read_json(config).get("_class_name") == "UNet2DModel":
+        return _load_ddpm_folder(folder, folder, "UNet2DModel")
+    raise ModelError(
+        f"{folder} is not a diffusers model folder: expected model_index.json (a pipeline saved with "
+        f"save_pretrained) or config.json of a UNet2DModel"
+    )
+
+
+def _load_sd_folder(folder: Path, pipeline_class: str) -> BaseModel:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (folder / sub).is_dir():
+            raise ModelError(f"{folder} lacks the {sub}/ folder that a {pipeline_class or 'Stable Diffusion'} model needs")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"could not read the model in {folder}: {exc}") from exc
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    return BaseModel(str(folder), TEXT_TO_IMAGE, unet, scheduler, int(unet.config.sample_size) * scale, 3,
+                     vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                     fingerprint=_folder_fingerprint(folder / "unet"),
+                     description=f"{pipeline_class or 'Stable Diffusion'} from {folder}")
+
+
+def _load_ddpm_folder(folder: Path, unet_folder: Path, pipeline_class: str) -> BaseModel:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    try:
+        unet = UNet2DModel.from_pretrained(unet_folder)
+        if (folder / "scheduler").is_dir():
+            scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+        else:
+            scheduler = DDPMScheduler(num_train_timesteps=1000)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"could not read the model in {folder}: {exc}") from exc
+    size = unet.config.sample_size
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return BaseModel(str(folder), UNCONDITIONAL, unet, scheduler, int(size), int(unet.config.in_channels),
+                     fingerprint=_folder_fingerprint(unet_folder),
+                     description=f"{pipeline_class} (unconditional) from {folder}")
+
+
+def _folder_fingerprint(unet_folder: Path) -> str:
+    """Identifies a base model by its UNet config, so adapters are not applied to another model."""
+    text = (unet_folder / "config.json").read_bytes() if (unet_folder / "config.json").is_file() else b""
+    return "sha256:" + hashlib.sha256(text).hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _load_from_hub(repo_id: str) -> BaseModel:
+    """Download a pipeline folder from the hub (where one is reachable), then load it locally."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelError(_offline_message(repo_id, "HF_HUB_OFFLINE is set"))
+    try:
+        from huggingface_hub import snapshot_download
+
+        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+        folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"])
+    except Exception as exc:  # any network or hub error: the answer is the same
+        raise ModelError(_offline_message(repo_id, f"{type(exc).__name__}: {str(exc)[:200]}")) from exc
+    model = load_local_folder(Path(folder))
+    model.spec, model.fingerprint = repo_id, repo_id
+    return model
+
+
+def _offline_message(repo_id: str, reason: str) -> str:
+    return (
+        f"could not fetch {repo_id!r} from the model hub ({reason}). This machine may be offline: "
+        f"download the model on a connected machine (diffusers layout, save_pretrained) and give "
+        f"the local folder's path instead, or use a builtin model: {', '.join(list_builtin_models())}"
+    )

@@ -1,0 +1,173 @@
+"""Sampling N images from a base model or an adapted run, in batches, deterministic per seed.
+
+Image i is drawn from seed ``seed + i`` with its own generator, so an image does not
+depend on the batch it was drawn in, and "generate more" continues with new seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from .data import to_pil
+from .errors import Canceled, InputError
+from .models import BaseModel
+from .training import resolve_device
+
+SCHEDULERS = ("dpmsolver++", "ddim", "ddpm")
+DEFAULT_STEPS = 25
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    prompt: str | None
+    steps: int
+    scheduler: str
+    model: str
+    metadata: dict = field(default_factory=dict)
+
+
+def make_scheduler(name: str, config):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "ddpm":
+        return DDPMScheduler.from_config(config)
+    raise InputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def sample(
+    model: str | Path | BaseModel,
+    n: int,
+    prompt: str | Sequence[str] | None = None,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    scheduler: str = "dpmsolver++",
+    guidance_scale: float = 7.5,
+    batch_size: int = 8,
+    device: str = "auto",
+    negative_prompt: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[GeneratedImage]:
+    """Sample ``n`` images. ``model``: a run's output folder, a diffusers folder or builtin spec.
+
+    For text-to-image models ``prompt`` is one prompt or one per image; classifier-free
+    guidance uses ``guidance_scale``. ``progress(done, n)`` is called after each batch.
+    """
+    from .checkpoints import load_for_sampling
+
+    dev = resolve_device(device)
+    base = model if isinstance(model, BaseModel) else load_for_sampling(model, dev)
+    return sample_with(base, n, prompt=prompt, seed=seed, steps=steps, scheduler=scheduler,
+                       guidance_scale=guidance_scale, batch_size=batch_size, device=dev,
+                       negative_prompt=negative_prompt, progress=progress, should_stop=should_stop)
+
+
+def _check(n: int, steps: int, batch_size: int, scheduler: str, prompts: list | None, base: BaseModel) -> None:
+    if not 1 <= n <= 100_000:
+        raise InputError(f"n must be between 1 and 100000, got {n}")
+    if not 1 <= steps <= 1000:
+        raise InputError(f"steps must be between 1 and 1000, got {steps}")
+    if not 1 <= batch_size <= 1024:
+        raise InputError(f"batch_size must be between 1 and 1024, got {batch_size}")
+    if scheduler not in SCHEDULERS:
+        raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if base.is_text_to_image and not prompts:
+        raise InputError("a text-to-image model needs a prompt")
+    if prompts is not None and len(prompts) != n:
+        raise InputError(f"got {len(prompts)} prompts for {n} images: give one prompt, or one per image")
+
+
+def sample_with(
+    base: BaseModel,
+    n: int,
+    prompt: str | Sequence[str] | None = None,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    scheduler: str = "dpmsolver++",
+    guidance_scale: float = 7.5,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    negative_prompt: str | None = None,
+    resolution: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[GeneratedImage]:
+    """Sample from an already loaded model (used by the sampler above and for previews)."""
+    prompts = None
+    if base.is_text_to_image and prompt is not None:
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+    _check(n, steps, batch_size, scheduler, prompts, base)
+    device = torch.device(device)
+    base.to(device)
+    out: list[GeneratedImage] = []
+    for first in range(0, n, batch_size):
+        if should_stop is not None and should_stop():
+            raise Canceled("sampling was canceled")
+        seeds = list(range(seed + first, seed + min(n, first + batch_size)))
+        if base.is_text_to_image:
+            batch_prompts = prompts[first:first + len(seeds)]
+            images = _text_to_image_batch(base, batch_prompts, seeds, steps, scheduler, guidance_scale,
+                                          negative_prompt, resolution, device)
+        else:
+            batch_prompts = [None] * len(seeds)
+            images = _unconditional_batch(base, seeds, steps, scheduler, device)
+        for image, s, p in zip(images, seeds, batch_prompts):
+            out.append(GeneratedImage(image, s, p, steps, scheduler, base.spec,
+                                      {"guidance_scale": guidance_scale if base.is_text_to_image else None}))
+        if progress is not None:
+            progress(len(out), n)
+    return out
+
+
+def _noise(seeds: list[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.stack([
+        torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds
+    ]).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def _unconditional_batch(base: BaseModel, seeds: list[int], steps: int, scheduler_name: str,
+                         device: torch.device) -> list[Image.Image]:
+    unet = base.unet
+    was_training = unet.training
+    unet.eval()
+    scheduler = make_scheduler(scheduler_name, base.scheduler.config)
+    scheduler.set_timesteps(steps, device=device)
+    dtype = next(unet.parameters()).dtype
+    x = _noise(seeds, (base.channels, base.resolution, base.resolution), device, dtype)
+    x = x * scheduler.init_noise_sigma
+    generators = [torch.Generator(device=device).manual_seed(s + 1) for s in seeds]
+    for t in scheduler.timesteps:
+        model_in = scheduler.scale_model_input(x, t)
+        out = unet(model_in, t).sample[:, : base.channels]
+        x = scheduler.step(out, t, x, generator=generators).prev_sample
+    unet.train(was_training)
+    return to_pil(x)
+
+
+@torch.no_grad()
+def _text_to_image_batch(base: BaseModel, prompts: list[str], seeds: list[int], steps: int,
+                         scheduler_name: str, guidance_scale: float, negative_prompt: str | None,
+                         resolution: int | None, device: torch.device) -> list[Image.Image]:
+    pipe = base.pipeline()
+    pipe.scheduler = make_scheduler(scheduler_name, base.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    was_training = base.unet.training
+    base.unet.eval()
+    size = resolution or base.resolution
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    result = pipe(prompt=prompts, negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+                  num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
+                  height=size, width=size, output_type="pil")
+    base.unet.train(was_training)
+    return list(result.images)

@@ -1,0 +1,115 @@
+"""Pieces every adaptation loop shares: device choice, EMA, RNG and training state on disk."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .errors import ModelError
+
+STATE_FILE = "state/training_state.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when torch sees a GPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(
+            f"device {name} was requested but torch sees no CUDA GPU (torch {torch.__version__}). "
+            f"Use --device cpu, or install the CUDA build of torch on this worker (README: GPU workers)."
+        )
+    return device
+
+
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision only pays on a GPU; on the CPU it is off unless asked for."""
+    if setting == "no" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[setting]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class EMA:
+    """Exponential moving average of a set of parameters, kept in fp32 on their device."""
+
+    def __init__(self, named_params: Iterable[tuple[str, torch.nn.Parameter]], decay: float):
+        self.decay = decay
+        self.params = dict(named_params)
+        self.shadow = {n: p.detach().float().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        names = list(self.params)
+        current = [self.params[n].detach().float() for n in names]
+        torch._foreach_lerp_([self.shadow[n] for n in names], current, 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Swap the EMA weights in (for previews and the saved model), then swap back."""
+        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self.shadow[n].to(p.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(backup[n])
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": {n: t.cpu() for n, t in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for n, t in state["shadow"].items():
+            self.shadow[n].copy_(t)
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    state = {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(generator: torch.Generator, state: dict) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ModelError(f"the training state {path} is unreadable ({exc}); delete it to start over") from exc
