@@ -52,7 +52,9 @@ def check_photo(data: bytes, *, max_bytes: int, max_pixels: int, min_side: int) 
             probe = Image.open(io.BytesIO(data))
             fmt = probe.format
             width, height = probe.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, ValueError):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PhotoRejected(f"the image has more pixels than the limit of {max_pixels:,}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise PhotoRejected("the file is not a JPEG, PNG or WebP image") from None
     if fmt not in FORMATS:
         raise PhotoRejected(f"{fmt or 'this'} files are not accepted; use JPEG, PNG or WebP")

@@ -191,6 +191,7 @@ class S3Storage:
         )
 
     def get_bytes(self, key):
+        self.ensure_bucket()
         obj = self._call(self.client.get_object, Bucket=self.bucket, Key=_check_key(key))
         return obj["Body"].read()
 
@@ -199,10 +200,12 @@ class S3Storage:
         self._call(self.client.download_file, self.bucket, _check_key(key), str(path))
 
     def iter_chunks(self, key):
+        self.ensure_bucket()
         obj = self._call(self.client.get_object, Bucket=self.bucket, Key=_check_key(key))
         yield from obj["Body"].iter_chunks(CHUNK)
 
     def size(self, key):
+        self.ensure_bucket()
         head = self._call(self.client.head_object, Bucket=self.bucket, Key=_check_key(key))
         return int(head["ContentLength"])
 
@@ -214,6 +217,7 @@ class S3Storage:
             return False
 
     def delete(self, key):
+        self.ensure_bucket()
         self._call(self.client.delete_object, Bucket=self.bucket, Key=_check_key(key))
 
     def delete_prefix(self, prefix):
@@ -223,6 +227,7 @@ class S3Storage:
             self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
     def list_keys(self, prefix):
+        self.ensure_bucket()
         prefix = _check_key(prefix.rstrip("/")) + "/"
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
@@ -232,6 +237,7 @@ class S3Storage:
         return sorted(keys)
 
     def presigned_url(self, key, filename):
+        self.ensure_bucket()
         return self._call(
             self.client.generate_presigned_url,
             "get_object",
