@@ -34,10 +34,12 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_timeout=5,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            "visibility_timeout": settings.run_hard_time_limit + 3600,
-            "polling_interval": 0.5,  # the SQL broker of the embedded default polls
-        },
+        # Redis (and SQS) redeliver an unacknowledged message after this long; the SQL
+        # broker of the embedded default passes its options to create_engine, so none
+        broker_transport_options=(
+            {} if settings.resolved_broker_url.startswith("sqla+")
+            else {"visibility_timeout": settings.run_hard_time_limit + 3600}
+        ),
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

@@ -1,0 +1,97 @@
+"""The embedded default: the web app and its workers on one machine, with SQLite, a
+local-folder object store and a Celery broker in a SQLite file (no Postgres, Redis or S3).
+
+``scripts/run`` starts this; it prints the URL and how to sign in.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from app.settings import Settings, get_settings
+
+DEMO_EMAIL = "demo@domainstudio.local"
+
+
+def ensure_demo_account(settings: Settings) -> tuple[str, str] | None:
+    """Creates the demo account on first start and keeps its password in the data folder
+    (readable by this user only) so that every start can print it."""
+    from app import repositories as repo
+    from app.db import make_engine, make_sessionmaker
+    from app.services.auth import sign_up
+
+    secret = settings.data_dir / "demo-account.txt"
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as db:
+            if repo.user_by_email(db, DEMO_EMAIL) is None:
+                password = secrets.token_urlsafe(12)
+                sign_up(db, DEMO_EMAIL, password, "Demo team")
+                secret.write_text(password)
+                secret.chmod(0o600)
+            elif not secret.exists():
+                return None
+    finally:
+        engine.dispose()
+    return DEMO_EMAIL, secret.read_text().strip()
+
+
+def start_workers(settings: Settings, log_level: str) -> list[subprocess.Popen]:
+    """One worker for the gpu queue (runs, galleries) and one for the cpu queue (packs), so
+    a pack is built while a run trains."""
+    procs = []
+    for name, queue in (("gpu", settings.queue_gpu), ("cpu", settings.queue_cpu)):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue, "-P", "solo",
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", log_level, "-n", f"embedded-{name}@%h"],
+            env=os.environ.copy(),
+        ))
+    return procs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/run", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("DOMAINSTUDIO_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DOMAINSTUDIO_PORT", "8000")))
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from app.migrate import upgrade
+
+    upgrade(settings.resolved_database_url)
+    account = ensure_demo_account(settings)
+    workers = start_workers(settings, args.log_level.upper())
+
+    import uvicorn
+
+    from app.main import create_app
+
+    url = f"http://{args.host}:{args.port}"
+    print(f"\nDomainStudio is running at {url}", flush=True)
+    if account:
+        print(f"Sign in as {account[0]} with password {account[1]}", flush=True)
+    print(f"or create an account at {url}/signup", flush=True)
+    print(f"Base models: {', '.join(settings.base_model_list)}; data in {settings.data_dir.resolve()}", flush=True)
+    print("Stop with Ctrl+C.\n", flush=True)
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
