@@ -1,0 +1,295 @@
+"""Train, export and load the demo source model ``builtin:fmnist-ddpm-32``.
+
+An unconditional DDPM on the seven non-footwear Fashion-MNIST classes, so that shoes are a
+domain it has never seen and few-shot adaptation to them can be measured. The loop follows
+nanoGPT's shape: one readable loop, a checkpoint holding model, EMA, optimizer, step and RNG
+state, written atomically so that a killed run resumes where it stopped.
+
+    python -m worker.domainstudio.pretrain pretrain --steps 6000
+    python -m worker.domainstudio.pretrain pretrain --export-only   # export the last checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+from . import fmnist
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "fmnist-ddpm-32.safetensors"
+DEFAULT_STATE_DIR = Path("var/pretrain")
+
+UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=1,
+    out_channels=1,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 64),
+    # Attention only at the 8x8 level: cheap on a CPU, and enough for global shape.
+    down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+)
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear",
+                        beta_start=1e-4, beta_end=0.02, clip_sample=True)
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+    seed: int = 0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    log_every: int = 50
+    classes: tuple = field(default_factory=lambda: fmnist.NON_FOOTWEAR_CLASSES)
+
+
+def build_unet() -> UNet2DModel:
+    return UNet2DModel(**UNET_CONFIG)
+
+
+def build_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(**SCHEDULER_CONFIG)
+
+
+# ---------------------------------------------------------------- checkpointing
+
+def _save_atomic(obj, path: Path) -> None:
+    """Write to a temporary file, then rename: a kill mid-write never leaves a broken checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(state_dir: Path, unet, ema: dict, opt, step: int, gen: torch.Generator,
+                    config: PretrainConfig, elapsed: float) -> None:
+    _save_atomic({
+        "model": unet.state_dict(), "ema": ema, "optimizer": opt.state_dict(), "step": step,
+        "rng": torch.get_rng_state(), "data_rng": gen.get_state(),
+        "config": asdict(config), "elapsed_seconds": elapsed,
+    }, Path(state_dir) / "checkpoint.pt")
+
+
+def load_checkpoint(state_dir: Path) -> dict | None:
+    path = Path(state_dir) / "checkpoint.pt"
+    return torch.load(path, weights_only=False) if path.exists() else None
+
+
+# ---------------------------------------------------------------- export / load
+
+def export_weights(ema: dict, out: Path, recipe: dict) -> Path:
+    """Write the EMA weights as fp16 safetensors plus a JSON file with configs and recipe."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in ema.items()}
+    save_file(tensors, str(out), metadata={"format": "pt", "model": "fmnist-ddpm-32"})
+    meta = {"unet": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
+            "scheduler": SCHEDULER_CONFIG, "recipe": recipe}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def load_fmnist_ddpm(path: str | Path | None = None, device: str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> tuple[UNet2DModel, DDPMScheduler]:
+    """The shipped source model ``builtin:fmnist-ddpm-32``: (UNet2DModel in eval mode, DDPMScheduler).
+
+    Weights are stored in fp16 to keep the repository small and cast to ``dtype`` here, since
+    fp16 on a CPU is slow and training needs float32.
+    """
+    path = Path(path) if path else DEFAULT_WEIGHTS
+    meta_path = path.with_suffix(".json")
+    if not path.exists() or not meta_path.exists():
+        raise FileNotFoundError(f"fmnist-ddpm-32 weights not found: need {path} and {meta_path}")
+    meta = json.loads(meta_path.read_text())
+    unet = UNet2DModel(**meta["unet"])
+    unet.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(path)).items()})
+    unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return unet, DDPMScheduler(**meta["scheduler"])
+
+
+# ---------------------------------------------------------------- training
+
+def _log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+
+
+@torch.no_grad()
+def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
+    for name, p in model.state_dict().items():
+        if p.dtype.is_floating_point:
+            ema[name].mul_(decay).add_(p, alpha=1 - decay)
+        else:
+            ema[name].copy_(p)
+
+
+def _train_step(unet, sched, opt, data, gen, config: PretrainConfig) -> float:
+    idx = torch.randint(len(data), (config.batch_size,), generator=gen)
+    x0 = data[idx]
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+    loss = F.mse_loss(unet(sched.add_noise(x0, noise, t), t).sample, noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+    opt.step()
+    return loss.item()
+
+
+def pretrain(config: PretrainConfig | None = None, state_dir: str | Path = DEFAULT_STATE_DIR,
+             out: str | Path = DEFAULT_WEIGHTS, resume: bool = True,
+             progress: Callable[[dict], None] | None = None) -> Path:
+    """Train the source model (resuming from ``state_dir`` if a checkpoint is there) and export it.
+
+    ``progress`` receives a dict (step, total, loss, elapsed_seconds, eta_seconds) every
+    ``log_every`` steps; the same line is printed. Returns the exported weights path.
+    """
+    config = config or PretrainConfig()
+    state_dir = Path(state_dir)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    unet, sched = build_unet(), build_scheduler()
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    step, elapsed = 0, 0.0
+    ckpt = load_checkpoint(state_dir) if resume else None
+    if ckpt:
+        unet.load_state_dict(ckpt["model"]); opt.load_state_dict(ckpt["optimizer"])
+        ema = ckpt["ema"]; step = ckpt["step"]; elapsed = ckpt["elapsed_seconds"]
+        torch.set_rng_state(ckpt["rng"]); gen.set_state(ckpt["data_rng"])
+        _log(f"resumed from {state_dir / 'checkpoint.pt'} at step {step}")
+    data = torch.cat([fmnist.class_images(config.classes, ("train",))])
+    _log(f"pretrain: {len(data)} images of classes {list(config.classes)}, "
+         f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, "
+         f"{torch.get_num_threads()} threads, steps {step}->{config.steps}")
+    unet.train()
+    t0, step0, running = time.time(), step, []
+    try:
+        while step < config.steps:
+            running.append(_train_step(unet, sched, opt, data, gen, config))
+            _ema_update(ema, unet, config.ema_decay)
+            step += 1
+            if step % config.log_every == 0 or step == config.steps:
+                now = elapsed + time.time() - t0
+                rate = (time.time() - t0) / (step - step0)
+                info = {"step": step, "total": config.steps, "loss": sum(running) / len(running),
+                        "elapsed_seconds": now, "eta_seconds": rate * (config.steps - step)}
+                running = []
+                _log(f"step {step}/{config.steps} loss {info['loss']:.4f} {rate:.3f} s/step "
+                     f"elapsed {_fmt_seconds(now)} ETA {_fmt_seconds(info['eta_seconds'])}")
+                if progress:
+                    progress(info)
+            if step % config.checkpoint_every == 0:
+                save_checkpoint(state_dir, unet, ema, opt, step, gen, config, elapsed + time.time() - t0)
+    except BaseException:
+        # Killed by Ctrl-C or an error: keep the work done so far, then let it propagate.
+        save_checkpoint(state_dir, unet, ema, opt, step, gen, config, elapsed + time.time() - t0)
+        _log(f"interrupted at step {step}; checkpoint saved, rerun to resume")
+        raise
+    elapsed += time.time() - t0
+    save_checkpoint(state_dir, unet, ema, opt, step, gen, config, elapsed)
+    return export_from_checkpoint(state_dir, out)
+
+
+def export_from_checkpoint(state_dir: str | Path = DEFAULT_STATE_DIR,
+                           out: str | Path = DEFAULT_WEIGHTS) -> Path:
+    """Export the EMA weights of the checkpoint in ``state_dir`` (also works mid-training)."""
+    ckpt = load_checkpoint(Path(state_dir))
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint in {state_dir}")
+    recipe = dict(ckpt["config"], steps_done=ckpt["step"],
+                  train_seconds=round(ckpt["elapsed_seconds"]),
+                  threads=torch.get_num_threads(), data="Fashion-MNIST train, non-footwear classes",
+                  objective="epsilon MSE, t ~ U{0..999}", ema="exported")
+    path = export_weights(ckpt["ema"], Path(out), recipe)
+    _log(f"exported EMA weights at step {ckpt['step']} to {path} "
+         f"({path.stat().st_size / 1e6:.1f} MB)")
+    return path
+
+
+# ---------------------------------------------------------------- command line
+
+def _exit_on_sigterm() -> None:
+    """Turn `kill <pid>` into SystemExit, so the loop's handler saves a checkpoint first."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.export_only:
+        export_from_checkpoint(args.state_dir, args.out)
+        return 0
+    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            ema_decay=args.ema_decay, seed=args.seed,
+                            checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    pretrain(config, state_dir=args.state_dir, out=args.out, resume=not args.no_resume)
+    return 0
+
+
+def _run_train_classifier(args: argparse.Namespace) -> int:
+    from . import metric_net  # imported here so `pretrain` does not pay for it
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    metric_net.train_classifier(epochs=args.epochs, seed=args.seed, out=args.out)
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    """Add the ``pretrain`` and ``train-classifier`` subcommands; each sets ``func(args) -> int``."""
+    p = subparsers.add_parser("pretrain", help="train the builtin:fmnist-ddpm-32 source model")
+    d = PretrainConfig()
+    p.add_argument("--steps", type=int, default=d.steps, help="total steps (a resumed run continues to this)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="checkpoint folder")
+    p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="exported .safetensors path")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--export-only", action="store_true", help="export the checkpoint's EMA and stop")
+    p.set_defaults(func=_run_pretrain)
+
+    c = subparsers.add_parser("train-classifier", help="train the Fashion-MNIST metric classifier")
+    c.add_argument("--epochs", type=int, default=4)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--out", type=Path, default=None, help="default: the shipped weights path")
+    c.set_defaults(func=_run_train_classifier)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.domainstudio.pretrain")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
