@@ -56,9 +56,12 @@ def redirect(url: str) -> RedirectResponse:
 
 
 def act(request: Request, action: Callable[[], str], back: str) -> RedirectResponse:
-    """Runs a form action; on a ServiceError shows its message on the page it came from."""
+    """Runs a form action; on bad input shows the reason on the page it came from. A
+    missing (or another team's) object stays a 404."""
     try:
         return redirect(action())
+    except NotFound:
+        raise
     except ServiceError as exc:
         flash(request, exc.message, "error")
         return redirect(back)
@@ -146,6 +149,8 @@ async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[U
     back = f"/photo-sets/{photo_set_id}"
     try:
         result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
+    except NotFound:
+        raise
     except ServiceError as exc:
         flash(request, exc.message, "error")
         return redirect(back)

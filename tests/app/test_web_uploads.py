@@ -166,3 +166,21 @@ def test_bad_api_input_gets_a_reason(make_client, local_pg_settings):
     r = client.post("/api/photo-sets", json={"name": "", "class_word": "bottle"})
     assert r.status_code == 400 and "name is required" in r.json()["detail"]
     assert client.get(f"/api/photo-sets/{ps}/runs").json()["runs"] == []  # nothing was created
+
+
+def test_expert_settings_are_settings_of_the_core():
+    """The web form offers only names the core's AdaptConfig knows, with the same choices."""
+    import dataclasses
+
+    from app.presets import EXPERT_FIELDS, PRESETS
+    from worker.domainstudio import AdaptConfig
+
+    core = {f.name: f for f in dataclasses.fields(AdaptConfig)}
+    assert set(EXPERT_FIELDS) <= set(core)
+    missing = set(core) - set(EXPERT_FIELDS) - {"base_model", "class_word", "device", "class_images_dir"}
+    assert not missing, f"settings of the core missing from the expert form: {missing}"
+    for name, field in EXPERT_FIELDS.items():
+        if field.choices:
+            assert tuple(field.choices) == tuple(core[name].metadata["choices"]), name
+    for preset in PRESETS.values():
+        AdaptConfig.from_dict({**preset.settings, "base_model": "builtin:tiny-ddpm"})

@@ -1,0 +1,96 @@
+"""Sign up, sign in, CSRF, sessions and the HTML pages rendered for a signed-in user."""
+from __future__ import annotations
+
+import re
+
+from app.security import hash_password, verify_password
+from conftest import new_photo_set, sign_up
+
+
+def form_token(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def test_sign_up_and_in_through_the_pages(make_client, local_pg_settings):
+    client = make_client(local_pg_settings)
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    page = client.get("/signup").text
+    email = f"page-{id(client)}@example.com"
+    # without the CSRF token the form post is refused
+    r = client.post("/signup", data={"email": email, "password": "long enough password"})
+    assert r.status_code == 403 and "CSRF" in r.text
+    r = client.post("/signup", data={"email": email, "password": "short", "csrf_token": form_token(page)})
+    assert r.status_code == 400 and "at least 10 characters" in r.text
+    r = client.post("/signup", data={"email": email, "password": "long enough password", "csrf_token": form_token(page)})
+    assert r.status_code == 200 and "Photo sets" in r.text  # followed the redirect to the home page
+
+    home = client.get("/").text
+    r = client.post("/photo-sets", data={"name": "Autumn", "class_word": "bag", "csrf_token": form_token(home)})
+    assert r.status_code == 200 and "Autumn" in r.text and "Drop photos here" in r.text
+    r = client.post("/logout", data={"csrf_token": form_token(r.text)})
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+    login = client.get("/login").text
+    r = client.post("/login", data={"email": email, "password": "wrong password!", "csrf_token": form_token(login)})
+    assert r.status_code == 400 and "wrong email or password" in r.text
+    r = client.post("/login", data={"email": email.upper(), "password": "long enough password",
+                                    "csrf_token": form_token(login)})
+    assert r.status_code == 200 and "Autumn" in r.text
+
+
+def test_api_auth_and_csrf(make_client, local_pg_settings):
+    client = make_client(local_pg_settings)
+    assert client.get("/api/photo-sets").status_code == 401
+    body = sign_up(client)
+    r = client.post("/api/auth/signup", json={"email": body["user"]["email"], "password": "another password"})
+    assert r.status_code == 409
+    token = client.headers.pop("X-CSRF-Token")
+    r = client.post("/api/photo-sets", json={"name": "x", "class_word": "y"})
+    assert r.status_code == 403 and "CSRF" in r.json()["detail"]
+    r = client.post("/api/photo-sets", json={"name": "x", "class_word": "y"}, headers={"X-CSRF-Token": token})
+    assert r.status_code == 201
+    assert client.get("/api/me").json()["csrf_token"] == token
+
+
+def test_passwords_are_hashed_with_argon2():
+    h = hash_password("correct horse battery")
+    assert h.startswith("$argon2id$") and "correct" not in h
+    assert verify_password(h, "correct horse battery") and not verify_password(h, "wrong")
+
+
+def test_pages_render_with_security_headers(make_client, local_pg_settings):
+    client = make_client(local_pg_settings)
+    sign_up(client)
+    ps = new_photo_set(client, n_photos=10)
+    r = client.get(f"/photo-sets/{ps}")
+    assert r.status_code == 200
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    for name in ("Quick", "Standard", "High quality", "Expert settings", "builtin:tiny-ddpm"):
+        assert name in r.text
+    assert r.text.count('src="/photos/') == 10
+    # a run started from the form with too few photos comes back with the reason
+    other = new_photo_set(client, n_photos=0)
+    page = client.get(f"/photo-sets/{other}").text
+    r = client.post(f"/photo-sets/{other}/runs", data={"csrf_token": form_token(page), "preset": "quick"})
+    assert r.status_code == 200 and "a run needs at least 10 photos; this set has 0" in r.text
+    assert client.get("/docs").status_code == 200
+    assert "/api/photo-sets/{photo_set_id}/runs" in client.get("/openapi.json").json()["paths"]
+
+
+def test_health_reports_each_service(make_client, local_pg_settings):
+    client = make_client(local_pg_settings)
+    assert client.get("/health").json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
+    broken = make_client(local_pg_settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"}))
+    r = broken.get("/health")
+    assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
+
+
+def test_broker_down_marks_the_run_failed_with_503(make_client, local_pg_settings):
+    client = make_client(local_pg_settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"}))
+    sign_up(client)
+    ps = new_photo_set(client, n_photos=10)
+    r = client.post(f"/api/photo-sets/{ps}/runs", json={"preset": "quick"})
+    assert r.status_code == 503 and "queue is unreachable" in r.json()["detail"]
+    [run] = client.get(f"/api/photo-sets/{ps}/runs").json()["runs"]
+    assert run["status"] == "failed" and "unreachable" in run["error"]
