@@ -94,3 +94,14 @@ def test_broker_down_marks_the_run_failed_with_503(make_client, local_pg_setting
     assert r.status_code == 503 and "queue is unreachable" in r.json()["detail"]
     [run] = client.get(f"/api/photo-sets/{ps}/runs").json()["runs"]
     assert run["status"] == "failed" and "unreachable" in run["error"]
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from conftest import ROOT
+
+    from app.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    assert "## The web application" in readme
+    missing = [n for n in Settings.model_fields if f"`DOMAINSTUDIO_{n.upper()}`" not in readme]
+    assert not missing, f"settings missing from the README's table: {missing}"
