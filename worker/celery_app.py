@@ -9,7 +9,7 @@ run is never handed to a second worker while the first still works on it.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from app.settings import Settings, get_settings
 
@@ -19,8 +19,11 @@ def make_celery(settings: Settings) -> Celery:
     gpu, cpu = settings.queue_gpu, settings.queue_cpu
     app.conf.update(
         imports=("worker.tasks",),
-        task_queues=(Queue(gpu), Queue(cpu)),
+        # each queue with its own exchange and key: a message goes to exactly one queue
+        task_queues=tuple(Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (gpu, cpu)),
         task_default_queue=cpu,
+        task_default_exchange=cpu,
+        task_default_routing_key=cpu,
         task_routes={
             "worker.tasks.adapt_run": {"queue": gpu},
             "worker.tasks.sample_gallery": {"queue": gpu},

@@ -184,3 +184,28 @@ def test_expert_settings_are_settings_of_the_core():
             assert tuple(field.choices) == tuple(core[name].metadata["choices"]), name
     for preset in PRESETS.values():
         AdaptConfig.from_dict({**preset.settings, "base_model": "builtin:tiny-ddpm"})
+
+
+def test_object_store_down_during_upload_leaves_nothing(make_client, local_pg_settings, pg_settings):
+    down = pg_settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9", "s3_bucket": "unreachable"})
+    client = make_client(down)
+    sign_up(client)
+    ps = new_photo_set(client, n_photos=0)
+    r = upload(client, ps, [("a.png", png_bytes(1)), ("b.png", png_bytes(2))])
+    assert r.status_code == 503 and "object store is unreachable" in r.json()["detail"]
+    assert client.get(f"/api/photo-sets/{ps}").json()["photo_count"] == 0
+
+
+def test_deleting_a_photo_set_removes_its_objects_and_rows(make_client, local_pg_settings):
+    client = make_client(local_pg_settings)
+    team = sign_up(client)["user"]["team_id"]
+    keep = new_photo_set(client, n_photos=2)
+    gone = new_photo_set(client, n_photos=3)
+    storage = client.app.state.storage
+    assert len(storage.list_keys(f"teams/{team}/photo-sets/{gone}")) == 6
+    r = client.delete(f"/api/photo-sets/{gone}")
+    assert r.status_code == 200
+    assert storage.list_keys(f"teams/{team}/photo-sets/{gone}") == []
+    assert client.get(f"/api/photo-sets/{gone}").status_code == 404
+    assert len(storage.list_keys(f"teams/{team}/photo-sets/{keep}")) == 4
+    assert [p["id"] for p in client.get("/api/photo-sets").json()["photo_sets"]] == [keep]
