@@ -120,3 +120,24 @@ def draw_shots(target_class: int, k: int, seed: int = 0) -> tuple[torch.Tensor, 
         raise ValueError(f"k must be 1..{len(candidates)}, got {k}")
     chosen = np.sort(np.random.default_rng(seed).choice(candidates, size=k, replace=False))
     return to_tensor(images[chosen]), chosen
+
+
+def image_grid(x: torch.Tensor, nrow: int = 8, scale: int = 2, gap: int = 2):
+    """A PIL grid of [N, 1, H, W] images in [-1, 1], enlarged ``scale`` times (nearest) for viewing."""
+    from PIL import Image
+
+    tiles = to_uint8(x)
+    n, h, w = tiles.shape
+    rows = -(-n // nrow)
+    canvas = np.full((rows * (h + gap) + gap, nrow * (w + gap) + gap), 128, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, nrow)
+        canvas[gap + r * (h + gap):gap + r * (h + gap) + h, gap + c * (w + gap):gap + c * (w + gap) + w] = tile
+    image = Image.fromarray(canvas, mode="L")
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
+def from_pil(images) -> torch.Tensor:
+    """PIL images (any mode) -> [N, 1, H, W] in [-1, 1], grayscale, as the metrics expect."""
+    arrays = [np.asarray(im.convert("L"), dtype=np.uint8) for im in images]
+    return torch.from_numpy(np.stack(arrays).astype(np.float32) / 127.5 - 1.0).unsqueeze(1)
