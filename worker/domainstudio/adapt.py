@@ -157,17 +157,17 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
         log.info("run.resumed step=%d output=%s", start, out)
     meta = {"base_model": cfg.base_model, "base_fingerprint": base.fingerprint, "mode": cfg.mode}
     clock = _Clock(start, cfg.steps)
-    completed, rng_before, terms = start, rng_state(generator), {}
+    # RNG as of the last completed step: a crash mid-step resumes exactly where it left off.
+    completed, rng_done, terms = start, rng_state(generator), {}
     try:
         for step in range(start, cfg.steps):
             if should_stop is not None and should_stop():
                 raise Canceled(f"the run was canceled at step {step} of {cfg.steps}")
-            rng_before = rng_state(generator)
             index = torch.randperm(n_photos, generator=generator)[: cfg.batch_size]
             terms = _step(trainer, optimizer, scaler, index, generator, step)
-            completed = step + 1
+            completed, rng_done = step + 1, rng_state(generator)
             if completed % cfg.checkpoint_every == 0 or completed == cfg.steps:
-                _save(out, completed, trainer, optimizer, scaler, rng_state(generator), meta)
+                _save(out, completed, trainer, optimizer, scaler, rng_done, meta)
             previews = _previews(trainer, base, cfg, device, completed)
             if progress is not None:
                 progress(ProgressEvent(completed, cfg.steps, terms, clock.eta(completed), clock.elapsed(), previews))
@@ -176,7 +176,7 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
     except BaseException:
         # Keep what was learned: a resumed run continues from the last completed step.
         if completed > start:
-            _save(out, completed, trainer, optimizer, scaler, rng_before, meta)
+            _save(out, completed, trainer, optimizer, scaler, rng_done, meta)
         raise
     return _publish(trainer, cfg, out, meta, terms, start, clock)
 

@@ -84,7 +84,8 @@ def _adapt_parser(sub) -> None:
 
 
 def _sample_parser(sub) -> None:
-    from .sampling import DEFAULT_STEPS, SCHEDULERS
+    from .config import DEFAULT_SAMPLING_STEPS as DEFAULT_STEPS
+    from .config import SCHEDULERS
 
     p = sub.add_parser("sample", help="sample images from an adapted run or a base model")
     p.add_argument("model", help="run output folder, diffusers folder, or builtin:NAME")

@@ -15,6 +15,8 @@ from .errors import InputError
 
 UNCONDITIONAL = "unconditional"
 TEXT_TO_IMAGE = "text-to-image"
+SCHEDULERS = ("dpmsolver++", "ddim", "ddpm")  # samplers; DPM-Solver++ is the default
+DEFAULT_SAMPLING_STEPS = 25
 
 
 def _f(default: Any, help: str, choices: tuple | None = None):

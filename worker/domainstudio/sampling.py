@@ -12,13 +12,13 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from .config import DEFAULT_SAMPLING_STEPS as DEFAULT_STEPS
+from .config import SCHEDULERS
 from .data import to_pil
 from .errors import Canceled, InputError
 from .models import BaseModel
 from .training import resolve_device
 
-SCHEDULERS = ("dpmsolver++", "ddim", "ddpm")
-DEFAULT_STEPS = 25
 
 
 @dataclass

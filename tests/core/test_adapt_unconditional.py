@@ -1,0 +1,135 @@
+"""Adaptation of the builtin tiny DDPM: steps, checkpoints, resume, progress, cancel, bad input."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from worker.domainstudio import AdaptConfig, Canceled, InputError, ModelError, adapt, sample
+from worker.domainstudio.training import STATE_FILE
+
+
+def tiny(**kw):
+    values = dict(base_model="builtin:tiny-ddpm", steps=2, batch_size=4, preview_every=0,
+                  checkpoint_every=100, ds_max_timestep=1000)
+    values.update(kw)
+    return AdaptConfig(**values)
+
+
+def unet_weights(run):
+    return load_file(run / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_two_steps_produce_a_loadable_checkpoint_with_all_terms(photos, tmp_path):
+    events = []
+    result = adapt(tiny(preview_every=2, num_previews=2), photos, tmp_path / "run", progress=events.append)
+    assert result.steps == 2 and result.mode == "full" and result.kind == "unconditional"
+    assert [e.step for e in events] == [1, 2] and all(e.total == 2 for e in events)
+    assert set(events[0].losses) == {"simple", "img", "hf", "hfmse", "prior", "total"}
+    # With every t admitted, all four terms are active on a batch of 4.
+    assert all(events[-1].losses[k] > 0 for k in ("simple", "img", "hf", "hfmse"))
+    assert events[0].previews is None and len(events[1].previews) == 2
+    assert events[1].eta_seconds == pytest.approx(0.0)
+    info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert info["base_model"] == "builtin:tiny-ddpm" and info["steps"] == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["l_img"] == 4.0 and config["l_hf"] == 4.0 and config["l_hfmse"] == 1.0  # official weights
+    images = sample(tmp_path / "run", 2, steps=2)
+    assert images[0].image.size == (32, 32) and images[0].model == str(tmp_path / "run")
+
+
+def test_ds_terms_apply_only_below_the_timestep_cutoff(photos, tmp_path):
+    events = []
+    adapt(tiny(ds_max_timestep=1, steps=3), photos, tmp_path / "run", progress=events.append)
+    # t < 1 means t == 0 only: with 3 steps of 4 samples that essentially never happens.
+    assert all(e.losses["img"] == 0 and e.losses["hfmse"] == 0 for e in events)
+
+
+def test_resume_continues_at_the_saved_step_with_the_same_state(photos, tmp_path):
+    adapt(tiny(steps=4), photos, tmp_path / "straight")
+    first = adapt(tiny(steps=2), photos, tmp_path / "resumed")
+    assert first.steps == 2
+    second = adapt(tiny(steps=4), photos, tmp_path / "resumed")
+    assert second.resumed_from == 2 and second.steps == 4
+    assert torch.load(tmp_path / "resumed" / STATE_FILE, weights_only=False)["step"] == 4
+    a, b = unet_weights(tmp_path / "straight"), unet_weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_crash_saves_the_state_and_the_rerun_finishes_identically(photos, tmp_path):
+    adapt(tiny(steps=4), photos, tmp_path / "straight")
+
+    def crash(event):
+        if event.step == 3:
+            raise RuntimeError("worker lost")
+    with pytest.raises(RuntimeError):
+        adapt(tiny(steps=4), photos, tmp_path / "crashed", progress=crash)
+    assert torch.load(tmp_path / "crashed" / STATE_FILE, weights_only=False)["step"] == 3
+    assert not (tmp_path / "crashed" / "checkpoint.json").exists()
+    result = adapt(tiny(steps=4), photos, tmp_path / "crashed")
+    assert result.resumed_from == 3
+    a, b = unet_weights(tmp_path / "straight"), unet_weights(tmp_path / "crashed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_run_is_returned_without_training_again(photos, tmp_path):
+    adapt(tiny(), photos, tmp_path / "run")
+    before = (tmp_path / "run" / "checkpoint.json").read_text()
+    again = adapt(tiny(), photos, tmp_path / "run", progress=lambda e: pytest.fail("trained again"))
+    assert again.steps == 2 and (tmp_path / "run" / "checkpoint.json").read_text() == before
+
+
+def test_cancel_stops_within_one_step(photos, tmp_path):
+    steps = []
+    with pytest.raises(Canceled):
+        adapt(tiny(steps=50), photos, tmp_path / "run", progress=lambda e: steps.append(e.step),
+              should_stop=lambda: len(steps) >= 2)
+    assert steps == [1, 2]
+
+
+def test_too_few_photos_is_an_error_and_leaves_no_folder(tmp_path):
+    from tests.core.conftest import make_photos
+
+    folder = make_photos(tmp_path / "one", count=1)
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match="at least 2 usable photos.*notes.txt"):
+        adapt(tiny(), folder, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_files_are_skipped_with_a_warning_naming_them(photos, tmp_path):
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    from PIL import Image
+    Image.new("RGB", (16, 16)).save(photos / "thumb.png")
+    result = adapt(tiny(), photos, tmp_path / "run")
+    assert any("broken.jpg" in w and "not a readable image" in w for w in result.warnings)
+    assert any("thumb.png" in w and "smaller" in w for w in result.warnings)
+
+
+def test_resuming_with_another_base_model_is_refused(photos, tmp_path):
+    adapt(tiny(steps=1), photos, tmp_path / "run")
+    with pytest.raises(ModelError, match="another base model"):
+        adapt(tiny(steps=4, base_model="builtin:tiny-sd", num_class_images=2), photos, tmp_path / "run")
+
+
+def test_an_output_folder_with_other_files_is_not_touched(photos, tmp_path):
+    out = tmp_path / "somebody-else"
+    out.mkdir()
+    (out / "thesis.docx").write_text("precious")
+    with pytest.raises(InputError, match="holds other files"):
+        adapt(tiny(), photos, out)
+    assert (out / "thesis.docx").read_text() == "precious"
+
+
+def test_lora_on_an_unconditional_model_is_a_clear_error(photos, tmp_path):
+    with pytest.raises(InputError, match="lora mode is for text-to-image"):
+        adapt(tiny(mode="lora"), photos, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cuda_asked_but_absent(photos, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        adapt(tiny(device="cuda"), photos, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
