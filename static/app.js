@@ -60,6 +60,8 @@
       let r;
       try { r = await (await fetch(run.dataset.api, { headers: { Accept: "application/json" } })).json(); }
       catch (_) { setTimeout(poll, 3000); return; }
+      const badge = $("#run-status .status");
+      if (badge) { badge.textContent = r.status; badge.className = "status status-" + r.status; }
       $("#run-step").textContent = r.step; $("#run-total").textContent = r.total_steps;
       const bar = $("#run-bar"); bar.max = r.total_steps || 1; bar.value = r.step;
       $("#run-eta").textContent = fmt(r.eta_seconds); $("#run-elapsed").textContent = fmt(r.elapsed_seconds);
@@ -93,6 +95,21 @@
   }
   if (document.querySelector('tr.pack[data-status="queued"], tr.pack[data-status="running"]')) setTimeout(() => location.reload(), 2000);
 
+  // Filter counts and the pack form follow in-place reviews (on the unfiltered grid).
+  const updateCounts = () => {
+    const grid = $(".grid.images");
+    if (!grid || grid.dataset.filtered) { location.reload(); return; }
+    ["new", "approved", "rejected"].forEach((r) => {
+      const n = grid.querySelectorAll("li.review-" + r).length;
+      document.querySelectorAll('[data-count="' + r + '"]').forEach((el) => { el.textContent = n; });
+    });
+    const counts = { approved: grid.querySelectorAll("li.review-approved").length,
+      "not-rejected": grid.querySelectorAll("li").length - grid.querySelectorAll("li.review-rejected").length };
+    document.querySelectorAll("option[data-option-count]").forEach((opt) => {
+      opt.textContent = opt.textContent.replace(/\(\d+\)/, "(" + counts[opt.dataset.optionCount] + ")");
+    });
+  };
+
   // In-place approve / reject on the gallery grid.
   document.querySelectorAll(".grid.images .review-form").forEach((f) => {
     f.addEventListener("submit", async (e) => {
@@ -101,8 +118,9 @@
       const res = await fetch("/api" + f.getAttribute("action"), {
         method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() }, body: JSON.stringify({ review }),
       });
-      if (res.ok) { const li = f.closest("li"); li.className = "review-" + review; li.querySelector(".review-label").textContent = review; }
-      else f.submit();
+      if (!res.ok) { f.submit(); return; }
+      const li = f.closest("li"); li.className = "review-" + review; li.querySelector(".review-label").textContent = review;
+      updateCounts();
     });
   });
 

@@ -5,6 +5,7 @@ import io
 import logging
 import zipfile
 from dataclasses import dataclass
+from datetime import timezone
 from pathlib import Path
 
 from PIL import Image as PILImage
@@ -116,10 +117,15 @@ def write_pack_zip(storage: Storage, pack: Pack, images: list[Image], source: Pa
             zf.writestr(name, data)
             writer.writerow({
                 "file": name, "prompt": image.prompt or "", "seed": image.seed, "run": source.run_id,
-                "base_model": source.base_model, "created": image.created_at.isoformat(),
+                "base_model": source.base_model, "created": _utc(image.created_at).isoformat(),
             })
         zf.writestr("manifest.csv", manifest.getvalue())
     return len(images)
+
+
+def _utc(moment):
+    """SQLite hands back naive datetimes; every timestamp we store is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def pack_filename(gallery: Gallery, pack: Pack) -> str:
