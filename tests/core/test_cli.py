@@ -24,9 +24,13 @@ def test_help_documents_every_adapt_setting():
 
 def test_adapt_resume_info_and_sample_end_to_end(photos, tmp_path):
     out = tmp_path / "run"
-    common = ["--base-model", "builtin:tiny-ddpm", "--preview-every", "0", "--batch-size", "2"]
+    common = ["--base-model", "builtin:tiny-ddpm", "--preview-every", "2", "--num-previews", "2",
+              "--batch-size", "2"]
     first = run("adapt", str(photos), "-o", str(out), "--steps", "2", *common)
     assert "adapted model" in first.stdout
+    assert "adapting: 100%" in first.stderr  # the progress bar
+    from PIL import Image
+    assert Image.open(out / "previews" / "step-000002.png").size == (64, 32)
     second = run("adapt", str(photos), "-o", str(out), "--steps", "3", *common)
     assert "resumed at step 2" in second.stdout
     info = json.loads(run("info", str(out), "--json").stdout)

@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: the training state was saved; run the same command again to resume",
-              file=sys.stderr)
+        print("\ninterrupted: training state up to the last completed step is in OUTPUT/state; "
+              "run the same command again to resume", file=sys.stderr)
         return 130
 
 
@@ -108,7 +108,7 @@ def cmd_adapt(args) -> int:
     values = {f["name"]: getattr(args, f["name"]) for f in AdaptConfig.fields_help()
               if getattr(args, f["name"]) is not None}
     config = AdaptConfig.from_dict(values)
-    bar = _ProgressBar()
+    bar = _ProgressBar(args.output / "previews")
     try:
         result = adapt(config, args.photos, args.output, progress=bar, resume=not args.no_resume)
     finally:
@@ -123,9 +123,10 @@ def cmd_adapt(args) -> int:
 class _ProgressBar:
     """tqdm bar with the loss terms and ETA; saves preview grids next to the run."""
 
-    def __init__(self):
+    def __init__(self, previews: Path):
         self.bar = None
         self.stage = None
+        self.previews = previews
 
     def __call__(self, event) -> None:
         from tqdm import tqdm
@@ -137,13 +138,28 @@ class _ProgressBar:
             self.stage = event.stage
         self.bar.n = event.step
         if event.losses:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in event.losses.items() if k in ("total", "simple", "img", "hf", "hfmse", "prior")}, refresh=False)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in event.losses.items()}, refresh=False)
         self.bar.refresh()
+        if event.previews:
+            self.previews.mkdir(parents=True, exist_ok=True)
+            preview_grid(event.previews).save(self.previews / f"step-{event.step:06d}.png")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def preview_grid(images, columns: int = 4):
+    """Paste preview images side by side, `columns` per row."""
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = (len(images) + columns - 1) // columns
+    grid = Image.new(images[0].mode, (w * min(columns, len(images)), h * rows))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * w, (i // columns) * h))
+    return grid
 
 
 def cmd_sample(args) -> int:
