@@ -4,55 +4,14 @@ own, an S3 server (moto's server mode) on a loopback port, and real Celery worke
 """
 from __future__ import annotations
 
-import io
-import os
-import socket
 import subprocess
 import sys
-import time
-import uuid
-from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
-from PIL import Image
 
 from app.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN = os.environ.get("DOMAINSTUDIO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("DOMAINSTUDIO_TEST_REDIS", "redis://127.0.0.1:6379/0")
-TAG = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-# ------------------------------------------------------------------------------ services
-def create_database(name: str) -> str:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from web_helpers import REDIS, TAG, CeleryWorker, create_database, drop_database, free_port, production_settings, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -100,29 +59,6 @@ def queues():
     client.close()
 
 
-def production_settings(tmp: Path, pg_url: str, s3_endpoint: str, queues: dict, **over) -> Settings:
-    values = dict(
-        data_dir=tmp, database_url=pg_url, broker_url=REDIS, storage_backend="s3", s3_endpoint_url=s3_endpoint,
-        s3_bucket=f"ds-test-{TAG.replace('_', '-')}", s3_access_key_id="test", s3_secret_access_key="test",
-        secret_key="test-secret-key-" + TAG, base_models="builtin:tiny-ddpm,builtin:tiny-sd", gallery_size=8,
-        sample_steps=2, sample_batch_size=4, device="cpu", **queues,
-    )
-    values.update(over)
-    return Settings(**values)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a subprocess the same settings."""
-    env = dict(os.environ)
-    env = {k: v for k, v in env.items() if not k.startswith("DOMAINSTUDIO_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"DOMAINSTUDIO_{name.upper()}"] = str(value)
-    env["PYTHONPATH"] = str(ROOT)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
 @pytest.fixture(scope="session")
 def pg_settings(tmp_path_factory, pg_url, s3_endpoint, queues) -> Settings:
     return production_settings(tmp_path_factory.mktemp("data"), pg_url, s3_endpoint, queues)
@@ -137,33 +73,6 @@ def local_pg_settings(tmp_path_factory, pg_url, queues) -> Settings:
                     sample_steps=2, device="cpu", **queues)
 
 
-class CeleryWorker:
-    def __init__(self, settings: Settings, log_path: Path):
-        self.log_path = log_path
-        queues = f"{settings.queue_gpu},{settings.queue_cpu}"
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, "-P", "solo",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO", "-n", f"test-{TAG}@%h"],
-            cwd=ROOT, env=settings_env(settings), stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        wait_for(lambda: b"ready." in log_path.read_bytes() or self.proc.poll() is not None, 120, "the Celery worker")
-        if self.proc.poll() is not None:
-            raise RuntimeError("the Celery worker exited:\n" + log_path.read_text()[-3000:])
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture(scope="session")
 def celery_worker(pg_settings, tmp_path_factory):
     worker = CeleryWorker(pg_settings, tmp_path_factory.mktemp("worker") / "worker.log")
@@ -171,7 +80,6 @@ def celery_worker(pg_settings, tmp_path_factory):
     worker.stop()
 
 
-# ------------------------------------------------------------------------------- clients
 @pytest.fixture
 def make_client():
     from fastapi.testclient import TestClient
@@ -191,49 +99,3 @@ def make_client():
         c.__exit__(None, None, None)
 
 
-def sign_up(client, email: str | None = None) -> dict:
-    """Signs up a new user (and team); the client keeps the cookie and the CSRF header."""
-    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
-    r = client.post("/api/auth/signup", json={"email": email, "password": "correct horse battery"})
-    assert r.status_code == 201, r.text
-    body = r.json()
-    client.headers["X-CSRF-Token"] = body["csrf_token"]
-    return body
-
-
-def png_bytes(seed: int, size=(48, 40), mode="RGB", fmt="PNG") -> bytes:
-    """A small image, different for each seed."""
-    img = Image.effect_noise(size, 40 + seed).convert(mode) if mode != "RGB" else Image.merge(
-        "RGB", [Image.effect_noise(size, 30 + seed + k * 7) for k in range(3)])
-    out = io.BytesIO()
-    img.save(out, format=fmt)
-    return out.getvalue()
-
-
-def upload(client, photo_set_id: str, files: list[tuple[str, bytes]]):
-    return client.post(f"/api/photo-sets/{photo_set_id}/photos",
-                       files=[("files", (name, data, "application/octet-stream")) for name, data in files])
-
-
-def new_photo_set(client, n_photos: int = 10, class_word: str = "bottle") -> str:
-    r = client.post("/api/photo-sets", json={"name": "Spring launch", "class_word": class_word})
-    assert r.status_code == 201, r.text
-    ps = r.json()["id"]
-    if n_photos:
-        r = upload(client, ps, [(f"photo-{i}.png", png_bytes(i)) for i in range(n_photos)])
-        assert r.status_code == 200 and len(r.json()["added"]) == n_photos, r.text
-    return ps
-
-
-def poll(client, url: str, done, timeout: float = 120, what: str = ""):
-    last = {}
-
-    def check():
-        nonlocal last
-        last = client.get(url).json()
-        return last if done(last) else None
-
-    try:
-        return wait_for(check, timeout, what or url, interval=0.3)
-    except TimeoutError as exc:
-        raise TimeoutError(f"{exc}; last answer: {last}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from app.security import hash_password, verify_password
-from conftest import new_photo_set, sign_up
+from web_helpers import new_photo_set, sign_up
 
 
 def form_token(html: str) -> str:
@@ -97,7 +97,7 @@ def test_broker_down_marks_the_run_failed_with_503(make_client, local_pg_setting
 
 
 def test_every_setting_is_documented_in_the_readme():
-    from conftest import ROOT
+    from web_helpers import ROOT
 
     from app.settings import Settings
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, free_port, wait_for
+from web_helpers import ROOT, free_port, wait_for
 from test_web_flow import check_pack, run_flow
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import new_photo_set, poll, sign_up
+from web_helpers import new_photo_set, poll, sign_up
 
 pytestmark = pytest.mark.slow
 
@@ -119,14 +119,21 @@ def test_cancel_frees_the_worker(make_client, pg_settings, celery_worker):
     body = dict(TINY_RUN, settings={"steps": 100_000, "batch_size": 2, "preview_every": 0})
     run = client.post(f"/api/photo-sets/{ps}/runs", json=body).json()
     poll(client, f"/api/runs/{run['id']}", lambda r: r["status"] == "running" and r["step"] > 0, 120, "the run to start")
+
+    # a run queued behind it (the only worker is busy) is canceled at once...
+    queued = client.post(f"/api/photo-sets/{ps}/runs", json=TINY_RUN).json()
+    assert client.post(f"/api/runs/{queued['id']}/cancel").json()["status"] == "canceled"
+
     r = client.post(f"/api/runs/{run['id']}/cancel")
     assert r.status_code == 200 and r.json()["cancel_requested"]
     run = poll(client, f"/api/runs/{run['id']}", lambda r: r["status"] not in ("queued", "running"), 60, "the cancel")
     assert run["status"] == "canceled" and run["step"] < 100_000
 
-    # a queued run is canceled at once, and the worker skips it
-    r = client.post(f"/api/photo-sets/{ps}/runs", json=TINY_RUN).json()
-    assert client.post(f"/api/runs/{r['id']}/cancel").json()["status"] == "canceled"
+    # ...and the worker, free again, skips it
+    after = client.post(f"/api/photo-sets/{ps}/runs", json=dict(TINY_RUN, gallery_size=1)).json()
+    poll(client, f"/api/runs/{after['id']}", lambda r: r["status"] == "succeeded", 120, "the next run")
+    skipped = client.get(f"/api/runs/{queued['id']}").json()
+    assert skipped["status"] == "canceled" and skipped["step"] == 0 and skipped["started_at"] is None
 
 
 def test_failure_is_reported_in_plain_words(make_client, pg_settings, celery_worker):
@@ -139,3 +146,24 @@ def test_failure_is_reported_in_plain_words(make_client, pg_settings, celery_wor
     run = poll(client, f"/api/runs/{run['id']}", lambda r: r["status"] not in ("queued", "running"), 120, "the run")
     assert run["status"] == "failed" and "lora mode is for text-to-image models" in run["error"]
     assert "lora mode is for text-to-image models" in client.get(f"/runs/{run['id']}").text
+
+
+def test_text_to_image_run_gives_lora_and_prompted_gallery(make_client, pg_settings, celery_worker):
+    """A text-to-image base model: LoRA weights to download, and gallery prompts with the
+    photo set's class word filled in."""
+    client = make_client(pg_settings)
+    sign_up(client)
+    ps = new_photo_set(client, n_photos=10, class_word="sneaker")
+    body = {"preset": "quick", "base_model": "builtin:tiny-sd", "gallery_size": 2,
+            "settings": {"steps": 2, "batch_size": 2, "num_class_images": 2, "preview_every": 0}}
+    run = client.post(f"/api/photo-sets/{ps}/runs", json=body).json()
+    run = poll(client, f"/api/runs/{run['id']}", lambda r: r["status"] not in ("queued", "running"), 180, "the run")
+    assert run["status"] == "succeeded", run
+    ck = client.get(f"/api/runs/{run['id']}/checkpoint").json()
+    assert ck["kind"] == "lora" and ck["download_name"].endswith(".safetensors")
+    assert len(fetch_download(client, ck["download_url"])) == ck["size_bytes"]
+    gallery = poll(client, f"/api/galleries/{run['galleries'][0]['id']}",
+                   lambda g: g["status"] in ("succeeded", "failed"), 180, "the gallery")
+    assert gallery["status"] == "succeeded", gallery
+    assert {i["prompt"] for i in gallery["images"]} == {"a photo of sks sneaker"}
+    assert "a photo of sks sneaker" in client.get(f"/galleries/{gallery['id']}").text

@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute
 
 from app.models import Checkpoint, Gallery, Image, Pack, Run
 from app.routes import api, files, pages
-from conftest import new_photo_set, png_bytes, sign_up
+from web_helpers import new_photo_set, png_bytes, sign_up
 
 ID_PARAMS = {"photo_set_id", "photo_id", "run_id", "gallery_id", "image_id", "pack_id"}
 

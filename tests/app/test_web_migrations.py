@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect
 
 from app.db import Base
 from app.migrate import downgrade, upgrade
-from conftest import TAG, create_database, drop_database
+from web_helpers import TAG, create_database, drop_database
 
 TABLES = {"teams", "users", "photo_sets", "photos", "runs", "checkpoints", "galleries", "images", "packs"}
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from PIL import Image
 
 from app.imagecheck import PhotoRejected, check_photo, clean_filename
-from conftest import new_photo_set, png_bytes, sign_up, upload
+from web_helpers import new_photo_set, png_bytes, sign_up, upload
 
 LIMITS = dict(max_bytes=2_000_000, max_pixels=1_000_000, min_side=32)
 
