@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     storage_backend: Literal["local", "s3"] = "local"
     storage_dir: Path | None = None  # default: <data_dir>/objects
     s3_endpoint_url: str | None = None
+    # where browsers reach the object store for presigned downloads, when that differs
+    # from the address the servers use (docker compose: http://localhost:9000 vs minio:9000)
+    s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_bucket: str = "domainstudio"
     s3_access_key_id: str | None = None

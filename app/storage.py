@@ -143,14 +143,19 @@ class S3Storage:
 
         self.bucket = settings.s3_bucket
         self.presign_seconds = settings.presign_seconds
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=settings.s3_secret_access_key,
-            config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}, signature_version="s3v4"),
-        )
+        def client(endpoint):
+            return boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=settings.s3_region,
+                aws_access_key_id=settings.s3_access_key_id,
+                aws_secret_access_key=settings.s3_secret_access_key,
+                config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}, signature_version="s3v4"),
+            )
+
+        self.client = client(settings.s3_endpoint_url)
+        public = settings.s3_public_endpoint_url
+        self.presign_client = client(public) if public and public != settings.s3_endpoint_url else self.client
         self._bucket_checked = False
 
     def _call(self, fn, *args, **kwargs):
@@ -239,7 +244,7 @@ class S3Storage:
     def presigned_url(self, key, filename):
         self.ensure_bucket()
         return self._call(
-            self.client.generate_presigned_url,
+            self.presign_client.generate_presigned_url,
             "get_object",
             Params={
                 "Bucket": self.bucket,

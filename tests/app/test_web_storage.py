@@ -85,3 +85,12 @@ def test_unreachable_s3_raises_storage_error(tmp_path):
     with pytest.raises(StorageError) as info:
         storage.put_bytes("teams/t/x", b"x")
     assert "unreachable" in str(info.value)
+
+
+def test_presigned_urls_use_the_public_endpoint(s3_endpoint, tmp_path):
+    settings = Settings(data_dir=tmp_path, storage_backend="s3", s3_endpoint_url=s3_endpoint, s3_bucket="public-test",
+                        s3_public_endpoint_url="http://files.example.com:9000", s3_access_key_id="k",
+                        s3_secret_access_key="s")
+    storage = S3Storage(settings)
+    storage.put_bytes("teams/t/x.zip", b"x")
+    assert storage.presigned_url("teams/t/x.zip", "x.zip").startswith("http://files.example.com:9000/public-test/")
