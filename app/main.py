@@ -10,8 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from starlette.middleware.sessions import SessionMiddleware
 
+from app import logs
 from app.db import make_engine, make_sessionmaker
 from app.deps import CSRFFailed, LoginRequired
 from app.errors import ServiceError
@@ -37,6 +39,7 @@ def _wants_json(request: Request) -> bool:
 
 def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     settings = settings or get_settings()
+    logs.setup(settings.log_level)
     engine = make_engine(settings.resolved_database_url)
     if celery_app is None:
         from worker.celery_app import make_celery
@@ -75,6 +78,16 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
         from app.routes.pages import render_error
 
         return render_error(request, exc.status_code, exc.message)
+
+    @app.exception_handler(OperationalError)
+    async def database_down(request: Request, exc: OperationalError):
+        log.error("db.unavailable", extra={"error": str(exc.orig)[:200]})
+        msg = "the database is unreachable; try again in a minute"
+        if _wants_json(request):
+            return JSONResponse({"detail": msg}, status_code=503)
+        from app.routes.pages import render_error
+
+        return render_error(request, 503, msg)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired):

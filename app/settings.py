@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     sample_steps: int = Field(25, ge=1, le=1000)
     sample_batch_size: int = Field(8, ge=1, le=256)
 
+    log_level: str = "INFO"
+
     run_soft_time_limit: int = 6 * 3600
     run_hard_time_limit: int = 6 * 3600 + 600
 

@@ -8,7 +8,7 @@ run is never handed to a second worker while the first still works on it.
 """
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from app.settings import Settings, get_settings
@@ -50,3 +50,10 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = celery_app = make_celery(get_settings())
+
+
+@signals.after_setup_logger.connect
+def _json_logs(**_kwargs):
+    from app import logs
+
+    logs.setup(get_settings().log_level)

@@ -5,7 +5,7 @@ import logging
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import BadInput, Conflict, NotFound
+from app.errors import BadInput, Conflict, NotFound, Unavailable
 from app.jobs import SAMPLE_GALLERY, JobQueue
 from app.models import Gallery, Image, Run
 from app.settings import Settings
@@ -47,7 +47,12 @@ def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n) -> Galle
     gallery.size += n
     gallery.status, gallery.error = "queued", None
     db.commit()
-    queue.send(SAMPLE_GALLERY, gallery.id)
+    try:
+        queue.send(SAMPLE_GALLERY, gallery.id)
+    except Unavailable:
+        gallery.status, gallery.error = "failed", "the job queue was unreachable; ask for more images again"
+        db.commit()
+        raise
     return gallery
 
 

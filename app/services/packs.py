@@ -13,7 +13,7 @@ from PIL import ImageOps
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import BadInput, NotFound
+from app.errors import BadInput, NotFound, Unavailable
 from app.jobs import BUILD_PACK, JobQueue
 from app.models import Gallery, Image, Pack
 from app.storage import Storage, pack_key
@@ -55,7 +55,12 @@ def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection
     db.flush()
     pack.key = pack_key(team_id, pack.id)
     db.commit()
-    queue.send(BUILD_PACK, pack.id)
+    try:
+        queue.send(BUILD_PACK, pack.id)
+    except Unavailable:
+        pack.status, pack.error = "failed", "the job queue was unreachable; build the pack again"
+        db.commit()
+        raise
     return pack
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from app.security import hash_password, verify_password
-from web_helpers import new_photo_set, sign_up
+from web_helpers import new_photo_set, seed_team_objects, sign_up
 
 
 def form_token(html: str) -> str:
@@ -105,3 +105,17 @@ def test_every_setting_is_documented_in_the_readme():
     assert "## The web application" in readme
     missing = [n for n in Settings.model_fields if f"`DOMAINSTUDIO_{n.upper()}`" not in readme]
     assert not missing, f"settings missing from the README's table: {missing}"
+
+
+def test_broker_down_on_packs_and_more_images_leaves_no_job_hanging(make_client, local_pg_settings):
+    client = make_client(local_pg_settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"}))
+    sign_up(client)
+    ids = seed_team_objects(client)
+    r = client.post(f"/api/galleries/{ids['gallery_id']}/packs", json={"selection": "approved"})
+    assert r.status_code == 503
+    packs = client.get(f"/api/galleries/{ids['gallery_id']}").json()["packs"]
+    assert [p["status"] for p in packs if p["id"] != ids["pack_id"]] == ["failed"]
+    r = client.post(f"/api/galleries/{ids['gallery_id']}/more", json={"n": 2})
+    assert r.status_code == 503
+    gallery = client.get(f"/api/galleries/{ids['gallery_id']}").json()
+    assert gallery["status"] == "failed" and "unreachable" in gallery["error"]

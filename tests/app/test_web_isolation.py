@@ -3,14 +3,12 @@ the first team, whatever the method, and nothing of the first team changes."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 
 import pytest
 from fastapi.routing import APIRoute
 
-from app.models import Checkpoint, Gallery, Image, Pack, Run
 from app.routes import api, files, pages
-from web_helpers import new_photo_set, png_bytes, sign_up
+from web_helpers import png_bytes, seed_team_objects, sign_up
 
 ID_PARAMS = {"photo_set_id", "photo_id", "run_id", "gallery_id", "image_id", "pack_id"}
 
@@ -26,44 +24,9 @@ def routes_with_ids() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def team_a(make_client, local_pg_settings):
-    """Team A with one of every object: photo set, photo, run with checkpoint and preview,
-    gallery, image and a built pack."""
     client = make_client(local_pg_settings)
-    user = sign_up(client)
-    team = user["user"]["team_id"]
-    ps = new_photo_set(client, n_photos=10)
-    photo_id = client.get(f"/api/photo-sets/{ps}").json()["photos"][0]["id"]
-    storage, sessions = client.app.state.storage, client.app.state.sessionmaker
-    now = datetime.now(timezone.utc)
-    with sessions() as db:
-        run = Run(team_id=team, photo_set_id=ps, preset="quick", base_model="builtin:tiny-ddpm", settings={"steps": 1},
-                  gallery_size=1, status="succeeded", step=1, total_steps=1, preview_count=1, finished_at=now)
-        db.add(run)
-        db.flush()
-        prefix = f"teams/{team}/runs/{run.id}"
-        storage.put_bytes(f"{prefix}/previews/0.png", png_bytes(1))
-        storage.put_bytes(f"{prefix}/checkpoint.zip", b"zip")
-        db.add(Checkpoint(team_id=team, run_id=run.id, kind="full", base_model="builtin:tiny-ddpm", prefix=prefix,
-                          download_key=f"{prefix}/checkpoint.zip", download_name="model.zip", size_bytes=3,
-                          files=["checkpoint.json"], settings={}))
-        gallery = Gallery(team_id=team, run_id=run.id, size=1, steps=2, status="succeeded")
-        db.add(gallery)
-        db.flush()
-        gprefix = f"teams/{team}/galleries/{gallery.id}"
-        storage.put_bytes(f"{gprefix}/images/0.png", png_bytes(2))
-        storage.put_bytes(f"{gprefix}/thumbs/0.jpg", png_bytes(3))
-        image = Image(team_id=team, gallery_id=gallery.id, seed=0, width=48, height=40, key=f"{gprefix}/images/0.png",
-                      thumb_key=f"{gprefix}/thumbs/0.jpg", review="approved")
-        db.add(image)
-        db.flush()
-        pack = Pack(team_id=team, gallery_id=gallery.id, selection="approved", image_ids=[str(image.id)], format="png",
-                    size="original", status="succeeded", key=f"teams/{team}/packs/p.zip", size_bytes=3)
-        storage.put_bytes(pack.key, b"zip")
-        db.add(pack)
-        db.commit()
-        ids = {"photo_set_id": ps, "photo_id": photo_id, "run_id": str(run.id), "gallery_id": str(gallery.id),
-               "image_id": str(image.id), "pack_id": str(pack.id), "index": "0"}
-    return client, ids
+    sign_up(client)
+    return client, seed_team_objects(client)
 
 
 def call(client, method: str, path: str, ids: dict):
