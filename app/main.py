@@ -91,9 +91,9 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired):
-        if _wants_json(request) or request.method != "GET":
+        if _wants_json(request):
             return JSONResponse({"detail": "sign in first"}, status_code=401)
-        return RedirectResponse("/login", status_code=303)
+        return RedirectResponse("/login", status_code=303)  # also for a form posted after the session expired
 
     @app.exception_handler(CSRFFailed)
     async def csrf_failed(request: Request, exc: CSRFFailed):
