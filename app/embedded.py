@@ -41,6 +41,32 @@ def ensure_demo_account(settings: Settings) -> tuple[str, str] | None:
     return DEMO_EMAIL, secret.read_text().strip()
 
 
+def requeue_interrupted(settings: Settings) -> int:
+    """Sends again the jobs of runs, galleries and packs left queued or running when the
+    embedded app last stopped. Only this process group's workers work for this database,
+    so nothing else holds them; the tasks are idempotent (a run resumes from its saved
+    training state, a gallery samples only missing seeds, a built pack is skipped)."""
+    from sqlalchemy import select
+
+    from app.db import make_engine, make_sessionmaker
+    from app.jobs import ADAPT_RUN, BUILD_PACK, SAMPLE_GALLERY, JobQueue
+    from app.models import Gallery, Pack, Run
+    from worker.celery_app import make_celery
+
+    engine = make_engine(settings.resolved_database_url)
+    queue = JobQueue(make_celery(settings))
+    sent = 0
+    try:
+        with make_sessionmaker(engine)() as db:
+            for model, task in ((Run, ADAPT_RUN), (Gallery, SAMPLE_GALLERY), (Pack, BUILD_PACK)):
+                for object_id in db.scalars(select(model.id).where(model.status.in_(("queued", "running")))):
+                    queue.send(task, object_id)
+                    sent += 1
+    finally:
+        engine.dispose()
+    return sent
+
+
 def start_workers(settings: Settings, log_level: str) -> list[subprocess.Popen]:
     """One worker for the gpu queue (runs, galleries) and one for the cpu queue (packs), so
     a pack is built while a run trains."""
@@ -67,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     upgrade(settings.resolved_database_url)
     account = ensure_demo_account(settings)
+    resumed = requeue_interrupted(settings)
     workers = start_workers(settings, args.log_level.upper())
 
     import uvicorn
@@ -79,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Sign in as {account[0]} with password {account[1]}", flush=True)
     print(f"or create an account at {url}/signup", flush=True)
     print(f"Base models: {', '.join(settings.base_model_list)}; data in {settings.data_dir.resolve()}", flush=True)
+    if resumed:
+        print(f"Resuming {resumed} job(s) interrupted when DomainStudio last stopped.", flush=True)
     print("Stop with Ctrl+C.\n", flush=True)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)

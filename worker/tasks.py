@@ -139,7 +139,8 @@ def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
         return "failed"
     except Exception as exc:
         log.exception("run.crashed", extra={"run": str(run_id)})
-        _finish_run(e, run_id, "failed", f"internal error ({type(exc).__name__}); the administrator can see the log")
+        _finish_run(e, run_id, "failed", f"the run stopped on an unexpected error ({type(exc).__name__}: {str(exc)[:300]}); "
+                                         "the worker log has the details")
         return "failed"
     return "succeeded"
 

@@ -12,42 +12,57 @@ from pathlib import Path
 import httpx
 import pytest
 
-from web_helpers import ROOT, free_port, wait_for
+from web_helpers import ROOT, free_port, new_photo_set, poll, sign_up, wait_for
 from test_web_flow import check_pack, run_flow
 
 pytestmark = pytest.mark.slow
 
 
+class Embedded:
+    """scripts/run in its own process group, as a user would start it."""
+
+    def __init__(self, data: Path, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOMAINSTUDIO_")}
+        env.update(DOMAINSTUDIO_DATA_DIR=str(data), DOMAINSTUDIO_BASE_MODELS="builtin:tiny-ddpm",
+                   DOMAINSTUDIO_GALLERY_SIZE="8", DOMAINSTUDIO_SAMPLE_STEPS="2", DOMAINSTUDIO_DEVICE="cpu",
+                   OMP_NUM_THREADS="1")
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run"), "--port", str(self.port)], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up():
+            try:
+                return httpx.get(self.url + "/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return self.proc.poll() is not None
+
+        wait_for(up, 90, "scripts/run")
+        assert self.proc.poll() is None, log_path.read_text()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
 @pytest.fixture
 def embedded(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOMAINSTUDIO_")}
-    env.update(DOMAINSTUDIO_DATA_DIR=str(tmp_path / "var"), DOMAINSTUDIO_BASE_MODELS="builtin:tiny-ddpm",
-               DOMAINSTUDIO_GALLERY_SIZE="8", DOMAINSTUDIO_SAMPLE_STEPS="2", DOMAINSTUDIO_DEVICE="cpu",
-               OMP_NUM_THREADS="1")
-    log_path = tmp_path / "run.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run"), "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None
-
+    app = Embedded(tmp_path / "var", tmp_path / "run.log")
     try:
-        wait_for(up, 90, "scripts/run")
-        assert proc.poll() is None, log_path.read_text()
-        yield url, log_path, tmp_path / "var"
+        yield app.url, app.log_path, tmp_path / "var"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        app.stop()
 
 
 def test_embedded_default_whole_flow(embedded):
@@ -65,3 +80,38 @@ def test_embedded_default_whole_flow(embedded):
         check_pack(client, result)
     assert (data / "domainstudio.sqlite").is_file() and (data / "broker.sqlite").is_file()
     assert any((data / "objects" / "teams").iterdir())
+
+
+def test_embedded_default_resumes_a_run_after_a_crash(tmp_path):
+    """Everything killed mid-run (power cut): the next scripts/run re-queues the run, which
+    resumes from its saved training state and finishes."""
+    first = Embedded(tmp_path / "var", tmp_path / "first.log")
+    try:
+        with httpx.Client(base_url=first.url, timeout=30) as client:
+            sign_up(client)
+            ps = new_photo_set(client, n_photos=10)
+            body = {"preset": "quick", "gallery_size": 2,
+                    "settings": {"steps": 80, "batch_size": 2, "checkpoint_every": 10, "preview_every": 0}}
+            run = client.post(f"/api/photo-sets/{ps}/runs", json=body).json()
+            poll(client, f"/api/runs/{run['id']}", lambda r: r["step"] >= 25, 120, "the run to pass step 25")
+            cookies = dict(client.cookies)
+    finally:
+        first.stop(signal.SIGKILL)
+
+    second = Embedded(tmp_path / "var", tmp_path / "second.log")
+    try:
+        assert "Resuming 1 job(s)" in second.output()
+        with httpx.Client(base_url=second.url, timeout=30, cookies=cookies) as client:
+            after = client.get(f"/api/runs/{run['id']}").json()
+            assert after["status"] in ("running", "succeeded") and after["step"] >= 20  # not back to step 0
+            steps_seen = []
+
+            def finished(r):
+                steps_seen.append(r["step"])
+                return r["status"] not in ("queued", "running")
+
+            done = poll(client, f"/api/runs/{run['id']}", finished, 180, "the resumed run")
+            assert done["status"] == "succeeded" and done["step"] == 80, done
+            assert min(steps_seen) >= 20, steps_seen  # resumed from a saved state, never from step 0
+    finally:
+        second.stop()
