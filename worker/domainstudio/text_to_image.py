@@ -28,7 +28,7 @@ from .data import load_photos
 from .diffusion import predicted_clean, training_target
 from .losses import domainstudio_terms, loss_terms
 from .models import BaseModel
-from .training import EMA, autocast
+from .training import EMA, TrainableWeights, autocast
 
 log = logging.getLogger("domainstudio.text_to_image")
 
@@ -36,7 +36,7 @@ LORA_FILE = "lora.safetensors"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
-class TextToImageTrainer:
+class TextToImageTrainer(TrainableWeights):
     def __init__(self, base: BaseModel, cfg: AdaptConfig, device: torch.device, pixels: torch.Tensor,
                  class_pixels: torch.Tensor, amp_dtype: torch.dtype | None):
         self.base, self.cfg, self.device, self.amp_dtype = base, cfg, device, amp_dtype
@@ -149,21 +149,6 @@ class TextToImageTrainer:
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents / self.scaling).sample
-
-    def after_step(self) -> None:
-        if self.ema is not None:
-            self.ema.update()
-
-    def sampling_weights(self):
-        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
-
-    def trainable_state(self) -> dict:
-        return {n: p.detach().cpu() for n, p in self.named_params}
-
-    def load_trainable_state(self, state: dict) -> None:
-        with torch.no_grad():
-            for n, p in self.named_params:
-                p.copy_(state[n])
 
     def save_model(self, folder: Path) -> None:
         """LoRA: one safetensors file that diffusers' load_lora_weights reads; full: a pipeline folder."""

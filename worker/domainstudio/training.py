@@ -79,6 +79,30 @@ class EMA:
             self.shadow[n].copy_(t)
 
 
+class TrainableWeights:
+    """What the loop needs of a trainer besides its losses: EMA upkeep and the weights
+    that go into the training state. Subclasses set ``named_params`` and ``ema``."""
+
+    named_params: list[tuple[str, torch.nn.Parameter]]
+    ema: "EMA | None"
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update()
+
+    def sampling_weights(self):
+        """Context in which the UNet holds the weights used for previews and the saved model."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
+    def trainable_state(self) -> dict:
+        return {n: p.detach().cpu() for n, p in self.named_params}
+
+    def load_trainable_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for n, p in self.named_params:
+                p.copy_(state[n])
+
+
 def rng_state(generator: torch.Generator) -> dict:
     state = {
         "generator": generator.get_state(),

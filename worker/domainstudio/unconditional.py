@@ -6,7 +6,6 @@ of METHOD.md apply, the DomainStudio ones only to samples with ``t < ds_max_time
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 
@@ -16,11 +15,11 @@ import torch.nn.functional as F
 from .config import AdaptConfig
 from .losses import domainstudio_terms, loss_terms
 from .models import BaseModel
-from .training import EMA
+from .training import EMA, TrainableWeights
 from .diffusion import predicted_clean, training_target
 
 
-class UnconditionalTrainer:
+class UnconditionalTrainer(TrainableWeights):
     def __init__(self, base: BaseModel, cfg: AdaptConfig, device: torch.device, pixels: torch.Tensor):
         self.base, self.cfg, self.device = base, cfg, device
         self.pixels = pixels.to(device)
@@ -58,22 +57,6 @@ class UnconditionalTrainer:
     def _eps(output: torch.Tensor, channels: int) -> torch.Tensor:
         # A model that learns its variance outputs 2C channels; the first C are the prediction.
         return output[:, :channels]
-
-    def after_step(self) -> None:
-        if self.ema is not None:
-            self.ema.update()
-
-    def sampling_weights(self):
-        """Context in which the UNet holds the weights used for previews and the saved model."""
-        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
-
-    def trainable_state(self) -> dict:
-        return {n: p.detach().cpu() for n, p in self.named_params}
-
-    def load_trainable_state(self, state: dict) -> None:
-        with torch.no_grad():
-            for n, p in self.named_params:
-                p.copy_(state[n])
 
     def save_model(self, folder: Path) -> None:
         """FOLDER/model: a DDPMPipeline folder (unet/ + scheduler/) with the EMA weights, safetensors."""
