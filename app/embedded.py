@@ -67,6 +67,19 @@ def requeue_interrupted(settings: Settings) -> int:
     return sent
 
 
+def _worker_preexec() -> None:
+    """Runs in each worker process before it starts: a session of its own, so the
+    terminal's Ctrl+C reaches only the app (which then stops the workers), and death with
+    the app, so that no orphan worker outlives a crash and duplicates a resumed job."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the app still stops its workers itself
+        pass
+
+
 def start_workers(settings: Settings, log_level: str) -> list[subprocess.Popen]:
     """One worker for the gpu queue (runs, galleries) and one for the cpu queue (packs), so
     a pack is built while a run trains."""
@@ -75,7 +88,7 @@ def start_workers(settings: Settings, log_level: str) -> list[subprocess.Popen]:
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue, "-P", "solo",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", log_level, "-n", f"embedded-{name}@%h"],
-            env=os.environ.copy(),
+            env=os.environ.copy(), preexec_fn=_worker_preexec,
         ))
     return procs
 
@@ -112,13 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     finally:
+        # Stop at once, mid-job if need be: the next start re-queues the interrupted jobs and
+        # a run resumes from its last saved training state (checkpoint_every steps).
         for proc in workers:
-            proc.send_signal(signal.SIGTERM)
+            proc.kill()
         for proc in workers:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            proc.wait()
     return 0
 
 
