@@ -110,7 +110,6 @@ def main(argv=None) -> int:
     index = torch.arange(args.batch)
     plain, _ = build(args.size, device, args.batch, 1000, 0.0, args.mode)
     official, _ = build(args.size, device, args.batch, 1000, 100.0, args.mode)
-    official.vae.disable_gradient_checkpointing()
     official.unet.disable_gradient_checkpointing()
     ours_active, _ = build(args.size, device, args.batch, 1000, 100.0, args.mode)
     if not args.unet_checkpointing:

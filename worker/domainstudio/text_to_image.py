@@ -148,7 +148,9 @@ class TextToImageTrainer(TrainableWeights):
             self.unet.enable_adapters()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.scaling).sample
+        # One sample at a time: the decoder's full-resolution activations are the peak of a
+        # DomainStudio step, and they scale with the number decoded at once.
+        return torch.cat([self.vae.decode(z / self.scaling).sample for z in latents.split(1)])
 
     def save_model(self, folder: Path) -> None:
         """LoRA: one safetensors file that diffusers' load_lora_weights reads; full: a pipeline folder."""
