@@ -91,7 +91,13 @@ def _fmnist_ddpm() -> BaseModel:
         from .pretrain import load_fmnist_ddpm
     except ImportError as exc:  # the demo model's module is part of the package
         raise ModelError(f"builtin:fmnist-ddpm-32 is not available in this installation ({exc})") from exc
-    unet, scheduler = load_fmnist_ddpm()
+    try:
+        unet, scheduler = load_fmnist_ddpm()
+    except FileNotFoundError as exc:
+        raise ModelError(
+            f"builtin:fmnist-ddpm-32's weights are missing from this installation ({exc}); "
+            f"reinstall DomainStudio, or train them with `domainstudio pretrain`"
+        ) from exc
     return BaseModel("builtin:fmnist-ddpm-32", UNCONDITIONAL, unet, scheduler, 32, 1,
                      fingerprint="builtin:fmnist-ddpm-32", description=BUILTINS["fmnist-ddpm-32"].description)
 
