@@ -51,7 +51,7 @@ def current_user(request: Request, db: Session = Depends(get_db)) -> User:
         user = repo.user_by_id(db, uuid.UUID(raw)) if raw else None
     except ValueError:
         user = None
-    if user is None:
+    if user is None or request.session.get("epoch", 0) != user.session_epoch:  # signed out since
         request.session.pop("user_id", None)
         raise LoginRequired()
     return user

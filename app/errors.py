@@ -4,9 +4,11 @@
 class ServiceError(Exception):
     status_code = 400
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, headers: dict[str, str] | None = None, **extra):
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
+        self.extra = extra  # more JSON fields for API clients
 
 
 class BadInput(ServiceError):
@@ -23,3 +25,11 @@ class Conflict(ServiceError):
 
 class Unavailable(ServiceError):
     status_code = 503
+
+
+class TooManyRequests(ServiceError):
+    status_code = 429
+
+
+class Unprocessable(ServiceError):
+    status_code = 422

@@ -18,6 +18,7 @@ from app.db import make_engine, make_sessionmaker
 from app.deps import CSRFFailed, LoginRequired
 from app.errors import ServiceError
 from app.jobs import JobQueue
+from app.ratelimit import BodyLimitMiddleware, LoginLimiter
 from app.settings import Settings, get_settings
 from app.storage import make_storage
 
@@ -64,6 +65,10 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
         max_age=settings.session_max_age, same_site="lax", https_only=settings.cookie_secure,
     )
 
+    # inside the security headers, so that a 413 carries them too
+    app.add_middleware(BodyLimitMiddleware, upload_limit=settings.resolved_max_request_bytes)
+    app.state.login_limiter = LoginLimiter(settings.login_max_failures, settings.login_window_seconds)
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response = await call_next(request)
@@ -74,10 +79,13 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
         if _wants_json(request):
-            return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
-        from app.routes.pages import render_error
+            response = JSONResponse({"detail": exc.message, **exc.extra}, status_code=exc.status_code)
+        else:
+            from app.routes.pages import render_error
 
-        return render_error(request, exc.status_code, exc.message)
+            response = render_error(request, exc.status_code, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError):

@@ -27,6 +27,11 @@ def _team_fk() -> Mapped[uuid.UUID]:
     return mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
 
 
+def _heartbeat() -> Mapped[datetime | None]:
+    """Written by the job's worker every few seconds; a stale one means the worker died."""
+    return mapped_column(DateTime(timezone=True), nullable=True)
+
+
 def _created() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -44,6 +49,9 @@ class User(Base):
     team_id: Mapped[uuid.UUID] = _team_fk()
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(200))
+    # sessions carry the epoch they were issued in; signing out bumps it, so a copied
+    # cookie stops working (the session cookie itself is stateless)
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
     team: Mapped[Team] = relationship(lazy="raise")
 
@@ -91,6 +99,8 @@ class Run(Base):
     gallery_size: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    heartbeat_at: Mapped[datetime | None] = _heartbeat()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries that claimed the job
     stage: Mapped[str] = mapped_column(String(30), default="")
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
@@ -137,6 +147,9 @@ class Gallery(Base):
     steps: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="queued")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    heartbeat_at: Mapped[datetime | None] = _heartbeat()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
     run: Mapped[Run] = relationship(lazy="raise")
 
@@ -170,5 +183,8 @@ class Pack(Base):
     key: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    heartbeat_at: Mapped[datetime | None] = _heartbeat()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

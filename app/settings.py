@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     secret_key: str = ""  # default: generated once into <data_dir>/secret_key
     session_max_age: int = 14 * 24 * 3600
     cookie_secure: bool = False
+    # failed sign-ins allowed per account (and 10x that per client address) within the window
+    login_max_failures: int = Field(5, ge=1)
+    login_window_seconds: int = Field(300, ge=1)
+    max_request_bytes: int = 0  # default: room for max_photos files of max_upload_bytes
 
     # comma-separated list of builtin specs and local diffusers folders users may choose
     base_models: str = "builtin:fmnist-ddpm-32"
@@ -60,6 +64,11 @@ class Settings(BaseSettings):
 
     run_soft_time_limit: int = 6 * 3600
     run_hard_time_limit: int = 6 * 3600 + 600
+    # a job's worker writes a heartbeat this often; a running job whose heartbeat is older
+    # than job_stale_seconds is re-queued by the watchdog in every worker (its worker died)
+    job_heartbeat_seconds: float = Field(10, gt=0)
+    job_stale_seconds: float = Field(90, gt=0)
+    watchdog_seconds: float = Field(30, gt=0)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -77,6 +86,10 @@ class Settings(BaseSettings):
     @property
     def resolved_work_dir(self) -> Path:
         return (self.work_dir or self.data_dir / "work").resolve()
+
+    @property
+    def resolved_max_request_bytes(self) -> int:
+        return self.max_request_bytes or self.max_photos * (self.max_upload_bytes + 64 * 1024) + 1024 * 1024
 
     @property
     def base_model_list(self) -> list[str]:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app import repositories as repo
 from app import serializers as ser
 from app.deps import Ctx, ctx, get_db
-from app.errors import BadInput, NotFound
+from app.errors import BadInput, NotFound, Unprocessable
 from app.presets import EXPERT_FIELDS, PRESETS
 from app.security import csrf_token
 from app.services import auth, galleries, packs, photosets, runs
@@ -61,7 +61,7 @@ class PackIn(BaseModel):
 
 def _signed_in(request: Request, user) -> dict:
     request.session.clear()
-    request.session["user_id"] = str(user.id)
+    request.session["user_id"], request.session["epoch"] = str(user.id), user.session_epoch
     return {"user": {"id": str(user.id), "email": user.email, "team_id": str(user.team_id)},
             "csrf_token": csrf_token(request.session)}
 
@@ -73,14 +73,14 @@ def signup(body: SignUp, request: Request, db: Session = Depends(get_db)):
 
 @router.post("/auth/login")
 def login(body: Login, request: Request, db: Session = Depends(get_db)):
-    user = auth.authenticate(db, body.email, body.password)
-    if user is None:
-        raise BadInput("wrong email or password")
+    user = auth.sign_in(db, request.app.state.login_limiter, body.email, body.password,
+                        request.client.host if request.client else None)
     return _signed_in(request, user)
 
 
 @router.post("/auth/logout")
 def logout(request: Request, c: Ctx = Depends(ctx)):
+    auth.sign_out(c.db, c.user)
     request.session.clear()
     return {"ok": True}
 
@@ -144,6 +144,9 @@ async def upload_photos(photo_set_id: uuid.UUID, files: list[UploadFile] = File(
         raise BadInput(f"send at most {c.settings.max_photos} files at once")
     data = await read_uploads(files, c.settings.max_upload_bytes)
     result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
+    if result.refused and not result.added:  # nothing stored: a client error, with each reason
+        reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in result.refused[:5])
+        raise Unprocessable(f"no photo was added ({reasons})", added=[], refused=result.refused)
     return {"added": [ser.photo(p) for p in result.added], "refused": result.refused}
 
 

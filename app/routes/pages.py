@@ -82,7 +82,7 @@ def signup(request: Request, email: str = Form(""), password: str = Form(""), te
         return render(request, "signup.html", status_code=exc.status_code, error=exc.message, email=email,
                       team_name=team_name)
     request.session.clear()
-    request.session["user_id"] = str(user.id)
+    request.session["user_id"], request.session["epoch"] = str(user.id), user.session_epoch
     return redirect("/")
 
 
@@ -93,16 +93,21 @@ def login_page(request: Request):
 
 @router.post("/login", dependencies=[Depends(check_csrf)])
 def login(request: Request, email: str = Form(""), password: str = Form(""), db: Session = Depends(get_db)):
-    user = auth.authenticate(db, email, password)
-    if user is None:
-        return render(request, "login.html", status_code=400, error="wrong email or password", email=email)
+    try:
+        user = auth.sign_in(db, request.app.state.login_limiter, email, password,
+                            request.client.host if request.client else None)
+    except ServiceError as exc:
+        response = render(request, "login.html", status_code=exc.status_code, error=exc.message, email=email)
+        response.headers.update(exc.headers)
+        return response
     request.session.clear()
-    request.session["user_id"] = str(user.id)
+    request.session["user_id"], request.session["epoch"] = str(user.id), user.session_epoch
     return redirect("/")
 
 
 @router.post("/logout")
 def logout(request: Request, c: Ctx = Depends(ctx)):
+    auth.sign_out(c.db, c.user)
     request.session.clear()
     return redirect("/login")
 

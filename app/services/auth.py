@@ -6,7 +6,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import BadInput, Conflict
+from app.errors import BadInput, Conflict, TooManyRequests
 from app.models import Team, User
 from app.security import hash_password, verify_password
 
@@ -35,8 +35,34 @@ def sign_up(db: Session, email: str, password: str, team_name: str | None = None
     return user
 
 
+_DUMMY_HASH = hash_password("no such account: equal work for unknown emails")
+
+
 def authenticate(db: Session, email: str, password: str) -> User | None:
     user = repo.user_by_email(db, (email or "").strip())
-    if user is None or not verify_password(user.password_hash, password or ""):
+    if user is None:
+        verify_password(_DUMMY_HASH, password or "")  # same time as a known email: no account probing
+        return None
+    if not verify_password(user.password_hash, password or ""):
         return None
     return user
+
+
+def sign_in(db: Session, limiter, email: str, password: str, client_ip: str | None) -> User:
+    """authenticate() behind the sign-in limit: 429 after too many failures, 400 when wrong."""
+    wait = limiter.retry_after(email, client_ip)
+    if wait:
+        raise TooManyRequests(f"too many failed sign-ins; try again in {wait} seconds",
+                              headers={"Retry-After": str(wait)})
+    user = authenticate(db, email, password)
+    if user is None:
+        limiter.failed(email, client_ip)
+        raise BadInput("wrong email or password")
+    limiter.succeeded(email)
+    return user
+
+
+def sign_out(db: Session, user: User) -> None:
+    """Ends every session of the user: cookies issued before this no longer sign in."""
+    user.session_epoch = (user.session_epoch or 0) + 1
+    db.commit()
