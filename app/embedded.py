@@ -46,7 +46,7 @@ def requeue_interrupted(settings: Settings) -> int:
     embedded app last stopped. Only this process group's workers work for this database,
     so nothing else holds them; the tasks are idempotent (a run resumes from its saved
     training state, a gallery samples only missing seeds, a built pack is skipped)."""
-    from sqlalchemy import select
+    from sqlalchemy import select, update
 
     from app.db import make_engine, make_sessionmaker
     from app.jobs import ADAPT_RUN, BUILD_PACK, SAMPLE_GALLERY, JobQueue
@@ -59,6 +59,9 @@ def requeue_interrupted(settings: Settings) -> int:
     try:
         with make_sessionmaker(engine)() as db:
             for model, task in ((Run, ADAPT_RUN), (Gallery, SAMPLE_GALLERY), (Pack, BUILD_PACK)):
+                # their workers died with the app: free the jobs for the next claim at once
+                db.execute(update(model).where(model.status == "running").values(heartbeat_at=None))
+                db.commit()
                 for object_id in db.scalars(select(model.id).where(model.status.in_(("queued", "running")))):
                     queue.send(task, object_id)
                     sent += 1

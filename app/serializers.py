@@ -64,7 +64,8 @@ def image(i: Image) -> dict:
 def gallery(g: Gallery, images: list[Image] | None = None) -> dict:
     out = {
         "id": str(g.id), "run_id": str(g.run_id), "size": g.size, "prompt": g.prompt, "steps": g.steps,
-        "status": g.status, "error": g.error, "created_at": g.created_at.isoformat(),
+        "status": g.status, "error": g.error, "cancel_requested": bool(g.cancel_requested),
+        "created_at": g.created_at.isoformat(),
     }
     if images is not None:
         out["images"] = [image(i) for i in images]
@@ -76,6 +77,7 @@ def pack(p: Pack) -> dict:
     return {
         "id": str(p.id), "gallery_id": str(p.gallery_id), "selection": p.selection, "format": p.format,
         "size": p.size, "image_count": len(p.image_ids), "status": p.status, "size_bytes": p.size_bytes,
+        "cancel_requested": bool(p.cancel_requested),
         "error": p.error, "download_url": f"/packs/{p.id}/download" if p.status == "succeeded" else None,
         "created_at": p.created_at.isoformat(),
     }

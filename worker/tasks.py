@@ -9,24 +9,26 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from io import BytesIO
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
+from celery import signals
+from sqlalchemy import and_, or_, select, update
 
 from app import repositories as repo
 from app.db import make_engine, make_sessionmaker
 from app.imagecheck import make_thumbnail
-from app.jobs import SAMPLE_GALLERY, JobQueue
+from app.jobs import ADAPT_RUN, BUILD_PACK, SAMPLE_GALLERY, JobQueue
 from app.models import Checkpoint, Gallery, Image, Pack, Run
 from app.services.galleries import new_gallery
-from app.services.packs import PackSource, write_pack_zip
+from app.services.packs import PackCanceled, PackSource, write_pack_zip
 from app.settings import get_settings
 from app.storage import StorageError, gallery_prefix, make_storage, run_prefix
 from worker.celery_app import app
@@ -59,6 +61,82 @@ def _png(img) -> bytes:
     return out.getvalue()
 
 
+# ------------------------------------------------------------------ leases and heartbeats
+# A delivery works on a job only after claiming it: a queued job, or a running one whose
+# worker stopped sending heartbeats (it died). The claim bumps ``attempts`` in one UPDATE,
+# so two deliveries of the same job (a redelivered message, a re-queue by the watchdog)
+# never work on it at once, and a worker that lost its claim stops.
+class Superseded(Exception):
+    """Another delivery claimed the job (this worker was taken for dead)."""
+
+
+def _stale_before(e: Env) -> datetime:
+    return _now() - timedelta(seconds=e.settings.job_stale_seconds)
+
+
+def _abandoned(model, e: Env, or_never_beat: bool = True):
+    """Running, but its worker stopped sending heartbeats. A running job without any
+    heartbeat was released by its owner (the embedded app's restart) or predates them."""
+    stale = model.heartbeat_at < _stale_before(e)
+    return and_(model.status == "running", or_(model.heartbeat_at.is_(None), stale) if or_never_beat else stale)
+
+
+def claim(e: Env, model, obj_id) -> int | None:
+    """The attempt number this delivery now holds, or None when the job is done, canceled
+    or held by a live worker."""
+    with e.sessions() as db:
+        attempts = db.scalar(select(model.attempts).where(model.id == obj_id))
+        if attempts is None:
+            return None
+        done = db.execute(
+            update(model).where(model.id == obj_id, model.attempts == attempts,
+                                or_(model.status == "queued", _abandoned(model, e)))
+            .values(status="running", heartbeat_at=_now(), attempts=attempts + 1))
+        db.commit()
+    if done.rowcount != 1:
+        log.info("job.claim.skipped", extra={"job": model.__tablename__, "id": str(obj_id)})
+        return None
+    return attempts + 1
+
+
+class Heartbeat:
+    """Marks the job alive every job_heartbeat_seconds from a thread, while the task runs
+    (a long training step or sampling batch holds no Python lock the thread needs)."""
+
+    def __init__(self, e: Env, model, obj_id, attempt: int):
+        self.e, self.model, self.obj_id, self.attempt = e, model, obj_id, attempt
+        self.superseded = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{obj_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        m = self.model
+        while not self._stop.wait(self.e.settings.job_heartbeat_seconds):
+            try:
+                with self.e.sessions() as db:
+                    mine = db.execute(update(m).where(m.id == self.obj_id, m.attempts == self.attempt)
+                                      .values(heartbeat_at=_now()))
+                    db.commit()
+                if mine.rowcount == 0:
+                    self.superseded = True
+                    log.warning("job.superseded", extra={"job": m.__tablename__, "id": str(self.obj_id)})
+                    return
+            except Exception as exc:  # the database is down: try again on the next beat
+                log.warning("job.heartbeat.failed", extra={"id": str(self.obj_id), "error": str(exc)[:200]})
+
+    def check(self) -> None:
+        if self.superseded:
+            raise Superseded()
+
+
 # ------------------------------------------------------------------------------ runs
 @app.task(name="worker.tasks.adapt_run", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
@@ -70,11 +148,32 @@ class RunReporter:
     """Writes the core's progress events to the run row (at most twice a second, plus
     every preview and the last step) and answers the core's should_stop from the row."""
 
-    def __init__(self, e: Env, run: Run):
+    def __init__(self, e: Env, run: Run, out: Path | None = None, heartbeat: Heartbeat | None = None):
         self.e, self.run_id, self.prefix = e, run.id, run_prefix(run.team_id, run.id)
         self.last = 0.0
+        self.out, self.heartbeat = out, heartbeat
+        self.synced = None  # (mtime, size) of the training state last copied to object storage
+
+    def sync_state(self) -> None:
+        """Copies the core's training state to object storage whenever the core saved a new
+        one (every checkpoint_every steps), so that a run resumes on any worker."""
+        path = self.out / STATE_FILE if self.out else None
+        if path is None or not path.is_file():
+            return
+        stat = path.stat()
+        if (stat.st_mtime_ns, stat.st_size) == self.synced:
+            return
+        try:
+            self.e.storage.put_file(state_key(self.prefix), path)
+        except StorageError as exc:  # keep training; the next checkpoint tries again
+            log.warning("run.state.sync_failed", extra={"run": str(self.run_id), "error": str(exc)[:200]})
+            return
+        self.synced = (stat.st_mtime_ns, stat.st_size)
+        log.info("run.state.synced", extra={"run": str(self.run_id)})
 
     def __call__(self, event) -> None:
+        if event.stage == "training":
+            self.sync_state()
         now = time.monotonic()
         if not (event.previews or event.step >= event.total or now - self.last >= 0.5):
             return
@@ -88,14 +187,42 @@ class RunReporter:
             for i, img in enumerate(event.previews):
                 self.e.storage.put_bytes(f"{self.prefix}/previews/{i}.png", _png(img), "image/png")
             values.update(preview_count=len(event.previews), preview_step=event.step)
-        with self.e.sessions() as db:
-            db.execute(update(Run).where(Run.id == self.run_id).values(**values))
-            db.commit()
+        try:
+            with self.e.sessions() as db:
+                db.execute(update(Run).where(Run.id == self.run_id).values(**values))
+                db.commit()
+        except Exception as exc:  # progress is best effort: a database blip must not stop training
+            log.warning("run.progress.failed", extra={"run": str(self.run_id), "error": str(exc)[:200]})
         log.info("run.step", extra={"run": str(self.run_id), "step": event.step, "total": event.total})
 
     def should_stop(self) -> bool:
-        with self.e.sessions() as db:
-            return repo.is_canceled(db, self.run_id)
+        if self.heartbeat is not None:
+            self.heartbeat.check()
+        try:
+            with self.e.sessions() as db:
+                return repo.is_canceled(db, self.run_id)
+        except Exception:  # the database is unreachable: keep going, ask again next step
+            return False
+
+
+STATE_FILE = "state/training_state.pt"  # the core's (worker.domainstudio.training.STATE_FILE)
+
+
+def state_key(prefix: str) -> str:
+    return f"{prefix}/{STATE_FILE}"
+
+
+def _restore_state(e: Env, run: Run, out: Path) -> None:
+    """Puts the run's last training state from object storage into the output folder, so
+    that adapt(resume=True) continues at its step on this worker too."""
+    key = state_key(run_prefix(run.team_id, run.id))
+    if not e.storage.exists(key):
+        return
+    (out / STATE_FILE).parent.mkdir(parents=True, exist_ok=True)
+    tmp = out / (STATE_FILE + ".download")
+    e.storage.download(key, tmp)
+    tmp.replace(out / STATE_FILE)
+    log.info("run.state.restored", extra={"run": str(run.id)})
 
 
 def _finish_run(e: Env, run_id, status: str, error: str | None = None) -> None:
@@ -113,25 +240,44 @@ def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
         if run.cancel_requested:
             _finish_run(e, run_id, "canceled")
             return "canceled"
-        db.execute(update(Run).where(Run.id == run_id).values(status="running", started_at=run.started_at or _now()))
+    attempt = claim(e, Run, run_id)
+    if attempt is None:
+        return "skipped"
+    with e.sessions() as db:
+        db.execute(update(Run).where(Run.id == run_id).values(started_at=run.started_at or _now()))
         db.commit()
         photos = list(repo.photos_of_set(db, run.photo_set_id))
+    with Heartbeat(e, Run, run_id, attempt) as heartbeat:
+        return _adapt_claimed(e, run, photos, heartbeat)
+
+
+def _adapt_claimed(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
+    run_id = run.id
     work = e.settings.resolved_work_dir / "runs" / str(run_id)
     from worker.domainstudio import AdaptConfig, Canceled, DomainStudioError, adapt
 
+    reporter = RunReporter(e, run, work / "output", heartbeat)
     try:
         paths = _download_photos(e, photos, work / "photos")
         config = AdaptConfig.from_dict(run.settings)
-        reporter = RunReporter(e, run)
+        _restore_state(e, run, work / "output")
         result = adapt(config, paths, work / "output", progress=reporter, should_stop=reporter.should_stop, resume=True)
+        if result.resumed_from:
+            log.info("run.resumed", extra={"run": str(run_id), "step": result.resumed_from})
+        heartbeat.check()
         _publish_checkpoint(e, run, work / "output", result)
+        _drop_state(e, run)
+    except Superseded:
+        return "superseded"  # the delivery that claimed the run after us owns it now
     except Canceled:
         _finish_run(e, run_id, "canceled")
+        _drop_state(e, run)
         return "canceled"
     except DomainStudioError as exc:
         _finish_run(e, run_id, "failed", str(exc))
         return "failed"
     except SoftTimeLimitExceeded:
+        reporter.sync_state()  # the core saved the state on its way out
         _finish_run(e, run_id, "failed", "the run reached its time limit; its training state was saved")
         return "failed"
     except StorageError as exc:
@@ -143,6 +289,14 @@ def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
                                          "the worker log has the details")
         return "failed"
     return "succeeded"
+
+
+def _drop_state(e: Env, run: Run) -> None:
+    """The training state is only for resuming: gone once the run is over."""
+    try:
+        e.storage.delete(state_key(run_prefix(run.team_id, run.id)))
+    except StorageError:
+        log.warning("run.state.delete_failed", extra={"run": str(run.id)})
 
 
 def _download_photos(e: Env, photos, folder: Path) -> list[Path]:
@@ -240,11 +394,32 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
         if ck is None:
             _set_gallery(e, gallery_id, status="failed", error="the run has no checkpoint")
             return "failed"
-        if not missing:
+        if not missing and gallery.status in ("queued", "running"):
             _set_gallery(e, gallery_id, status="succeeded")
             return "skipped"
-    _set_gallery(e, gallery_id, status="running", error=None)
-    from worker.domainstudio import DomainStudioError, sample
+    attempt = claim(e, Gallery, gallery_id)
+    if attempt is None:
+        return "skipped"
+    _set_gallery(e, gallery_id, error=None)
+    with Heartbeat(e, Gallery, gallery_id, attempt) as heartbeat:
+        return _sample_claimed(e, gallery, ck, missing, heartbeat)
+
+
+def _canceled(e: Env, model, obj_id) -> bool:
+    try:
+        with e.sessions() as db:
+            return bool(db.scalar(select(model.cancel_requested).where(model.id == obj_id)))
+    except Exception:  # the database is unreachable: keep going, ask again later
+        return False
+
+
+def _sample_claimed(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int], heartbeat: Heartbeat) -> str:
+    gallery_id = gallery.id
+    from worker.domainstudio import Canceled, DomainStudioError, sample
+
+    def should_stop() -> bool:
+        heartbeat.check()
+        return _canceled(e, Gallery, gallery_id)
 
     try:
         model = _model_folder(e, ck)
@@ -253,9 +428,22 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
             seeds = missing[start : start + batch]
             # seeds are consecutive except after a partial earlier attempt: sample runs
             for run_start, run_len in _consecutive(seeds):
+                if should_stop():
+                    raise Canceled("sampling was canceled")
                 images = sample(model, run_len, prompt=gallery.prompt, seed=run_start, steps=gallery.steps,
-                                batch_size=batch, device=e.settings.device)
+                                batch_size=batch, device=e.settings.device, should_stop=should_stop)
+                heartbeat.check()
                 _save_images(e, gallery, images)
+    except Superseded:
+        return "superseded"
+    except Canceled:
+        # the images saved so far stay (each with its object) and the gallery shrinks to
+        # them, so "generate more" adds only what is asked for
+        with e.sessions() as db:
+            have = len(repo.image_seeds(db, gallery_id))
+        _set_gallery(e, gallery_id, status="canceled", size=have)
+        log.info("gallery.canceled", extra={"gallery": str(gallery_id)})
+        return "canceled"
     except DomainStudioError as exc:
         _set_gallery(e, gallery_id, status="failed", error=str(exc))
         return "failed"
@@ -317,14 +505,36 @@ def build_pack_zip(e: Env, pack_id: uuid.UUID) -> str:
         gallery = repo.gallery_by_id(db, pack.gallery_id)
         images = list(repo.images_by_ids(db, gallery.id, pack.image_ids))
         source = PackSource(run_id=str(gallery.run_id), base_model=gallery.run.base_model)
-    _set_pack(e, pack_id, status="running", error=None)
+    attempt = claim(e, Pack, pack_id)
+    if attempt is None:
+        return "skipped"
+    _set_pack(e, pack_id, error=None)
+    with Heartbeat(e, Pack, pack_id, attempt) as heartbeat:
+        return _build_claimed(e, pack, images, source, heartbeat)
+
+
+def _build_claimed(e: Env, pack: Pack, images, source: PackSource, heartbeat: Heartbeat) -> str:
+    pack_id = pack.id
+
+    def should_stop() -> bool:
+        heartbeat.check()
+        return _canceled(e, Pack, pack_id)
+
     e.settings.resolved_work_dir.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(dir=e.settings.resolved_work_dir) as tmp:
             path = Path(tmp) / "pack.zip"
-            write_pack_zip(e.storage, pack, images, source, path)
+            write_pack_zip(e.storage, pack, images, source, path, should_stop=should_stop)
+            if should_stop():  # last chance before the ZIP becomes visible
+                raise PackCanceled()
             e.storage.put_file(pack.key, path, "application/zip")
             size = path.stat().st_size
+    except Superseded:
+        return "superseded"
+    except PackCanceled:
+        _set_pack(e, pack_id, status="canceled", finished_at=_now())
+        log.info("pack.canceled", extra={"pack": str(pack_id)})
+        return "canceled"
     except StorageError as exc:
         _set_pack(e, pack_id, status="failed", error=f"the object store failed: {exc}", finished_at=_now())
         return "failed"
@@ -335,3 +545,89 @@ def build_pack_zip(e: Env, pack_id: uuid.UUID) -> str:
     _set_pack(e, pack_id, status="succeeded", size_bytes=size, finished_at=_now())
     log.info("pack.succeeded", extra={"pack": str(pack_id), "images": len(images)})
     return "succeeded"
+
+
+# -------------------------------------------------------------------------- watchdog
+# Redis hands an unacknowledged message to another worker only after its visibility
+# timeout (hours: longer than a run may last), and loses every queued message when it
+# restarts without persistence. Every worker therefore runs a watchdog thread that, every
+# watchdog_seconds (and once when the worker starts):
+#  - re-queues running jobs whose heartbeat is older than job_stale_seconds: their worker
+#    died (SIGKILL, OOM, power). The re-queue is a compare-and-set on the row, so of all
+#    watchdogs exactly one sends the job again; the claim keeps it to one worker;
+#  - sends again every queued job when the broker lost its data: a marker key that lives
+#    in Redis next to the queues is gone (Redis restarted empty). A job sent twice runs once.
+JOBS = ((Run, ADAPT_RUN), (Gallery, SAMPLE_GALLERY), (Pack, BUILD_PACK))
+
+
+def recover_orphans(e: Env) -> int:
+    """Re-queues the jobs of dead workers and of a broker that lost its queues; returns
+    how many jobs were sent again."""
+    sent = 0
+    lost = _broker_lost(e)
+    for model, task in JOBS:
+        with e.sessions() as db:
+            orphans = db.execute(select(model.id, model.attempts).where(_abandoned(model, e, False))).all()
+            for obj_id, attempts in orphans:
+                moved = db.execute(update(model).where(model.id == obj_id, model.attempts == attempts,
+                                                       _abandoned(model, e, False))
+                                   .values(status="queued"))
+                db.commit()
+                if moved.rowcount == 1:
+                    log.warning("job.requeued", extra={"job": model.__tablename__, "id": str(obj_id),
+                                                       "reason": "its worker stopped sending heartbeats"})
+                    e.queue.send(task, obj_id)
+                    sent += 1
+            if lost:
+                for obj_id in db.scalars(select(model.id).where(model.status == "queued")):
+                    log.warning("job.resent", extra={"job": model.__tablename__, "id": str(obj_id),
+                                                     "reason": "the broker lost its queues"})
+                    e.queue.send(task, obj_id)
+                    sent += 1
+    return sent
+
+
+def _broker_lost(e: Env) -> bool:
+    """True once after Redis came back without its data (and on the very first check)."""
+    url = e.settings.resolved_broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        return False  # the embedded default's SQL broker keeps its messages in a file
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return bool(client.set(f"domainstudio:broker-marker:{e.settings.queue_gpu}", "1", nx=True))
+    finally:
+        client.close()
+
+
+class Watchdog(threading.Thread):
+    def __init__(self):
+        super().__init__(name="domainstudio-watchdog", daemon=True)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        e = env()
+        while True:
+            try:
+                recover_orphans(e)
+            except Exception as exc:  # database or broker down: try again on the next round
+                log.warning("watchdog.failed", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            if self.stopped.wait(e.settings.watchdog_seconds):
+                return
+
+
+_watchdog: Watchdog | None = None
+
+
+@signals.worker_ready.connect
+def _start_watchdog(**_kwargs) -> None:
+    global _watchdog
+    _watchdog = Watchdog()
+    _watchdog.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_watchdog(**_kwargs) -> None:
+    if _watchdog is not None:
+        _watchdog.stopped.set()

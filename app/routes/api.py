@@ -211,6 +211,11 @@ def generate_more(gallery_id: uuid.UUID, body: MoreIn, c: Ctx = Depends(ctx)):
     return ser.gallery(galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, body.n))
 
 
+@router.post("/galleries/{gallery_id}/cancel")
+def cancel_gallery(gallery_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    return ser.gallery(galleries.cancel_gallery(c.db, c.team_id, gallery_id))
+
+
 @router.post("/images/{image_id}/review")
 def review_image(image_id: uuid.UUID, body: ReviewIn, c: Ctx = Depends(ctx)):
     return ser.image(galleries.review_image(c.db, c.team_id, image_id, body.review))
@@ -233,3 +238,8 @@ def create_pack(gallery_id: uuid.UUID, body: PackIn, c: Ctx = Depends(ctx)):
 @router.get("/packs/{pack_id}")
 def get_pack(pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.pack(packs.get_pack(c.db, c.team_id, pack_id))
+
+
+@router.post("/packs/{pack_id}/cancel")
+def cancel_pack(pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    return ser.pack(packs.cancel_pack(c.db, c.team_id, pack_id))

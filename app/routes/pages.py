@@ -225,6 +225,18 @@ def generate_more(request: Request, gallery_id: uuid.UUID, n: str = Form("8"), c
     return act(request, lambda: galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, n) and back, back)
 
 
+@router.post("/galleries/{gallery_id}/cancel")
+def cancel_gallery(request: Request, gallery_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    back = f"/galleries/{gallery_id}"
+    return act(request, lambda: galleries.cancel_gallery(c.db, c.team_id, gallery_id) and back, back)
+
+
+@router.post("/packs/{pack_id}/cancel")
+def cancel_pack(request: Request, pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    pack = packs.cancel_pack(c.db, c.team_id, pack_id)
+    return redirect(f"/galleries/{pack.gallery_id}#packs")
+
+
 @router.get("/images/{image_id}")
 def image_page(request: Request, image_id: uuid.UUID, c: Ctx = Depends(ctx)):
     image = repo.image(c.db, c.team_id, image_id)

@@ -45,7 +45,7 @@ def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n) -> Galle
     if gallery.status in ("queued", "running"):
         raise Conflict("this gallery is still being generated; wait until it is done")
     gallery.size += n
-    gallery.status, gallery.error = "queued", None
+    gallery.status, gallery.error, gallery.cancel_requested = "queued", None, False
     db.commit()
     try:
         queue.send(SAMPLE_GALLERY, gallery.id)
@@ -53,6 +53,20 @@ def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n) -> Galle
         gallery.status, gallery.error = "failed", "the job queue was unreachable; ask for more images again"
         db.commit()
         raise
+    return gallery
+
+
+def cancel_gallery(db: Session, team_id, gallery_id) -> Gallery:
+    """A queued gallery is canceled at once; a sampling one stops before its next batch
+    (the images saved so far stay; "generate more" fills in the rest)."""
+    gallery = get_gallery(db, team_id, gallery_id)
+    if gallery.status not in ("queued", "running"):
+        return gallery
+    gallery.cancel_requested = True
+    if gallery.status == "queued":
+        gallery.status, gallery.size = "canceled", len(repo.image_seeds(db, gallery.id))
+    db.commit()
+    log.info("gallery.cancel.requested", extra={"gallery": str(gallery.id)})
     return gallery
 
 

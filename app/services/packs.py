@@ -71,6 +71,20 @@ def get_pack(db: Session, team_id, pack_id) -> Pack:
     return pack
 
 
+def cancel_pack(db: Session, team_id, pack_id) -> Pack:
+    """A queued pack is canceled at once; one being built stops before its next image and
+    its ZIP is never stored."""
+    pack = get_pack(db, team_id, pack_id)
+    if pack.status not in ("queued", "running"):
+        return pack
+    pack.cancel_requested = True
+    if pack.status == "queued":
+        pack.status = "canceled"
+    db.commit()
+    log.info("pack.cancel.requested", extra={"pack": str(pack.id)})
+    return pack
+
+
 def resize(img: PILImage.Image, size: str) -> PILImage.Image:
     """Long-side sizes scale (up or down) to exactly that long side; square and 4:5 crop the
     largest centred box of that shape at the image's own resolution."""
@@ -106,15 +120,23 @@ class PackSource:
     base_model: str
 
 
-def write_pack_zip(storage: Storage, pack: Pack, images: list[Image], source: PackSource, path: Path) -> int:
+class PackCanceled(Exception):
+    """The pack was canceled while it was being built."""
+
+
+def write_pack_zip(storage: Storage, pack: Pack, images: list[Image], source: PackSource, path: Path,
+                   should_stop=None) -> int:
     """Writes the ZIP to ``path`` one image at a time (memory bounded by one image), with a
-    manifest.csv describing each file. Returns the number of images written."""
+    manifest.csv describing each file. Returns the number of images written. ``should_stop``
+    is asked before each image; when it answers True, PackCanceled is raised."""
     _, ext = FORMATS[pack.format]
     manifest = io.StringIO()
     writer = csv.DictWriter(manifest, fieldnames=MANIFEST_FIELDS)
     writer.writeheader()
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         for n, image in enumerate(images, start=1):
+            if should_stop is not None and should_stop():
+                raise PackCanceled()
             with PILImage.open(io.BytesIO(storage.get_bytes(image.key))) as img:
                 img.load()
                 data = encode(resize(img, pack.size), pack.format)

@@ -11,7 +11,8 @@ from app.errors import BadInput, Conflict, NotFound, Unavailable
 from app.imagecheck import PhotoRejected, check_photo, clean_filename
 from app.models import Photo, PhotoSet
 from app.settings import Settings
-from app.storage import Storage, StorageError, gallery_prefix, pack_key, run_prefix, team_prefix
+from app.storage import (Storage, StorageError, gallery_prefix, pack_key, photo_key, photo_thumb_key, run_prefix,
+                         team_prefix)
 
 log = logging.getLogger("domainstudio.photosets")
 ACTIVE = ("queued", "running")
@@ -83,8 +84,10 @@ def add_photos(
                 )
                 continue
             photo_id = uuid.uuid4()
-            base = f"{team_prefix(team_id)}/photo-sets/{ps.id}"
-            key, thumb_key = f"{base}/photos/{photo_id}.{checked.ext}", f"{base}/thumbs/{photo_id}.jpg"
+            # keys named by content: a retry after a failed upload writes the same keys, so
+            # objects a failed attempt could not remove are taken over, never duplicated
+            key = photo_key(team_id, ps.id, checked.sha256, checked.ext)
+            thumb_key = photo_thumb_key(team_id, ps.id, checked.sha256)
             storage.put_bytes(key, checked.data, checked.content_type)
             written.append(key)
             storage.put_bytes(thumb_key, checked.thumbnail, "image/jpeg")
@@ -101,7 +104,11 @@ def add_photos(
         db.commit()
     except BaseException as exc:
         db.rollback()
-        for key in written:
+        try:  # a concurrent upload of the same photo committed first: its objects are its own
+            kept = {p.key for p in repo.photos_of_set(db, ps.id)} | {p.thumb_key for p in repo.photos_of_set(db, ps.id)}
+        except Exception:
+            kept = set()
+        for key in (k for k in written if k not in kept):
             try:
                 storage.delete(key)
             except StorageError:
