@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     )
 
     # inside the security headers, so that a 413 carries them too
-    app.add_middleware(BodyLimitMiddleware, upload_limit=settings.resolved_max_request_bytes)
+    app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_request_bytes)
     app.state.login_limiter = LoginLimiter(settings.login_max_failures, settings.login_window_seconds)
 
     @app.middleware("http")

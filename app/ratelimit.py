@@ -84,14 +84,15 @@ class BodyLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > limit:
             return await _too_large(scope, send, limit)
         seen = 0
-        started = False
+        started = over = False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    over = True
                     raise BodyTooLarge(limit)
             return message
 
@@ -99,6 +100,8 @@ class BodyLimitMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if over:  # close instead of reading the rest of the body to keep the connection
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:

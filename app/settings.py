@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     # failed sign-ins allowed per account (and 10x that per client address) within the window
     login_max_failures: int = Field(5, ge=1)
     login_window_seconds: int = Field(300, ge=1)
-    max_request_bytes: int = 0  # default: room for max_photos files of max_upload_bytes
+    # largest upload request body: the page sends one photo per request; the form without
+    # JavaScript and API clients send batches of at most this much
+    max_request_bytes: int = Field(100 * 1024 * 1024, ge=1024 * 1024)
 
     # comma-separated list of builtin specs and local diffusers folders users may choose
     base_models: str = "builtin:fmnist-ddpm-32"
@@ -86,10 +88,6 @@ class Settings(BaseSettings):
     @property
     def resolved_work_dir(self) -> Path:
         return (self.work_dir or self.data_dir / "work").resolve()
-
-    @property
-    def resolved_max_request_bytes(self) -> int:
-        return self.max_request_bytes or self.max_photos * (self.max_upload_bytes + 64 * 1024) + 1024 * 1024
 
     @property
     def base_model_list(self) -> list[str]:
