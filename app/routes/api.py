@@ -183,6 +183,18 @@ def get_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.run(run, galleries=list(repo.galleries_of_run(c.db, run.id)))
 
 
+@router.delete("/runs/{run_id}")
+def delete_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    photosets.delete_run(c.db, c.storage, c.team_id, run_id)
+    return {"ok": True}
+
+
+@router.delete("/galleries/{gallery_id}")
+def delete_gallery(gallery_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    photosets.delete_gallery(c.db, c.storage, c.team_id, gallery_id)
+    return {"ok": True}
+
+
 @router.post("/runs/{run_id}/cancel")
 def cancel_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.run(runs.cancel_run(c.db, c.team_id, run_id))

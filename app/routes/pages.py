@@ -225,6 +225,32 @@ def generate_more(request: Request, gallery_id: uuid.UUID, n: str = Form("8"), c
     return act(request, lambda: galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, n) and back, back)
 
 
+@router.post("/runs/{run_id}/delete")
+def delete_run(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    run = runs.get_run(c.db, c.team_id, run_id)
+    back = f"/photo-sets/{run.photo_set_id}"
+
+    def action():
+        photosets.delete_run(c.db, c.storage, c.team_id, run_id)
+        flash(request, "run deleted")
+        return back
+
+    return act(request, action, f"/runs/{run_id}")
+
+
+@router.post("/galleries/{gallery_id}/delete")
+def delete_gallery(request: Request, gallery_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    g = galleries.get_gallery(c.db, c.team_id, gallery_id)
+    back = f"/runs/{g.run_id}"
+
+    def action():
+        photosets.delete_gallery(c.db, c.storage, c.team_id, gallery_id)
+        flash(request, "gallery deleted")
+        return back
+
+    return act(request, action, f"/galleries/{gallery_id}")
+
+
 @router.post("/galleries/{gallery_id}/cancel")
 def cancel_gallery(request: Request, gallery_id: uuid.UUID, c: Ctx = Depends(ctx)):
     back = f"/galleries/{gallery_id}"

@@ -143,17 +143,82 @@ def delete_photo_set(db: Session, storage: Storage, team_id, photo_set_id) -> No
     runs = repo.runs(db, team_id, ps.id, limit=100_000)
     if any(r.status in ACTIVE for r in runs):
         raise Conflict("this photo set has a run in progress; cancel it first")
-    prefixes = [f"{team_prefix(team_id)}/photo-sets/{ps.id}"]
+    prefixes, keys = [f"{team_prefix(team_id)}/photo-sets/{ps.id}"], []
     for run in runs:
-        prefixes.append(run_prefix(team_id, run.id))
-        for gallery in repo.galleries_of_run(db, run.id):
-            prefixes.append(gallery_prefix(team_id, gallery.id))
-            for pack in repo.packs_of_gallery(db, gallery.id):
-                prefixes.append(pack_key(team_id, pack.id))
+        _run_objects(db, team_id, run.id, prefixes, keys)
     db.delete(ps)  # cascades to photos, runs, checkpoints, galleries, images, packs
     db.commit()
+    _remove_objects(storage, prefixes, keys)
+
+
+def _gallery_objects(db: Session, team_id, gallery_id, prefixes: list[str], keys: list[str]) -> None:
+    prefixes.append(gallery_prefix(team_id, gallery_id))
+    keys.extend(pack.key or pack_key(team_id, pack.id) for pack in repo.packs_of_gallery(db, gallery_id))
+
+
+def _run_objects(db: Session, team_id, run_id, prefixes: list[str], keys: list[str]) -> None:
+    prefixes.append(run_prefix(team_id, run_id))  # previews, checkpoint files, training state
+    for gallery in repo.galleries_of_run(db, run_id):
+        _gallery_objects(db, team_id, gallery.id, prefixes, keys)
+
+
+def _remove_objects(storage: Storage, prefixes: list[str], keys: list[str]) -> None:
+    """After the rows are gone: a failure leaves an unreferenced object, never a row that
+    points at nothing."""
     for prefix in prefixes:
         try:
             storage.delete_prefix(prefix)
         except StorageError:
-            log.error("photo_set.object.delete_failed", extra={"prefix": prefix})
+            log.error("object.delete_failed", extra={"prefix": prefix})
+    for key in keys:
+        try:
+            storage.delete(key)
+        except StorageError:
+            log.error("object.delete_failed", extra={"key": key})
+
+
+def _busy(db: Session, run_ids: list, gallery_ids: list) -> bool:
+    from sqlalchemy import select
+
+    from app.models import Gallery, Pack, Run
+
+    active = list(ACTIVE)
+    return bool(
+        (run_ids and db.scalar(select(Run.id).where(Run.id.in_(run_ids), Run.status.in_(active)).limit(1)))
+        or (run_ids and db.scalar(select(Gallery.id).where(Gallery.run_id.in_(run_ids), Gallery.status.in_(active))
+                                  .limit(1)))
+        or (gallery_ids and db.scalar(select(Gallery.id).where(Gallery.id.in_(gallery_ids),
+                                                                Gallery.status.in_(active)).limit(1)))
+        or db.scalar(select(Pack.id).join(Gallery, Pack.gallery_id == Gallery.id)
+                     .where(Pack.status.in_(active),
+                            Gallery.run_id.in_(run_ids) if run_ids else Gallery.id.in_(gallery_ids)).limit(1)))
+
+
+def delete_run(db: Session, storage: Storage, team_id, run_id) -> None:
+    """A finished run with its checkpoint, previews, galleries, images and packs."""
+    run = repo.run(db, team_id, run_id)
+    if run is None:
+        raise NotFound("run not found")
+    if _busy(db, [run.id], []):
+        raise Conflict("this run, its gallery or a pack of it is still in progress; cancel it first")
+    prefixes, keys = [], []
+    _run_objects(db, team_id, run.id, prefixes, keys)
+    db.delete(run)  # cascades to the checkpoint, galleries, images and packs
+    db.commit()
+    _remove_objects(storage, prefixes, keys)
+    log.info("run.deleted", extra={"run": str(run_id)})
+
+
+def delete_gallery(db: Session, storage: Storage, team_id, gallery_id) -> None:
+    """A gallery with its images and packs (the run and its checkpoint stay)."""
+    gallery = repo.gallery(db, team_id, gallery_id)
+    if gallery is None:
+        raise NotFound("gallery not found")
+    if _busy(db, [], [gallery.id]):
+        raise Conflict("this gallery or one of its packs is still being made; cancel it first")
+    prefixes, keys = [], []
+    _gallery_objects(db, team_id, gallery.id, prefixes, keys)
+    db.delete(gallery)  # cascades to images and packs
+    db.commit()
+    _remove_objects(storage, prefixes, keys)
+    log.info("gallery.deleted", extra={"gallery": str(gallery_id)})
