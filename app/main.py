@@ -32,6 +32,12 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
+# the interactive API docs (/docs, /redoc) load Swagger UI / ReDoc from their CDN and start
+# them with an inline script; only those pages, which show no user content, may do that
+DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+            "font-src 'self' https://fonts.gstatic.com; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            "worker-src blob:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 
 
 def _wants_json(request: Request) -> bool:
@@ -74,6 +80,8 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
         response = await call_next(request)
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
+        if request.url.path in ("/docs", "/redoc"):
+            response.headers["Content-Security-Policy"] = DOCS_CSP
         return response
 
     @app.exception_handler(ServiceError)

@@ -55,6 +55,11 @@ def redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
+def _local_path(url: str) -> bool:
+    """A path on this site: browsers read "//host" and "/\\host" as another site."""
+    return url.startswith("/") and not url.startswith(("//", "/\\")) and url.isprintable() and "\\" not in url
+
+
 def act(request: Request, action: Callable[[], str], back: str) -> RedirectResponse:
     """Runs a form action; on bad input shows the reason on the page it came from. A
     missing (or another team's) object stays a 404."""
@@ -282,7 +287,7 @@ def review_image(request: Request, image_id: uuid.UUID, review: str = Form(""), 
     def action():
         image = galleries.review_image(c.db, c.team_id, image_id, review)
         # only local paths: never redirect off-site
-        return next if next.startswith("/") and not next.startswith("//") else f"/galleries/{image.gallery_id}"
+        return next if _local_path(next) else f"/galleries/{image.gallery_id}"
 
     return act(request, action, "/")
 

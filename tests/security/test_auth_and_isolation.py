@@ -187,6 +187,11 @@ def test_security_headers_on_every_kind_of_answer(make_client, local_pg_settings
     r = client.post("/api/auth/signup", json={"email": f"c-{uuid.uuid4().hex[:8]}@example.com",
                                               "password": "correct horse battery"})
     cookie = r.headers["set-cookie"]
+    # the API docs page may run Swagger UI from its CDN; no other page may
+    docs = client.get("/docs")
+    assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"] and "frame-ancestors 'none'" in \
+        docs.headers["content-security-policy"]
+    assert "cdn.jsdelivr.net" not in client.get("/").headers["content-security-policy"]
     assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
     secure = make_client(local_pg_settings.model_copy(update={"cookie_secure": True}))
     r = secure.post("/api/auth/signup", json={"email": f"s-{uuid.uuid4().hex[:8]}@example.com",
@@ -284,3 +289,17 @@ def test_uploaded_files_are_never_served_as_active_content(make_client, local_pg
     photo = r.json()["added"][0]
     served = client.get(photo["url"])
     assert served.headers["content-type"] == "image/png" and served.headers["x-content-type-options"] == "nosniff"
+
+
+def test_review_form_never_redirects_off_site(make_client, local_pg_settings):
+    client = make_client(local_pg_settings)
+    sign_up(client)
+    ids = seed_team_objects(client)
+    token = client.headers["X-CSRF-Token"]
+    for target in ("//evil.example/x", "/\\evil.example/x", "https://evil.example/", "/\tevil", "javascript:alert(1)"):
+        r = client.post(f"/images/{ids['image_id']}/review", data={"review": "approved", "next": target,
+                                                                   "csrf_token": token}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == f"/galleries/{ids['gallery_id']}", (target, r.headers)
+    r = client.post(f"/images/{ids['image_id']}/review", data={"review": "approved", "next": "/images/x?y=1",
+                                                               "csrf_token": token}, follow_redirects=False)
+    assert r.headers["location"] == "/images/x?y=1"
