@@ -32,6 +32,11 @@ def _heartbeat() -> Mapped[datetime | None]:
     return mapped_column(DateTime(timezone=True), nullable=True)
 
 
+def _worker() -> Mapped[str | None]:
+    """host:pid of the worker process that claimed the job."""
+    return mapped_column(String(200), nullable=True)
+
+
 def _created() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -100,6 +105,7 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
+    worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries that claimed the job
     stage: Mapped[str] = mapped_column(String(30), default="")
     step: Mapped[int] = mapped_column(Integer, default=0)
@@ -149,6 +155,7 @@ class Gallery(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
+    worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
     run: Mapped[Run] = relationship(lazy="raise")
@@ -185,6 +192,7 @@ class Pack(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
+    worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

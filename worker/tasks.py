@@ -7,7 +7,9 @@ a redelivered task overwrites what an earlier attempt wrote instead of duplicati
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -81,17 +83,43 @@ def _abandoned(model, e: Env, or_never_beat: bool = True):
     return and_(model.status == "running", or_(model.heartbeat_at.is_(None), stale) if or_never_beat else stale)
 
 
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_died(holder: str | None) -> bool:
+    """True when the job's worker process ran on this machine and is gone (a prefork child
+    killed by the OOM killer, a worker restarted here): no need to wait for its heartbeat
+    to go stale."""
+    host, _, pid = (holder or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a zombie not yet reaped by its parent is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def claim(e: Env, model, obj_id) -> int | None:
     """The attempt number this delivery now holds, or None when the job is done, canceled
     or held by a live worker."""
     with e.sessions() as db:
-        attempts = db.scalar(select(model.attempts).where(model.id == obj_id))
-        if attempts is None:
+        row = db.execute(select(model.attempts, model.status, model.worker).where(model.id == obj_id)).first()
+        if row is None:
             return None
+        attempts, status, holder = row
+        free = or_(model.status == "queued", _abandoned(model, e))
+        if status == "running" and holder_died(holder):
+            free = and_(model.status == "running", model.worker == holder)
         done = db.execute(
-            update(model).where(model.id == obj_id, model.attempts == attempts,
-                                or_(model.status == "queued", _abandoned(model, e)))
-            .values(status="running", heartbeat_at=_now(), attempts=attempts + 1))
+            update(model).where(model.id == obj_id, model.attempts == attempts, free)
+            .values(status="running", heartbeat_at=_now(), attempts=attempts + 1, worker=worker_id()))
         db.commit()
     if done.rowcount != 1:
         log.info("job.claim.skipped", extra={"job": model.__tablename__, "id": str(obj_id)})
@@ -567,15 +595,19 @@ def recover_orphans(e: Env) -> int:
     lost = _broker_lost(e)
     for model, task in JOBS:
         with e.sessions() as db:
-            orphans = db.execute(select(model.id, model.attempts).where(_abandoned(model, e, False))).all()
-            for obj_id, attempts in orphans:
+            orphans = [(obj_id, attempts, _abandoned(model, e, False)) for obj_id, attempts in
+                       db.execute(select(model.id, model.attempts).where(_abandoned(model, e, False)))]
+            orphans += [(obj_id, attempts, model.worker == holder) for obj_id, attempts, holder in
+                        db.execute(select(model.id, model.attempts, model.worker).where(model.status == "running"))
+                        if holder_died(holder)]
+            for obj_id, attempts, still in orphans:
                 moved = db.execute(update(model).where(model.id == obj_id, model.attempts == attempts,
-                                                       _abandoned(model, e, False))
+                                                       model.status == "running", still)
                                    .values(status="queued"))
                 db.commit()
                 if moved.rowcount == 1:
                     log.warning("job.requeued", extra={"job": model.__tablename__, "id": str(obj_id),
-                                                       "reason": "its worker stopped sending heartbeats"})
+                                                       "reason": "its worker died"})
                     e.queue.send(task, obj_id)
                     sent += 1
             if lost:

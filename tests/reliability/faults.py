@@ -183,3 +183,40 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+class PreforkWorker:
+    """A Celery worker as production runs it (`-P prefork -c 1`): the job runs in a child
+    process, which the OOM killer would pick."""
+
+    def __init__(self, settings, log_path: Path):
+        import sys
+
+        from web_helpers import ROOT, settings_env
+
+        self.log_path, self.log = log_path, open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q",
+             f"{settings.queue_gpu},{settings.queue_cpu}", "-P", "prefork", "-c", "1", "--prefetch-multiplier", "1",
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO", "-n", f"prefork-{free_port()}@%h"],
+            cwd=ROOT, env=settings_env(settings), stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: b"ready." in log_path.read_bytes() or self.proc.poll() is not None, 120, "the worker")
+        if self.proc.poll() is not None:
+            raise RuntimeError("the Celery worker exited:\n" + log_path.read_text()[-3000:])
+
+    def children(self) -> list[int]:
+        import psutil
+
+        return [c.pid for c in psutil.Process(self.proc.pid).children()]
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.models import Checkpoint, Gallery, Image, Run
 from web_helpers import CeleryWorker, new_photo_set, poll, production_settings, sign_up
 
-from .faults import RedisServer, events, until
+from .faults import PreforkWorker, RedisServer, events, until
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +99,41 @@ def test_sigkilled_worker_run_resumes_on_another_worker_from_its_checkpoint(
     images = storage.list_keys(f"teams/{team}/galleries/{g.id}")
     assert sorted(images) == sorted([f"teams/{team}/galleries/{g.id}/images/{s}.png" for s in (0, 1)]
                                     + [f"teams/{team}/galleries/{g.id}/thumbs/{s}.jpg" for s in (0, 1)])
+
+
+def test_oom_killed_prefork_child_run_resumes_at_once(make_client, pg_url, s3_endpoint, queues, tmp_path):
+    """The OOM killer's usual target is the pool child running the job: its parent requeues
+    the message, and the next child claims the run at once (its holder's process is gone)
+    instead of waiting for the heartbeat to go stale (here 10 minutes, so it cannot)."""
+    import os
+    import signal
+
+    q = {k: v + "-oom" for k, v in queues.items()}
+    settings = production_settings(tmp_path / "data", pg_url, s3_endpoint, q, **{**FAST, "job_stale_seconds": 600})
+    client = make_client(settings)
+    sign_up(client)
+    ps = new_photo_set(client, n_photos=10)
+    worker = PreforkWorker(settings, tmp_path / "worker.log")
+    try:
+        run = client.post(f"/api/photo-sets/{ps}/runs", json=tiny_run(steps=30)).json()
+        poll(client, f"/api/runs/{run['id']}", lambda r: r["step"] >= 8 or r["status"] not in ("queued", "running"),
+             120, "step 8")
+        [child] = worker.children()
+        os.kill(child, signal.SIGKILL)
+        killed = time.monotonic()
+        done = poll(client, f"/api/runs/{run['id']}", lambda r: r["status"] not in ("queued", "running"), 120,
+                    "the resumed run")
+        took = time.monotonic() - killed
+        log = worker.output()
+    finally:
+        worker.stop()
+    assert done["status"] == "succeeded" and done["step"] == done["total_steps"] == 30, done
+    resumed = events(log, "run.resumed")
+    assert len(resumed) == 1 and resumed[0]["step"] >= 5, log[-3000:]
+    [row] = rows(settings, Run, id=uuid.UUID(run["id"]))
+    assert row.attempts == 2 and len(rows(settings, Checkpoint, run_id=row.id)) == 1
+    assert took < 60
+    print(f"\nprefork child SIGKILLed; resumed at step {resumed[0]['step']}; finished {took:.1f} s after the kill")
 
 
 def test_redis_restarted_empty_loses_no_run_and_runs_none_twice(make_client, pg_url, s3_endpoint, queues, tmp_path):
