@@ -196,3 +196,15 @@ class Pack(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PendingDeletion(Base):
+    """An object (or a folder of them, ``prefix``) whose rows are gone but whose deletion
+    failed because the object store was unreachable; the workers' watchdog retries it."""
+
+    __tablename__ = "pending_deletions"
+    id: Mapped[uuid.UUID] = _id()
+    key: Mapped[str] = mapped_column(String(500))
+    prefix: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = _created()

@@ -619,6 +619,30 @@ def recover_orphans(e: Env) -> int:
     return sent
 
 
+def sweep_deletions(e: Env, limit: int = 200) -> int:
+    """Deletes the objects whose deletion failed while the object store was down."""
+    from app.models import PendingDeletion, Photo
+
+    done = 0
+    with e.sessions() as db:
+        for p in db.scalars(select(PendingDeletion).order_by(PendingDeletion.created_at).limit(limit)).all():
+            if not p.prefix and db.scalar(select(Photo.id).where(or_(Photo.key == p.key, Photo.thumb_key == p.key))
+                                          .limit(1)):
+                db.delete(p)  # the same photo was uploaded again: its object is in use
+                continue
+            try:
+                e.storage.delete_prefix(p.key) if p.prefix else e.storage.delete(p.key)
+            except StorageError:
+                p.attempts += 1
+                break  # still unreachable: next round
+            db.delete(p)
+            done += 1
+        db.commit()
+    if done:
+        log.info("object.delete_done", extra={"objects": done})
+    return done
+
+
 def _broker_lost(e: Env) -> bool:
     """True once after Redis came back without its data (and on the very first check)."""
     url = e.settings.resolved_broker_url
@@ -641,10 +665,12 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         e = env()
         while True:
-            try:
-                recover_orphans(e)
-            except Exception as exc:  # database or broker down: try again on the next round
-                log.warning("watchdog.failed", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            for chore in (recover_orphans, sweep_deletions):
+                try:
+                    chore(e)
+                except Exception as exc:  # database, broker or store down: try again next round
+                    log.warning("watchdog.failed", extra={"chore": chore.__name__,
+                                                          "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
             if self.stopped.wait(e.settings.watchdog_seconds):
                 return
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app import repositories as repo
 from app.errors import BadInput, Conflict, NotFound, Unavailable
 from app.imagecheck import PhotoRejected, check_photo, clean_filename
-from app.models import Photo, PhotoSet
+from app.models import PendingDeletion, Photo, PhotoSet
 from app.settings import Settings
 from app.storage import (Storage, StorageError, gallery_prefix, pack_key, photo_key, photo_thumb_key, run_prefix,
                          team_prefix)
@@ -127,13 +127,7 @@ def delete_photo(db: Session, storage: Storage, team_id, photo_id) -> None:
     keys = [photo.key, photo.thumb_key]
     db.delete(photo)
     db.commit()
-    # row first, then objects: a failure here leaves an unreferenced object, never a row
-    # pointing at nothing
-    for key in keys:
-        try:
-            storage.delete(key)
-        except StorageError:
-            log.error("photo.object.delete_failed", extra={"key": key})
+    _remove_objects(db, storage, [], keys)
 
 
 def delete_photo_set(db: Session, storage: Storage, team_id, photo_set_id) -> None:
@@ -148,7 +142,7 @@ def delete_photo_set(db: Session, storage: Storage, team_id, photo_set_id) -> No
         _run_objects(db, team_id, run.id, prefixes, keys)
     db.delete(ps)  # cascades to photos, runs, checkpoints, galleries, images, packs
     db.commit()
-    _remove_objects(storage, prefixes, keys)
+    _remove_objects(db, storage, prefixes, keys)
 
 
 def _gallery_objects(db: Session, team_id, gallery_id, prefixes: list[str], keys: list[str]) -> None:
@@ -162,19 +156,24 @@ def _run_objects(db: Session, team_id, run_id, prefixes: list[str], keys: list[s
         _gallery_objects(db, team_id, gallery.id, prefixes, keys)
 
 
-def _remove_objects(storage: Storage, prefixes: list[str], keys: list[str]) -> None:
-    """After the rows are gone: a failure leaves an unreferenced object, never a row that
-    points at nothing."""
-    for prefix in prefixes:
+def _remove_objects(db: Session, storage: Storage, prefixes: list[str], keys: list[str]) -> None:
+    """After the rows are gone (never a row that points at nothing). What the object store
+    cannot delete now is written down, and the workers' watchdog deletes it once the store
+    is back."""
+    later = []
+    for key, is_prefix in [(p, True) for p in prefixes] + [(k, False) for k in keys]:
         try:
-            storage.delete_prefix(prefix)
+            storage.delete_prefix(key) if is_prefix else storage.delete(key)
         except StorageError:
-            log.error("object.delete_failed", extra={"prefix": prefix})
-    for key in keys:
+            log.warning("object.delete_deferred", extra={"key": key})
+            later.append(PendingDeletion(key=key, prefix=is_prefix))
+    if later:
         try:
-            storage.delete(key)
-        except StorageError:
-            log.error("object.delete_failed", extra={"key": key})
+            db.add_all(later)
+            db.commit()
+        except Exception:  # the database went too: the objects stay unreferenced
+            db.rollback()
+            log.error("object.delete_failed", extra={"keys": [p.key for p in later]})
 
 
 def _busy(db: Session, run_ids: list, gallery_ids: list) -> bool:
@@ -205,7 +204,7 @@ def delete_run(db: Session, storage: Storage, team_id, run_id) -> None:
     _run_objects(db, team_id, run.id, prefixes, keys)
     db.delete(run)  # cascades to the checkpoint, galleries, images and packs
     db.commit()
-    _remove_objects(storage, prefixes, keys)
+    _remove_objects(db, storage, prefixes, keys)
     log.info("run.deleted", extra={"run": str(run_id)})
 
 
@@ -220,5 +219,5 @@ def delete_gallery(db: Session, storage: Storage, team_id, gallery_id) -> None:
     _gallery_objects(db, team_id, gallery.id, prefixes, keys)
     db.delete(gallery)  # cascades to images and packs
     db.commit()
-    _remove_objects(storage, prefixes, keys)
+    _remove_objects(db, storage, prefixes, keys)
     log.info("gallery.deleted", extra={"gallery": str(gallery_id)})

@@ -201,3 +201,32 @@ def test_cancel_while_a_gallery_is_sampled(make_client, settings, worker):
     assert more["status"] == "succeeded" and more["image_count"] == g["image_count"] + 2
     with PILImage.open(io.BytesIO(client.get(more["images"][-1]["url"]).content)) as img:
         assert img.size == (32, 32)
+
+
+def test_deleting_while_the_store_is_down_completes_when_it_is_back(make_client, settings, worker, up):
+    client = make_client(settings)
+    sign_up(client)
+    ids = seed_team_objects(client)
+    storage, team = client.app.state.storage, team_of(client)
+    prefixes = [f"teams/{team}/photo-sets/{ids['photo_set_id']}", f"teams/{team}/runs/{ids['run_id']}",
+                f"teams/{team}/galleries/{ids['gallery_id']}"]
+    assert all(storage.list_keys(p) for p in prefixes)
+    keep = new_photo_set(client, n_photos=1)
+
+    up.stop()
+    r = client.delete(f"/api/photo-sets/{ids['photo_set_id']}")
+    assert r.status_code == 200  # the rows are gone at once: nothing points at a missing object
+    assert client.get(f"/api/photo-sets/{ids['photo_set_id']}").status_code == 404
+    up.start()
+    # the workers' watchdog deletes the objects once the store answers again
+    until(lambda: not any(storage.list_keys(p) for p in prefixes), 30, "the deferred deletions")
+    assert len(storage.list_keys(f"teams/{team}/photo-sets/{keep}")) == 2
+    from sqlalchemy import func, select
+
+    from app.models import PendingDeletion
+
+    def pending() -> int:
+        with client.app.state.sessionmaker() as db:
+            return db.scalar(select(func.count(PendingDeletion.id)))
+
+    until(lambda: pending() == 0, 10, "the list of deferred deletions to empty")
