@@ -1,0 +1,98 @@
+"""The job leases on their own (no worker process): the watchdog re-queues exactly the jobs
+whose worker stopped sending heartbeats on another machine, a second delivery of a live job
+is refused, and a worker whose job was taken over learns it from its heartbeat."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import redis
+from sqlalchemy import update
+
+from app.jobs import JobQueue
+from app.models import Run
+from web_helpers import REDIS, new_photo_set, production_settings, sign_up
+from worker import tasks
+from worker.celery_app import make_celery
+
+
+def make_env(settings):
+    e = tasks.Env.__new__(tasks.Env)
+    e.settings, e.storage = settings, None
+    from app.db import make_engine, make_sessionmaker
+
+    e.sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    e.queue = JobQueue(make_celery(settings))
+    return e
+
+
+def add_run(e, team, ps, **values) -> uuid.UUID:
+    with e.sessions() as db:
+        run = Run(team_id=uuid.UUID(team), photo_set_id=uuid.UUID(ps), preset="quick", base_model="builtin:tiny-ddpm",
+                  settings={"steps": 1}, gallery_size=1, **values)
+        db.add(run)
+        db.commit()
+        return run.id
+
+
+def test_watchdog_requeues_only_stale_jobs_and_a_live_job_is_claimed_once(make_client, pg_url, s3_endpoint, queues,
+                                                                         tmp_path):
+    q = {k: v + "-lease" for k, v in queues.items()}
+    settings = production_settings(tmp_path, pg_url, s3_endpoint, q, job_stale_seconds=30)
+    client = make_client(settings)
+    team = sign_up(client)["user"]["team_id"]
+    ps = new_photo_set(client, n_photos=0)
+    e = make_env(settings)
+    broker = redis.Redis.from_url(REDIS)
+    broker.set(f"domainstudio:broker-marker:{q['queue_gpu']}", "1")  # the broker kept its data
+    now = datetime.now(timezone.utc)
+    dead = add_run(e, team, ps, status="running", heartbeat_at=now - timedelta(minutes=5), worker="gpu-7:123",
+                   attempts=1)
+    alive = add_run(e, team, ps, status="running", heartbeat_at=now, worker="gpu-8:456", attempts=1)
+    queued = add_run(e, team, ps, status="queued")
+    try:
+        assert tasks.recover_orphans(e) == 1
+        assert broker.llen(q["queue_gpu"]) == 1
+        with e.sessions() as db:
+            assert [db.get(Run, i).status for i in (dead, alive, queued)] == ["queued", "running", "queued"]
+        assert tasks.recover_orphans(e) == 0  # and only once
+
+        # a second delivery of the live run is refused; the re-queued one is claimed once
+        assert tasks.claim(e, Run, alive) is None
+        assert tasks.claim(e, Run, dead) == 2 and tasks.claim(e, Run, dead) is None
+
+        # Redis came back empty: every queued job is sent again
+        broker.delete(q["queue_gpu"], f"domainstudio:broker-marker:{q['queue_gpu']}")
+        assert tasks.recover_orphans(e) == 1 and broker.llen(q["queue_gpu"]) == 1  # the queued run
+    finally:
+        broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
+        broker.close()
+
+
+def test_a_worker_whose_job_was_taken_over_stops(make_client, pg_url, s3_endpoint, queues, tmp_path):
+    q = {k: v + "-lease2" for k, v in queues.items()}
+    settings = production_settings(tmp_path, pg_url, s3_endpoint, q, job_heartbeat_seconds=0.1)
+    client = make_client(settings)
+    team = sign_up(client)["user"]["team_id"]
+    ps = new_photo_set(client, n_photos=0)
+    e = make_env(settings)
+    run = add_run(e, team, ps, status="queued")
+    attempt = tasks.claim(e, Run, run)
+    assert attempt == 1
+    with tasks.Heartbeat(e, Run, run, attempt) as beat:
+        time.sleep(0.3)
+        assert not beat.superseded
+        with e.sessions() as db:  # another delivery took it over (this worker was taken for dead)
+            db.execute(update(Run).where(Run.id == run).values(attempts=2))
+            db.commit()
+        deadline = time.monotonic() + 5
+        while not beat.superseded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beat.superseded
+        try:
+            beat.check()
+        except tasks.Superseded:
+            pass
+        else:
+            raise AssertionError("check() did not stop the superseded worker")
