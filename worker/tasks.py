@@ -285,6 +285,13 @@ def _adapt_claimed(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
     from worker.domainstudio import AdaptConfig, Canceled, DomainStudioError, adapt
 
     reporter = RunReporter(e, run, work / "output", heartbeat)
+
+    def end(status: str, error: str | None = None) -> str:
+        if heartbeat.superseded:  # another delivery owns the run now: leave its row alone
+            return "superseded"
+        _finish_run(e, run_id, status, error)
+        return status
+
     try:
         paths = _download_photos(e, photos, work / "photos")
         config = AdaptConfig.from_dict(run.settings)
@@ -298,24 +305,19 @@ def _adapt_claimed(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
     except Superseded:
         return "superseded"  # the delivery that claimed the run after us owns it now
     except Canceled:
-        _finish_run(e, run_id, "canceled")
         _drop_state(e, run)
-        return "canceled"
+        return end("canceled")
     except DomainStudioError as exc:
-        _finish_run(e, run_id, "failed", str(exc))
-        return "failed"
+        return end("failed", str(exc))
     except SoftTimeLimitExceeded:
         reporter.sync_state()  # the core saved the state on its way out
-        _finish_run(e, run_id, "failed", "the run reached its time limit; its training state was saved")
-        return "failed"
+        return end("failed", "the run reached its time limit; its training state was saved")
     except StorageError as exc:
-        _finish_run(e, run_id, "failed", f"the object store failed: {exc}")
-        return "failed"
+        return end("failed", f"the object store failed: {exc}")
     except Exception as exc:
         log.exception("run.crashed", extra={"run": str(run_id)})
-        _finish_run(e, run_id, "failed", f"the run stopped on an unexpected error ({type(exc).__name__}: {str(exc)[:300]}); "
-                                         "the worker log has the details")
-        return "failed"
+        return end("failed", f"the run stopped on an unexpected error ({type(exc).__name__}: {str(exc)[:300]}); "
+                             "the worker log has the details")
     return "succeeded"
 
 
