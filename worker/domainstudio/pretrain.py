@@ -122,7 +122,10 @@ def load_fmnist_ddpm(path: str | Path | None = None, device: str = "cpu",
     meta = json.loads(meta_path.read_text())
     unet = UNet2DModel(**meta["unet"])
     unet.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(path)).items()})
-    unet.to(device=device, dtype=dtype).eval()
+    unet.to(device)
+    if dtype != torch.float32:  # .to(dtype) even as a no-op makes diffusers print a warning
+        unet.to(dtype)
+    unet.eval()
     return unet, DDPMScheduler(**meta["scheduler"])
 
 

@@ -1,0 +1,93 @@
+"""Source-model training: checkpoints, resume, export, and loading the shipped weights offline."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from worker.domainstudio import pretrain as pt
+
+
+def _tiny_config(steps):
+    # The real architecture on batch 2: a few steps take well under a second.
+    return pt.PretrainConfig(steps=steps, batch_size=2, checkpoint_every=1, log_every=1)
+
+
+def test_train_resume_and_export(tmp_path):
+    out = tmp_path / "w.safetensors"
+    seen = []
+    pt.pretrain(_tiny_config(2), state_dir=tmp_path / "state", out=out, progress=seen.append)
+    assert [e["step"] for e in seen] == [1, 2] and all(e["total"] == 2 for e in seen)
+    first = pt.load_checkpoint(tmp_path / "state")
+    assert first["step"] == 2
+
+    pt.pretrain(_tiny_config(3), state_dir=tmp_path / "state", out=out, progress=seen.append)
+    assert [e["step"] for e in seen[2:]] == [3]  # continued, did not start over
+    ckpt = pt.load_checkpoint(tmp_path / "state")
+    assert ckpt["step"] == 3
+    assert any(not torch.equal(ckpt["ema"][k], first["ema"][k]) for k in first["ema"])
+
+    unet, sched = pt.load_fmnist_ddpm(out)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["recipe"]["steps_done"] == 3
+    state = unet.state_dict()
+    expected = pt.ema_weights(ckpt["ema"], ckpt["config"]["ema_decay"], 3)
+    for k, v in expected.items():  # exported weights are the corrected EMA, rounded to fp16
+        assert torch.equal(state[k], v.half().float())
+
+
+def test_bias_corrected_ema_by_hand():
+    # Weights 1.0 then 3.0 with decay 0.5: ema = 0.25 * 1 + 0.5 * 3 = 1.75 from zero;
+    # corrected by 1 - 0.5^2: (0.5 * 1 + 1 * 3) / 1.5 = 7/3, the decay-weighted average.
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = pt._zero_ema(model)
+    for value in (1.0, 3.0):
+        model.weight.data.fill_(value)
+        pt._ema_update(ema, model, 0.5)
+    assert ema["weight"].item() == pytest.approx(1.75)
+    assert pt.ema_weights(ema, 0.5, 2)["weight"].item() == pytest.approx(7 / 3)
+    # An EMA started from the initial weight 5.0 converts to the zero-started one.
+    from_init = {"weight": torch.tensor([[0.25 * 5 + 1.75]])}
+    converted = pt._to_zero_ema(from_init, {"weight": torch.tensor([[5.0]])}, 0.5, 2)
+    assert converted["weight"].item() == pytest.approx(1.75)
+
+
+def test_interrupted_run_keeps_its_checkpoint(tmp_path):
+    config = _tiny_config(10)
+    config.checkpoint_every = 100  # only the interruption handler can have saved step 2
+
+    def stop_at_two(event):
+        if event["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pt.pretrain(config, state_dir=tmp_path, out=tmp_path / "w.safetensors", progress=stop_at_two)
+    assert pt.load_checkpoint(tmp_path)["step"] == 2
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_cli_parses_pretrain_and_classifier_commands():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    pt.add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["pretrain", "--steps", "7", "--threads", "1"])
+    assert args.steps == 7 and args.func is pt._run_pretrain
+    assert parser.parse_args(["train-classifier"]).func is pt._run_train_classifier
+
+
+def test_shipped_source_model_loads_offline():
+    unet, sched = pt.load_fmnist_ddpm()
+    assert isinstance(unet, UNet2DModel) and isinstance(sched, DDPMScheduler)
+    assert sched.config.num_train_timesteps == 1000
+    assert 1.0e6 < sum(p.numel() for p in unet.parameters()) < 1.2e6
+    assert pt.DEFAULT_WEIGHTS.stat().st_size < 20e6
+    with torch.no_grad():
+        eps = unet(torch.randn(2, 1, 32, 32), torch.tensor([10, 500])).sample
+    assert eps.shape == (2, 1, 32, 32) and torch.isfinite(eps).all()
+
+
+def test_missing_weights_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
+        pt.load_fmnist_ddpm(tmp_path / "nothing.safetensors")
