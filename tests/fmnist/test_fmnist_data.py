@@ -74,3 +74,14 @@ def test_draw_shots_is_seeded_and_from_the_class():
     assert (fmnist.load_split("train")[1][idx] == 7).all()
     with pytest.raises(ValueError):
         fmnist.draw_shots(10, 5)
+
+
+def test_image_grid_layout_and_from_pil_round_trip():
+    x = torch.full((3, 1, 32, 32), -1.0)
+    x[1] = 1.0
+    grid = fmnist.image_grid(x, nrow=2, scale=1, gap=2)
+    assert grid.size == (2 * 34 + 2, 2 * 34 + 2)  # two columns, two rows (the last one half empty)
+    pixels = np.asarray(grid)
+    assert pixels[2, 2] == 0 and pixels[2, 36] == 255 and pixels[0, 0] == 128
+    back = fmnist.from_pil([grid.crop((36, 2, 68, 34))])
+    assert back.shape == (1, 1, 32, 32) and back.eq(1).all()
