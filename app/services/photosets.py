@@ -108,10 +108,14 @@ def add_photos(
             kept = {p.key for p in repo.photos_of_set(db, ps.id)} | {p.thumb_key for p in repo.photos_of_set(db, ps.id)}
         except Exception:
             kept = set()
+        unreachable = False
         for key in (k for k in written if k not in kept):
             try:
+                if unreachable:  # do not wait out the store's retries once per object
+                    raise StorageError("skipped after an earlier failure")
                 storage.delete(key)
             except StorageError:
+                unreachable = True
                 log.error("photo.cleanup.failed", extra={"key": key})
         if isinstance(exc, StorageError):
             raise Unavailable("the object store is unreachable; no photo was saved, please retry") from exc
@@ -163,6 +167,8 @@ def _remove_objects(db: Session, storage: Storage, prefixes: list[str], keys: li
     later = []
     for key, is_prefix in [(p, True) for p in prefixes] + [(k, False) for k in keys]:
         try:
+            if later:  # the store is down: do not wait out its retries once per object
+                raise StorageError("skipped after an earlier failure")
             storage.delete_prefix(key) if is_prefix else storage.delete(key)
         except StorageError:
             log.warning("object.delete_deferred", extra={"key": key})
