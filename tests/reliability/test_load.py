@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from app.main import create_app
 from app.models import Gallery, Image, Pack, Photo, Run
@@ -53,7 +53,8 @@ def test_twenty_users_upload_and_browse(local_pg_settings, tmp_path):
     settings = local_pg_settings.model_copy(update={"storage_dir": tmp_path / "objects"})
     app = create_app(settings)
     server = LiveServer(app)
-    users = [new_user(server.url) for _ in range(USERS)]
+    with ThreadPoolExecutor(4) as pool:  # password hashing (argon2) releases the GIL
+        users = list(pool.map(lambda _: new_user(server.url), range(USERS)))
     try:
         sets = [c.post("/api/photo-sets", json={"name": "load", "class_word": "bottle"}).json()["id"] for c in users]
         batches = [[(f"u{u}-{i}.png", png_bytes(u * 1000 + i, size=(32, 32))) for i in range(PHOTOS)]
@@ -101,7 +102,7 @@ def test_twenty_users_upload_and_browse(local_pg_settings, tmp_path):
                 r = c.get(f"/api/galleries/{g['id']}")
                 api.append(time.monotonic() - t)
                 assert r.status_code == 200 and r.json()["image_count"] == GALLERY
-                for image_id in g["images"][:10]:
+                for image_id in g["images"][:5]:
                     t = time.monotonic()
                     assert c.get(f"/images/{image_id}/thumb").status_code == 200
                     thumb.append(time.monotonic() - t)
@@ -142,16 +143,16 @@ def seed_gallery(app, client, photo_set_id: str, n: int) -> dict:
         gallery = Gallery(team_id=team, run_id=run.id, size=n, steps=2, status="succeeded")
         db.add(gallery)
         db.flush()
-        rows = []
+        rows, now = [], datetime.now(timezone.utc)
         for seed in range(n):
             key = f"teams/{team}/galleries/{gallery.id}/thumbs/{seed}.jpg"
             if seed < 10:
                 storage.put_bytes(key, thumb)
-            rows.append(Image(team_id=team, gallery_id=gallery.id, seed=seed, width=32, height=32, key=key,
-                              thumb_key=key, created_at=datetime.now(timezone.utc)))
-        db.add_all(rows)
+            rows.append(dict(id=uuid.uuid4(), team_id=team, gallery_id=gallery.id, seed=seed, width=32, height=32, key=key,
+                             thumb_key=key, review="new", created_at=now))
+        db.execute(insert(Image), rows)  # one multi-row INSERT, not 1,000 ORM objects
         db.commit()
-        return {"id": str(gallery.id), "images": [str(r.id) for r in rows[:10]]}
+        return {"id": str(gallery.id), "images": [str(r["id"]) for r in rows[:10]]}
 
 
 class PeakRSS:
