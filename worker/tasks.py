@@ -83,8 +83,18 @@ def _abandoned(model, e: Env, or_never_beat: bool = True):
     return and_(model.status == "running", or_(model.heartbeat_at.is_(None), stale) if or_never_beat else stale)
 
 
+def _machine() -> str:
+    """This host and PID namespace: two containers may share a hostname (host networking),
+    never a PID namespace, so a process id is only checked where it means the same."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}/{namespace}"
+
+
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{_machine()}:{os.getpid()}"
 
 
 def holder_died(holder: str | None) -> bool:
@@ -92,7 +102,7 @@ def holder_died(holder: str | None) -> bool:
     killed by the OOM killer, a worker restarted here): no need to wait for its heartbeat
     to go stale."""
     host, _, pid = (holder or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+    if host != _machine() or not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)

@@ -47,9 +47,9 @@ def test_watchdog_requeues_only_stale_jobs_and_a_live_job_is_claimed_once(make_c
     broker = redis.Redis.from_url(REDIS)
     broker.set(f"domainstudio:broker-marker:{q['queue_gpu']}", "1")  # the broker kept its data
     now = datetime.now(timezone.utc)
-    dead = add_run(e, team, ps, status="running", heartbeat_at=now - timedelta(minutes=5), worker="gpu-7:123",
+    dead = add_run(e, team, ps, status="running", heartbeat_at=now - timedelta(minutes=5), worker="gpu-7/4026531836:123",
                    attempts=1)
-    alive = add_run(e, team, ps, status="running", heartbeat_at=now, worker="gpu-8:456", attempts=1)
+    alive = add_run(e, team, ps, status="running", heartbeat_at=now, worker="gpu-8/4026531836:456", attempts=1)
     queued = add_run(e, team, ps, status="queued")
     try:
         assert tasks.recover_orphans(e) == 1
@@ -96,3 +96,19 @@ def test_a_worker_whose_job_was_taken_over_stops(make_client, pg_url, s3_endpoin
             pass
         else:
             raise AssertionError("check() did not stop the superseded worker")
+
+
+def test_a_holder_counts_as_dead_only_on_this_machine_and_namespace():
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])
+    here = tasks.worker_id().rpartition(":")[0]
+    try:
+        assert not tasks.holder_died(f"{here}:{child.pid}")  # alive
+        assert not tasks.holder_died(f"{here}:{__import__('os').getpid()}")  # ourselves
+    finally:
+        child.kill()
+        child.wait()
+    assert tasks.holder_died(f"{here}:{child.pid}")  # gone
+    assert not tasks.holder_died(f"other-host/1:{child.pid}")  # elsewhere: only the heartbeat can tell
+    assert not tasks.holder_died(None) and not tasks.holder_died("garbage")
