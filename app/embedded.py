@@ -11,7 +11,6 @@ import secrets
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from app.settings import Settings, get_settings
 

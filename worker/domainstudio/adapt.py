@@ -135,15 +135,18 @@ def _make_trainer(base, cfg, photos: Photos, device, amp, out: Path, progress):
         from .text_to_image import TextToImageTrainer, class_images
 
         folder = Path(cfg.class_images_dir) if cfg.class_images_dir else out / "class_images"
-        report = None
-        if progress is not None:
-            def report(done: int, total: int) -> None:
-                progress(ProgressEvent(done, total, {}, None, 0.0, stage="class_images"))
+        report = _class_image_progress(progress) if progress is not None else None
         prior = class_images(base, cfg, folder, device, report)
         return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp)
     from .unconditional import UnconditionalTrainer
 
     return UnconditionalTrainer(base, cfg, device, photos.pixels)
+
+
+def _class_image_progress(progress: Progress) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        progress(ProgressEvent(done, total, {}, None, 0.0, stage="class_images"))
+    return report
 
 
 def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, should_stop) -> AdaptResult:

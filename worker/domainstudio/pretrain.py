@@ -19,14 +19,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file
 
 from . import fmnist
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "fmnist-ddpm-32.safetensors"
@@ -61,10 +63,14 @@ class PretrainConfig:
 
 
 def build_unet() -> UNet2DModel:
+    from diffusers import UNet2DModel  # imported here: `domainstudio --help` stays fast
+
     return UNet2DModel(**UNET_CONFIG)
 
 
 def build_scheduler() -> DDPMScheduler:
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(**SCHEDULER_CONFIG)
 
 
@@ -120,6 +126,8 @@ def load_fmnist_ddpm(path: str | Path | None = None, device: str = "cpu",
     if not path.exists() or not meta_path.exists():
         raise FileNotFoundError(f"fmnist-ddpm-32 weights not found: need {path} and {meta_path}")
     meta = json.loads(meta_path.read_text())
+    from diffusers import DDPMScheduler, UNet2DModel
+
     unet = UNet2DModel(**meta["unet"])
     unet.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(path)).items()})
     unet.to(device)
