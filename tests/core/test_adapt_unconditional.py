@@ -127,9 +127,8 @@ def test_lora_on_an_unconditional_model_is_a_clear_error(photos, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_asked_but_absent(photos, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     with pytest.raises(ModelError, match="no CUDA GPU"):
         adapt(tiny(device="cuda"), photos, tmp_path / "run")
     assert not (tmp_path / "run").exists()
