@@ -11,7 +11,6 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
 import psycopg
 from PIL import Image
 
@@ -78,13 +77,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class CeleryWorker:
-    def __init__(self, settings: Settings, log_path: Path):
+    """A real Celery worker process on the settings' queues. ``pool`` is Celery's -P option
+    plus its arguments (solo by default: the job runs in the worker process itself)."""
+
+    pool: tuple[str, ...] = ("-P", "solo")
+
+    def __init__(self, settings: Settings, log_path: Path, name: str | None = None):
         self.log_path = log_path
         queues = f"{settings.queue_gpu},{settings.queue_cpu}"
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, "-P", "solo",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO", "-n", f"test-{TAG}@%h"],
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, *self.pool,
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
+             "-n", f"{name or 'test-' + TAG}@%h"],
             cwd=ROOT, env=settings_env(settings), stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_for(lambda: b"ready." in log_path.read_bytes() or self.proc.poll() is not None, 120, "the Celery worker")

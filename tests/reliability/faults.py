@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from web_helpers import free_port, wait_for
+from web_helpers import CeleryWorker, free_port, wait_for
 
 
 class TcpProxy:
@@ -185,38 +185,16 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-class PreforkWorker:
+class PreforkWorker(CeleryWorker):
     """A Celery worker as production runs it (`-P prefork -c 1`): the job runs in a child
     process, which the OOM killer would pick."""
 
+    pool = ("-P", "prefork", "-c", "1", "--prefetch-multiplier", "1")
+
     def __init__(self, settings, log_path: Path):
-        import sys
-
-        from web_helpers import ROOT, settings_env
-
-        self.log_path, self.log = log_path, open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q",
-             f"{settings.queue_gpu},{settings.queue_cpu}", "-P", "prefork", "-c", "1", "--prefetch-multiplier", "1",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO", "-n", f"prefork-{free_port()}@%h"],
-            cwd=ROOT, env=settings_env(settings), stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: b"ready." in log_path.read_bytes() or self.proc.poll() is not None, 120, "the worker")
-        if self.proc.poll() is not None:
-            raise RuntimeError("the Celery worker exited:\n" + log_path.read_text()[-3000:])
+        super().__init__(settings, log_path, name=f"prefork-{free_port()}")
 
     def children(self) -> list[int]:
         import psutil
 
         return [c.pid for c in psutil.Process(self.proc.pid).children()]
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
