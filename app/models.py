@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, false, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base
@@ -116,6 +116,10 @@ class Run(Base):
     preview_count: Mapped[int] = mapped_column(Integer, default=0)
     preview_step: Mapped[int] = mapped_column(Integer, default=0)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # one entry per progress event: {"step", "elapsed", "terms": {name: value}} (the loss chart)
+    loss_history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
+    # seconds each stage took: {"queued", "download", "adapt", "publish", "gallery"} (the run report)
+    stage_times: Mapped[dict[str, float]] = mapped_column(JSON, default=dict, server_default="{}")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -157,6 +161,11 @@ class Gallery(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # copy guard and diversity: which feature network measured them, the near-copy
+    # threshold in force, and {"mean_pairwise_distance", "proxy_intra_lpips", "images"}
+    feature_network: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    near_copy_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    diversity: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = _created()
     run: Mapped[Run] = relationship(lazy="raise")
 
@@ -174,6 +183,11 @@ class Image(Base):
     key: Mapped[str] = mapped_column(String(500))
     thumb_key: Mapped[str] = mapped_column(String(500))
     review: Mapped[str] = mapped_column(String(20), default="new")  # new / approved / rejected
+    # copy guard: feature distance to the nearest training photo (no FK: a deleted photo
+    # leaves the measurement standing) and whether it is under the near-copy threshold
+    nearest_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    nearest_photo_id: Mapped[uuid.UUID | None] = mapped_column(nullable=True)
+    near_copy: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = _created()
 
 
@@ -185,7 +199,10 @@ class Pack(Base):
     selection: Mapped[str] = mapped_column(String(20))  # approved / all
     image_ids: Mapped[list[str]] = mapped_column(JSON)  # fixed when the pack is requested
     format: Mapped[str] = mapped_column(String(10))
-    size: Mapped[str] = mapped_column(String(20))
+    size: Mapped[str] = mapped_column(String(100))
+    exclude_near_copies: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    estimated_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # 0..1 while building
     status: Mapped[str] = mapped_column(String(20), default="queued")
     key: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
