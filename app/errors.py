@@ -4,9 +4,13 @@
 class ServiceError(Exception):
     status_code = 400
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None, **extra):
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, headers: dict[str, str] | None = None,
+                 params: dict | None = None, **extra):
+        # ``message`` is an English msgid with %(name)s placeholders filled from ``params``;
+        # keeping the two apart lets the error handler translate the msgid per request.
+        self.msgid, self.params = message, params or {}
+        self.message = message % self.params if params else message
+        super().__init__(self.message)
         self.headers = headers or {}
         self.extra = extra  # more JSON fields for API clients
 
