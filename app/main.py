@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.middleware.sessions import SessionMiddleware
 
-from app import logs
+from app import i18n, logs
 from app.db import make_engine, make_sessionmaker
 from app.deps import CSRFFailed, LoginRequired
 from app.errors import ServiceError
@@ -77,7 +77,12 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
+        # the language for this request: the switcher's cookie, else Accept-Language
+        request.state.locale = i18n.pick_locale(request.cookies, request.headers.get("accept-language"))
         response = await call_next(request)
+        response.headers.setdefault("Content-Language", request.state.locale)
+        if "vary" not in response.headers:  # caches must not hand one language's page to another
+            response.headers["Vary"] = "Accept-Language, Cookie"
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
         if request.url.path in ("/docs", "/redoc"):
@@ -86,19 +91,20 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
+        message = i18n.error_message(i18n.request_locale(request), exc)
         if _wants_json(request):
-            response = JSONResponse({"detail": exc.message, **exc.extra}, status_code=exc.status_code)
+            response = JSONResponse({"detail": message, **exc.extra}, status_code=exc.status_code)
         else:
             from app.routes.pages import render_error
 
-            response = render_error(request, exc.status_code, exc.message)
+            response = render_error(request, exc.status_code, message)
         response.headers.update(exc.headers)
         return response
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError):
         log.error("db.unavailable", extra={"error": str(exc.orig)[:200]})
-        msg = "the database is unreachable; try again in a minute"
+        msg = i18n.gettext(i18n.request_locale(request), "the database is unreachable; try again in a minute")
         if _wants_json(request):
             return JSONResponse({"detail": msg}, status_code=503)
         from app.routes.pages import render_error
@@ -108,12 +114,14 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired):
         if _wants_json(request):
-            return JSONResponse({"detail": "sign in first"}, status_code=401)
+            return JSONResponse({"detail": i18n.gettext(i18n.request_locale(request), "sign in first")},
+                                status_code=401)
         return RedirectResponse("/login", status_code=303)  # also for a form posted after the session expired
 
     @app.exception_handler(CSRFFailed)
     async def csrf_failed(request: Request, exc: CSRFFailed):
-        msg = "missing or invalid CSRF token; reload the page and try again"
+        msg = i18n.gettext(i18n.request_locale(request),
+                           "missing or invalid CSRF token; reload the page and try again")
         if _wants_json(request):
             return JSONResponse({"detail": msg}, status_code=403)
         from app.routes.pages import render_error
@@ -126,7 +134,8 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
             reasons.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        msg = "; ".join(reasons) or "invalid request"
+        # pydantic's reasons stay in English: they name fields for developers
+        msg = "; ".join(reasons) or i18n.gettext(i18n.request_locale(request), "invalid request")
         if _wants_json(request):
             return JSONResponse({"detail": msg, "errors": [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()]},
                                 status_code=422)

@@ -11,9 +11,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
+from app import i18n
 from app import repositories as repo
 from app.deps import Ctx, check_csrf, ctx, get_db
-from app.errors import NotFound, ServiceError
+from app.errors import BadInput, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
 from app.routes.api import read_uploads
 from app.security import csrf_token
@@ -23,17 +24,7 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
 
 
-def _filesize(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-templates.env.filters["filesize"] = _filesize
+i18n.install(templates.env)
 
 
 def flash(request: Request, message: str, kind: str = "info") -> None:
@@ -42,6 +33,7 @@ def flash(request: Request, message: str, kind: str = "info") -> None:
 
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
     context.setdefault("user", None)
+    context["locale"] = i18n.request_locale(request)
     context["csrf_token"] = csrf_token(request.session)
     context["flashes"] = request.session.pop("flash", [])
     return templates.TemplateResponse(request, name, context, status_code=status_code)
@@ -70,6 +62,20 @@ def act(request: Request, action: Callable[[], str], back: str) -> RedirectRespo
     except ServiceError as exc:
         flash(request, exc.message, "error")
         return redirect(back)
+
+
+# ----------------------------------------------------------------------------- language
+@router.post("/language", dependencies=[Depends(check_csrf)])
+def set_language(request: Request, lang: str = Form(""), next: str = Form("/")):
+    """The header's language switcher: remembered in a cookie (so it works before sign-in
+    too) and preferred over the browser's Accept-Language."""
+    chosen = i18n.supported(lang)
+    if chosen is None:
+        raise BadInput("unknown language %(lang)s", params={"lang": lang[:20]})
+    response = redirect(next if _local_path(next) else "/")
+    response.set_cookie(i18n.COOKIE, chosen, max_age=i18n.COOKIE_MAX_AGE, samesite="lax",
+                        secure=request.app.state.settings.cookie_secure, httponly=True)
+    return response
 
 
 # ------------------------------------------------------------------------- sign up / in

@@ -1,0 +1,110 @@
+"""Message catalogs: extract, update, compile (Babel's Python API, so the ServiceError
+keywords need no long pybabel command line).
+
+    python3 scripts/translations.py extract   # locales/messages.pot from babel.cfg
+    python3 scripts/translations.py update    # extract, then merge into each locale's .po
+    python3 scripts/translations.py compile   # each .po -> .mo (scripts/install runs this)
+    python3 scripts/translations.py check     # fails if a msgid lacks a translation
+
+Translators edit locales/<lang>/LC_MESSAGES/messages.po; the .mo files are build output.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from babel.messages.catalog import Catalog
+from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
+from babel.messages.frontend import parse_mapping_cfg
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po, write_po
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCALES = ROOT / "locales"
+POT = LOCALES / "messages.pot"
+# a service error's first argument is its English msgid (app/errors.py)
+ERROR_CLASSES = ("ServiceError", "BadInput", "NotFound", "Conflict", "Unavailable", "TooManyRequests",
+                 "Unprocessable")
+TRANSLATION_KEYWORDS = {**DEFAULT_KEYWORDS, **{name: None for name in ERROR_CLASSES}}
+
+
+def extract() -> Catalog:
+    """Every msgid in the sources babel.cfg names, with where it was found."""
+    with (ROOT / "babel.cfg").open() as f:
+        method_map, options_map = parse_mapping_cfg(f, filename=str(ROOT / "babel.cfg"))
+    catalog = Catalog(project="DomainStudio", version="0.1.0", charset="utf-8")
+    for filename, lineno, message, comments, context in extract_from_dir(
+        str(ROOT), method_map, options_map, keywords=TRANSLATION_KEYWORDS, comment_tags=("TRANSLATORS:",),
+        strip_comment_tags=True,
+    ):
+        catalog.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
+    return catalog
+
+
+def languages() -> list[str]:
+    return sorted(p.name for p in LOCALES.iterdir() if (p / "LC_MESSAGES" / "messages.po").exists())
+
+
+def read_catalog(lang: str) -> Catalog:
+    with (LOCALES / lang / "LC_MESSAGES" / "messages.po").open("rb") as f:
+        return read_po(f, locale=lang)
+
+
+def write_pot(template: Catalog) -> None:
+    with POT.open("wb") as f:
+        write_po(f, template, width=100, omit_header=False, sort_output=False)
+
+
+def update() -> None:
+    template = extract()
+    write_pot(template)
+    for lang in languages():
+        catalog = read_catalog(lang)
+        catalog.update(template, no_fuzzy_matching=True)
+        with (LOCALES / lang / "LC_MESSAGES" / "messages.po").open("wb") as f:
+            write_po(f, catalog, width=100, ignore_obsolete=True)
+
+
+def compile_all() -> None:
+    for lang in languages():
+        catalog = read_catalog(lang)
+        with (LOCALES / lang / "LC_MESSAGES" / "messages.mo").open("wb") as f:
+            write_mo(f, catalog)
+
+
+def missing(lang: str) -> list[str]:
+    """The msgids in the sources with no usable (non-empty, non-fuzzy) translation."""
+    catalog = read_catalog(lang)
+    out = []
+    for message in extract():
+        if not message.id:
+            continue
+        entry = catalog.get(message.id, context=message.context)
+        strings = entry.string if entry is not None else None
+        if entry is None or entry.fuzzy or not strings or (isinstance(strings, tuple) and not all(strings)):
+            out.append(message.id if isinstance(message.id, str) else message.id[0])
+    return out
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else ""
+    if command == "extract":
+        write_pot(extract())
+    elif command == "update":
+        update()
+    elif command == "compile":
+        compile_all()
+    elif command == "check":
+        bad = {lang: missing(lang) for lang in languages()}
+        for lang, ids in bad.items():
+            for msgid in ids:
+                print(f"{lang}: untranslated: {msgid!r}")
+        return 1 if any(bad.values()) else 0
+    else:
+        print(__doc__)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
