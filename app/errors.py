@@ -1,4 +1,43 @@
-"""Errors services raise; routes turn them into HTTP answers with the message as reason."""
+"""Errors services raise; routes turn them into HTTP answers with the message as reason.
+
+Messages are English msgids with %(name)s placeholders and their params kept apart, so
+that the error handler can translate them for each request (app/i18n.py); ``message`` is
+the English text, for logs and for callers that do not translate."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def _same(msgid: str) -> str:
+    return msgid
+
+
+class Message:
+    """A msgid and its params, rendered (translated) only when shown. A param may be a
+    Message itself or a list of them (joined with "; "), e.g. the reasons per refused file."""
+
+    def __init__(self, msgid: str, params: dict | None = None):
+        self.msgid, self.params = msgid, params or {}
+
+    def render(self, gettext: Callable[[str], str] = _same) -> str:
+        text = gettext(self.msgid)
+        if not self.params:
+            return text
+        return text % {k: render_value(v, gettext) for k, v in self.params.items()}
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        return f"Message({self.msgid!r}, {self.params!r})"
+
+
+def render_value(value, gettext: Callable[[str], str] = _same):
+    if isinstance(value, Message):
+        return value.render(gettext)
+    if isinstance(value, list):
+        return "; ".join(str(render_value(v, gettext)) for v in value)
+    return value
 
 
 class ServiceError(Exception):
@@ -9,7 +48,7 @@ class ServiceError(Exception):
         # ``message`` is an English msgid with %(name)s placeholders filled from ``params``;
         # keeping the two apart lets the error handler translate the msgid per request.
         self.msgid, self.params = message, params or {}
-        self.message = message % self.params if params else message
+        self.message = Message(message, self.params).render()
         super().__init__(self.message)
         self.headers = headers or {}
         self.extra = extra  # more JSON fields for API clients

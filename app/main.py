@@ -91,9 +91,11 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
-        message = i18n.error_message(i18n.request_locale(request), exc)
+        lang = i18n.request_locale(request)
+        message = i18n.error_message(lang, exc)
         if _wants_json(request):
-            response = JSONResponse({"detail": message, **exc.extra}, status_code=exc.status_code)
+            response = JSONResponse({"detail": message, **i18n.translate_tree(lang, exc.extra)},
+                                    status_code=exc.status_code)
         else:
             from app.routes.pages import render_error
 

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, File, Request, UploadFile
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from app import i18n
 from app import repositories as repo
 from app import serializers as ser
 from app.deps import Ctx, ctx, get_db
-from app.errors import BadInput, NotFound, Unprocessable
+from app.errors import BadInput, Message, NotFound, Unprocessable
 from app.presets import EXPERT_FIELDS, PRESETS
 from app.security import csrf_token
 from app.services import auth, galleries, packs, photosets, runs
@@ -139,15 +140,18 @@ async def read_uploads(files: list[UploadFile], max_bytes: int) -> list[tuple[st
 
 
 @router.post("/photo-sets/{photo_set_id}/photos")
-async def upload_photos(photo_set_id: uuid.UUID, files: list[UploadFile] = File(...), c: Ctx = Depends(ctx)):
+async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[UploadFile] = File(...),
+                        c: Ctx = Depends(ctx)):
     if len(files) > c.settings.max_photos:
-        raise BadInput(f"send at most {c.settings.max_photos} files at once")
+        raise BadInput("send at most %(max)s files at once", params={"max": c.settings.max_photos})
     data = await read_uploads(files, c.settings.max_upload_bytes)
     result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
     if result.refused and not result.added:  # nothing stored: a client error, with each reason
-        reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in result.refused[:5])
-        raise Unprocessable(f"no photo was added ({reasons})", added=[], refused=result.refused)
-    return {"added": [ser.photo(p) for p in result.added], "refused": result.refused}
+        reasons = [Message("%(file)s: %(reason)s", r) for r in result.refused[:5]]
+        raise Unprocessable("no photo was added (%(reasons)s)", params={"reasons": reasons}, added=[],
+                            refused=result.refused)
+    return {"added": [ser.photo(p) for p in result.added],
+            "refused": i18n.translate_tree(i18n.request_locale(request), result.refused)}
 
 
 @router.get("/photos/{photo_id}")
