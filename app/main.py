@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError):
         log.error("db.unavailable", extra={"error": str(exc.orig)[:200]})
-        msg = i18n.gettext(i18n.request_locale(request), "the database is unreachable; try again in a minute")
+        msg = i18n.t(i18n.request_locale(request), "the database is unreachable; try again in a minute")
         if _wants_json(request):
             return JSONResponse({"detail": msg}, status_code=503)
         from app.routes.pages import render_error
@@ -116,14 +116,14 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired):
         if _wants_json(request):
-            return JSONResponse({"detail": i18n.gettext(i18n.request_locale(request), "sign in first")},
+            return JSONResponse({"detail": i18n.t(i18n.request_locale(request), "sign in first")},
                                 status_code=401)
         return RedirectResponse("/login", status_code=303)  # also for a form posted after the session expired
 
     @app.exception_handler(CSRFFailed)
     async def csrf_failed(request: Request, exc: CSRFFailed):
-        msg = i18n.gettext(i18n.request_locale(request),
-                           "missing or invalid CSRF token; reload the page and try again")
+        msg = i18n.t(i18n.request_locale(request),
+                     "missing or invalid CSRF token; reload the page and try again")
         if _wants_json(request):
             return JSONResponse({"detail": msg}, status_code=403)
         from app.routes.pages import render_error
@@ -137,7 +137,7 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
             reasons.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         # pydantic's reasons stay in English: they name fields for developers
-        msg = "; ".join(reasons) or i18n.gettext(i18n.request_locale(request), "invalid request")
+        msg = "; ".join(reasons) or i18n.t(i18n.request_locale(request), "invalid request")
         if _wants_json(request):
             return JSONResponse({"detail": msg, "errors": [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()]},
                                 status_code=422)

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     gallery_size: int = Field(64, ge=1, le=1000)
     sample_steps: int = Field(25, ge=1, le=1000)
     sample_batch_size: int = Field(8, ge=1, le=256)
+    # copy guard: a local CLIP or DINO folder (transformers format, loaded offline) whose
+    # features measure each image's distance to the nearest training photo; empty: the
+    # Fashion-MNIST classifier for the demo model, a pixel descriptor for other models
+    copy_guard_model: str = ""
+    # cosine distance under which an image counts as a near copy of a training photo;
+    # unset: the feature network's calibrated default (worker/copyguard.py)
+    near_copy_threshold: float | None = Field(None, ge=0, le=2)
 
     log_level: str = "INFO"
 
