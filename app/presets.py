@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from app.errors import N_, Message
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -70,7 +72,17 @@ EXPERT_FIELDS: dict[str, Field] = {
 
 
 class SettingsError(ValueError):
-    pass
+    """Why an expert setting was refused; ``reason`` keeps msgid and params apart for
+    translation (the route raises it as a BadInput)."""
+
+    def __init__(self, msgid: str, **params):
+        self.reason = Message(msgid, params)
+        super().__init__(str(self.reason))
+
+
+# a setting's expected type, in the words of the error message
+_TYPE_ERRORS = {int: N_("setting %(name)s must be a whole number"), float: N_("setting %(name)s must be a number"),
+                str: N_("setting %(name)s must be text")}
 
 
 def _coerce(name: str, f: Field, value: Any) -> Any:
@@ -81,24 +93,26 @@ def _coerce(name: str, f: Field, value: Any) -> Any:
             return True
         if str(value).lower() in ("0", "false", "no", "off"):
             return False
-        raise SettingsError(f"setting {name!r} must be true or false")
+        raise SettingsError("setting %(name)s must be true or false", name=repr(name))
     if isinstance(value, bool) or isinstance(value, (dict, list)):
-        raise SettingsError(f"setting {name!r} must be a {f.type.__name__}")
+        raise SettingsError(_TYPE_ERRORS[f.type], name=repr(name))
     if f.type is int and isinstance(value, float) and not value.is_integer():
-        raise SettingsError(f"setting {name!r} must be a whole number")
+        raise SettingsError(_TYPE_ERRORS[int], name=repr(name))
     try:
         value = f.type(value)
     except (TypeError, ValueError, OverflowError):
-        raise SettingsError(f"setting {name!r} must be a {'whole number' if f.type is int else f.type.__name__}") from None
+        raise SettingsError(_TYPE_ERRORS[f.type], name=repr(name)) from None
     if f.type is str:
         value = value.strip()
         if len(value) > 300:
-            raise SettingsError(f"setting {name!r} is too long")
+            raise SettingsError("setting %(name)s is too long", name=repr(name))
         if f.choices and value not in f.choices:
-            raise SettingsError(f"setting {name!r} must be one of: {', '.join(f.choices)}")
+            raise SettingsError("setting %(name)s must be one of: %(choices)s", name=repr(name),
+                                choices=", ".join(f.choices))
         return value
     if value != value or (f.lo is not None and value < f.lo) or (f.hi is not None and value > f.hi):
-        raise SettingsError(f"setting {name!r} must be between {f.lo:g} and {f.hi:g}")
+        raise SettingsError("setting %(name)s must be between %(lo)s and %(hi)s", name=repr(name), lo=f"{f.lo:g}",
+                            hi=f"{f.hi:g}")
     return value
 
 
@@ -112,7 +126,7 @@ def coerce_expert(raw: dict[str, Any]) -> dict[str, Any]:
         if value is None or value == "":
             continue
         if name not in EXPERT_FIELDS:
-            raise SettingsError(f"unknown setting {name!r}")
+            raise SettingsError("unknown setting %(name)s", name=repr(name))
         out[name] = _coerce(name, EXPERT_FIELDS[name], value)
     return out
 
@@ -120,7 +134,8 @@ def coerce_expert(raw: dict[str, Any]) -> dict[str, Any]:
 def build_settings(preset: str, base_model: str, class_word: str, expert: dict[str, Any], device: str) -> dict[str, Any]:
     """The AdaptConfig dict of a run: the preset, then the expert overrides."""
     if preset not in PRESETS:
-        raise SettingsError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise SettingsError("unknown preset %(preset)s; choose one of: %(choices)s", preset=repr(preset),
+                            choices=", ".join(PRESETS))
     settings = dict(PRESETS[preset].settings)
     settings.update(coerce_expert(expert))
     settings.update(base_model=base_model, class_word=class_word, device=device)

@@ -41,7 +41,7 @@ def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n) -> Galle
     if not 1 <= n <= 256:
         raise BadInput("generate between 1 and 256 more images at a time")
     if gallery.size + n > MAX_GALLERY:
-        raise BadInput(f"a gallery holds at most {MAX_GALLERY} images")
+        raise BadInput("a gallery holds at most %(max)s images", params={"max": MAX_GALLERY})
     if gallery.status in ("queued", "running"):
         raise Conflict("this gallery is still being generated; wait until it is done")
     gallery.size += n

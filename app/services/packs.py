@@ -39,14 +39,16 @@ def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection
     if selection not in SELECTIONS:
         raise BadInput("selection must be 'approved' or 'all'")
     if format not in FORMATS:
-        raise BadInput(f"format must be one of: {', '.join(FORMATS)}")
+        raise BadInput("format must be one of: %(choices)s", params={"choices": ", ".join(FORMATS)})
     if size not in SIZES:
-        raise BadInput(f"size must be one of: {', '.join(SIZES)}")
+        raise BadInput("size must be one of: %(choices)s", params={"choices": ", ".join(SIZES)})
     images = repo.images_of_gallery(db, gallery.id, review="approved" if selection == "approved" else None)
     if selection == "all":
         images = [i for i in images if i.review != "rejected"]
     if not images:
-        raise BadInput("there are no approved images to pack" if selection == "approved" else "the gallery has no images to pack")
+        if selection == "approved":
+            raise BadInput("there are no approved images to pack")
+        raise BadInput("the gallery has no images to pack")
     pack = Pack(
         team_id=team_id, gallery_id=gallery.id, selection=selection, image_ids=[str(i.id) for i in images],
         format=format, size=size, status="queued", key="",

@@ -26,13 +26,14 @@ def start_run(
         raise NotFound("photo set not found")
     n = repo.photo_count(db, ps.id)
     if n < settings.min_photos:
-        raise BadInput(f"a run needs at least {settings.min_photos} photos; this set has {n}")
+        raise BadInput("a run needs at least %(min)s photos; this set has %(n)s", params={"min": settings.min_photos, "n": n})
     if n > settings.max_photos:
-        raise BadInput(f"a run takes at most {settings.max_photos} photos; this set has {n}")
+        raise BadInput("a run takes at most %(max)s photos; this set has %(n)s", params={"max": settings.max_photos, "n": n})
     allowed = settings.base_model_list
     base_model = base_model or (allowed[0] if allowed else "")
     if base_model not in allowed:
-        raise BadInput(f"unknown base model {base_model!r}; choose one of: {', '.join(allowed)}")
+        raise BadInput("unknown base model %(model)s; choose one of: %(choices)s",
+                       params={"model": repr(base_model), "choices": ", ".join(allowed)})
     gallery_size = settings.gallery_size if gallery_size in (None, "") else gallery_size
     try:
         gallery_size = int(gallery_size)
@@ -43,7 +44,7 @@ def start_run(
     try:
         run_settings = build_settings(preset, base_model, ps.class_word, expert or {}, settings.device)
     except SettingsError as exc:
-        raise BadInput(str(exc)) from None
+        raise BadInput(exc.reason.msgid, params=exc.reason.params) from None
     run = Run(
         team_id=team_id, photo_set_id=ps.id, preset=preset, base_model=base_model, settings=run_settings,
         gallery_size=gallery_size, status="queued", total_steps=run_settings["steps"],

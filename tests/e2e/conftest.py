@@ -1,0 +1,107 @@
+"""Fixtures for the end-to-end browser test: the real app served by uvicorn in a
+subprocess on a free port, on the same real services as tests/app (a Postgres database of
+this suite's own, Redis, the moto S3 server, a Celery worker process), and Debian's
+Chromium driven by Playwright.
+
+Playwright's own browser download does not work here (no internet), so the test drives
+/usr/bin/chromium, which scripts/install installs from Debian; without it the test fails
+with the fix in the message rather than skipping, so CI cannot pass without it."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # web_helpers, service_fixtures
+
+from service_fixtures import app_fixtures, own_database_and_queues  # noqa: E402
+from web_helpers import ROOT, CeleryWorker, free_port, production_settings, settings_env, wait_for  # noqa: E402
+
+s3_endpoint, _pg_settings, _local_pg_settings, _celery_worker, _make_client = app_fixtures()
+pg_url, queues = own_database_and_queues("e2e")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+OUTPUT = Path(__file__).resolve().parent / "output"
+
+
+@pytest.fixture(scope="session")
+def e2e_settings(tmp_path_factory, pg_url, s3_endpoint, queues):
+    """Production-like settings with the builtin tiny model: a gallery of 8 images of 2
+    sampling steps keeps the whole flow at about a minute on 2 cores."""
+    return production_settings(tmp_path_factory.mktemp("e2e-data"), pg_url, s3_endpoint, queues,
+                               base_models="builtin:tiny-ddpm", gallery_size=8, sample_steps=2)
+
+
+@pytest.fixture(scope="session")
+def e2e_worker(e2e_settings, tmp_path_factory):
+    worker = CeleryWorker(e2e_settings, tmp_path_factory.mktemp("e2e-worker") / "worker.log", name="e2e")
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def app_url(e2e_settings, e2e_worker, tmp_path_factory):
+    """The base URL of the app, served by uvicorn in its own process exactly as in
+    production (the browser's requests cross a real socket)."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("e2e-app") / "uvicorn.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=settings_env(e2e_settings), stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            raise RuntimeError("uvicorn exited:\n" + log_path.read_text(errors="replace")[-3000:])
+        try:
+            return httpx.get(url + "/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 60, "the app under uvicorn")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install` (it installs the Debian packages "
+                    "chromium and chromium-driver), or `apt-get install chromium chromium-driver`", pytrace=False)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is missing: run `bash scripts/install` (or `pip install -e .[test]`)", pytrace=False)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def output_dir(request):
+    """tests/e2e/output/<test name>/, emptied first; its path is printed at the end."""
+    folder = OUTPUT / request.node.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    yield folder
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown even when pytest captures output
+        print(f"\nscreenshots and downloads of {request.node.name}: {folder}")

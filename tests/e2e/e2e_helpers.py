@@ -1,0 +1,67 @@
+"""Helpers of the end-to-end browser test: sample product photos, numbered full-page
+screenshots, and checks a person would notice (script errors, sideways scrolling)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+
+def product_photos(folder: Path, n: int = 10, side: int = 256) -> list[Path]:
+    """``n`` distinct photos of a "bottle" on a light background, as a team would upload:
+    the same product in different colours, positions and sizes (not noise, so the
+    screenshots show something recognisable)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img = Image.new("RGB", (side, side), (236 - 3 * i, 232, 224 + 2 * i))
+        draw = ImageDraw.Draw(img)
+        colour = ((40 + 37 * i) % 256, (90 + 61 * i) % 256, (150 + 23 * i) % 256)
+        x, w, h = side // 2 + (i % 3 - 1) * 18, side // 5 + 2 * i, side // 2 + 4 * i
+        top = side - 24 - h
+        draw.rounded_rectangle([x - w // 2, top, x + w // 2, side - 24], radius=w // 3, fill=colour)  # body
+        draw.rectangle([x - w // 6, top - side // 8, x + w // 6, top + 4], fill=colour)  # neck
+        draw.rectangle([x - w // 5, top - side // 8 - 10, x + w // 5, top - side // 8], fill=(30, 30, 30))  # cap
+        draw.ellipse([x - w // 2 - 8, side - 30, x + w // 2 + 8, side - 16], fill=(200, 200, 195))  # shadow
+        path = folder / f"bottle-{i + 1:02d}.png"
+        img.save(path)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Screenshots:
+    """Full-page screenshots numbered in the order they are taken (NN-name.png)."""
+
+    folder: Path
+    taken: list[Path] = field(default_factory=list)
+
+    def take(self, page, name: str) -> Path:
+        page.wait_for_load_state("load")
+        path = self.folder / f"{len(self.taken) + 1:02d}-{re.sub(r'[^a-z0-9-]+', '-', name.lower())}.png"
+        page.screenshot(path=str(path), full_page=True)
+        self.taken.append(path)
+        return path
+
+
+@dataclass
+class PageProblems:
+    """What went wrong in the browser while the test drove it: uncaught script errors,
+    console errors (a CSP violation or a failed request shows up here) and pages wider
+    than the window. Collected as they happen and checked at the end, so one problem
+    does not hide the screenshots of the pages after it."""
+
+    problems: list[str] = field(default_factory=list)
+
+    def watch(self, page) -> None:
+        page.on("pageerror", lambda exc: self.problems.append(f"{page.url}: script error: {exc}"))
+        page.on("console", lambda msg: msg.type == "error" and self.problems.append(
+            f"{page.url}: console error: {msg.text}"))
+
+    def check_width(self, page, what: str) -> None:
+        """A page wider than the window makes a person scroll sideways."""
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        if overflow > 1:
+            self.problems.append(f"{what} ({page.url}): {overflow}px wider than the {page.viewport_size['width']}px window")
