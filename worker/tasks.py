@@ -463,6 +463,7 @@ def _sample_claimed(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int]
 
     try:
         model = _model_folder(e, ck)
+        guard = _copy_guard(e, gallery)
         batch = e.settings.sample_batch_size
         for start in range(0, len(missing), batch):
             seeds = missing[start : start + batch]
@@ -473,7 +474,8 @@ def _sample_claimed(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int]
                 images = sample(model, run_len, prompt=gallery.prompt, seed=run_start, steps=gallery.steps,
                                 batch_size=batch, device=e.settings.device, should_stop=should_stop)
                 heartbeat.check()
-                _save_images(e, gallery, images)
+                _save_images(e, gallery, images, guard)
+        _measure_gallery(e, gallery, guard, should_stop)
     except Superseded:
         return "superseded"
     except Canceled:
@@ -485,6 +487,9 @@ def _sample_claimed(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int]
         log.info("gallery.canceled", extra={"gallery": str(gallery_id)})
         return "canceled"
     except DomainStudioError as exc:
+        _set_gallery(e, gallery_id, status="failed", error=str(exc))
+        return "failed"
+    except CopyGuardError as exc:
         _set_gallery(e, gallery_id, status="failed", error=str(exc))
         return "failed"
     except StorageError as exc:
@@ -509,20 +514,100 @@ def _consecutive(seeds: list[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in runs]
 
 
-def _save_images(e: Env, gallery: Gallery, images) -> None:
+def _save_images(e: Env, gallery: Gallery, images, guard=None) -> None:
+    """Stores a batch of images with their copy-guard measurement (taken right after
+    sampling, while the images are in memory)."""
     prefix = gallery_prefix(gallery.team_id, gallery.id)
     rows = []
-    for g in images:
+    measured = guard.measure([g.image for g in images]) if guard is not None else []
+    for n, g in enumerate(images):
         key, thumb = f"{prefix}/images/{g.seed}.png", f"{prefix}/thumbs/{g.seed}.jpg"
         e.storage.put_bytes(key, _png(g.image), "image/png")
         e.storage.put_bytes(thumb, make_thumbnail(g.image), "image/jpeg")
+        m = measured[n] if n < len(measured) else None
         rows.append(Image(team_id=gallery.team_id, gallery_id=gallery.id, seed=g.seed, prompt=g.prompt,
-                          width=g.image.width, height=g.image.height, key=key, thumb_key=thumb))
+                          width=g.image.width, height=g.image.height, key=key, thumb_key=thumb,
+                          nearest_distance=m.distance if m else None, nearest_photo_id=m.photo_id if m else None,
+                          near_copy=bool(m and m.near_copy)))
         log.info("gallery.image.saved", extra={"gallery": str(gallery.id), "seed": g.seed})
     with e.sessions() as db:
         existing = repo.image_seeds(db, gallery.id)
         db.add_all(r for r in rows if r.seed not in existing)
         db.commit()
+
+
+class CopyGuardError(Exception):
+    """The copy guard could not be set up (its configured feature network would not load):
+    the gallery fails with the reason. worker.copyguard's own error is raised again as this
+    one, because that module (and torch) is only imported once a gallery is sampled."""
+
+
+DIVERSITY_SAMPLE = 256  # images the diversity figures are computed on (pairwise: O(n^2))
+
+
+def _copy_guard(e: Env, gallery: Gallery):
+    """The gallery's copy guard: its run's training photos through the feature network for
+    the run's base model. Records the network and threshold in force on the gallery."""
+    from worker import copyguard
+
+    with e.sessions() as db:
+        photos = list(repo.photos_of_set(db, gallery.run.photo_set_id))
+    paths = _download_photos(e, photos, e.settings.resolved_work_dir / "runs" / str(gallery.run_id) / "photos")
+    try:
+        device = "cpu"
+        if e.settings.copy_guard_model:
+            from worker.domainstudio.training import resolve_device
+
+            device = str(resolve_device(e.settings.device))
+        network = copyguard.feature_network(gallery.run.base_model, e.settings.copy_guard_model, device)
+    except copyguard.CopyGuardError as exc:
+        raise CopyGuardError(str(exc)) from exc
+    guard = copyguard.CopyGuard(network, [_open_image(p) for p in paths], [p.id for p in photos],
+                                e.settings.near_copy_threshold)
+    _set_gallery(e, gallery.id, feature_network=network.name, near_copy_threshold=guard.threshold)
+    return guard
+
+
+def _open_image(source):
+    from PIL import Image as PILImage
+    from PIL import ImageOps
+
+    with PILImage.open(source) as img:
+        img.load()
+        return ImageOps.exif_transpose(img)
+
+
+def _measure_gallery(e: Env, gallery: Gallery, guard, should_stop) -> None:
+    """After sampling: measures the images that were never measured with this network
+    (earlier galleries, another configured network), re-applies the threshold in force to
+    all, and writes the gallery's diversity on a sample of its images."""
+    from worker.copyguard import FMNIST_MODEL, ClassifierFeatures
+
+    same_network = gallery.feature_network in (None, guard.network.name)
+    with e.sessions() as db:
+        rows = list(repo.images_of_gallery(db, gallery.id))
+    for start in range(0, len(rows), 64):
+        todo = [r for r in rows[start:start + 64] if r.nearest_distance is None or not same_network]
+        if not todo:
+            continue
+        if should_stop():
+            return
+        measured = guard.measure([_open_image(BytesIO(e.storage.get_bytes(r.key))) for r in todo])
+        with e.sessions() as db:
+            for r, m in zip(todo, measured):
+                db.execute(update(Image).where(Image.id == r.id).values(
+                    nearest_distance=m.distance, nearest_photo_id=m.photo_id))
+            db.commit()
+    with e.sessions() as db:
+        db.execute(update(Image).where(Image.gallery_id == gallery.id, Image.nearest_distance.is_not(None))
+                   .values(near_copy=Image.nearest_distance < guard.threshold))
+        db.commit()
+    step = max(1, -(-len(rows) // DIVERSITY_SAMPLE))
+    sample = [_open_image(BytesIO(e.storage.get_bytes(r.key))) for r in rows[::step]]
+    fits = gallery.run.base_model == FMNIST_MODEL and isinstance(guard.network, ClassifierFeatures)
+    _set_gallery(e, gallery.id, diversity=guard.diversity(sample, proxy_lpips=fits))
+    log.info("gallery.measured", extra={"gallery": str(gallery.id), "network": guard.network.name,
+                                        "threshold": guard.threshold})
 
 
 # ----------------------------------------------------------------------------- packs
@@ -535,6 +620,24 @@ def _set_pack(e: Env, pack_id, **values) -> None:
     with e.sessions() as db:
         db.execute(update(Pack).where(Pack.id == pack_id).values(**values))
         db.commit()
+
+
+class PackProgress:
+    """Writes packs.progress (images written / images) for the page's progress bar, at
+    most every half second; best effort, like a run's progress."""
+
+    def __init__(self, e: Env, pack_id, every: float = 0.5):
+        self.e, self.pack_id, self.every, self.last = e, pack_id, every, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every and done < total:
+            return
+        self.last = now
+        try:
+            _set_pack(self.e, self.pack_id, progress=round(done / max(1, total), 4))
+        except Exception as exc:  # a database blip must not stop the build
+            log.warning("pack.progress.failed", extra={"pack": str(self.pack_id), "error": str(exc)[:200]})
 
 
 def build_pack_zip(e: Env, pack_id: uuid.UUID) -> str:
@@ -564,7 +667,8 @@ def _build_claimed(e: Env, pack: Pack, images, source: PackSource, heartbeat: He
     try:
         with tempfile.TemporaryDirectory(dir=e.settings.resolved_work_dir) as tmp:
             path = Path(tmp) / "pack.zip"
-            write_pack_zip(e.storage, pack, images, source, path, should_stop=should_stop)
+            write_pack_zip(e.storage, pack, images, source, path, should_stop=should_stop,
+                           progress=PackProgress(e, pack_id))
             if should_stop():  # last chance before the ZIP becomes visible
                 raise PackCanceled()
             e.storage.put_file(pack.key, path, "application/zip")
@@ -582,7 +686,7 @@ def _build_claimed(e: Env, pack: Pack, images, source: PackSource, heartbeat: He
         log.exception("pack.crashed", extra={"pack": str(pack_id)})
         _set_pack(e, pack_id, status="failed", error=f"internal error ({type(exc).__name__})", finished_at=_now())
         return "failed"
-    _set_pack(e, pack_id, status="succeeded", size_bytes=size, finished_at=_now())
+    _set_pack(e, pack_id, status="succeeded", size_bytes=size, progress=1.0, finished_at=_now())
     log.info("pack.succeeded", extra={"pack": str(pack_id), "images": len(images)})
     return "succeeded"
 

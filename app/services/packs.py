@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import timezone
@@ -13,7 +14,7 @@ from PIL import ImageOps
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import BadInput, NotFound, Unavailable
+from app.errors import N_, BadInput, NotFound, Unavailable
 from app.jobs import BUILD_PACK, JobQueue
 from app.models import Gallery, Image, Pack
 from app.storage import Storage, pack_key
@@ -22,36 +23,85 @@ log = logging.getLogger("domainstudio.packs")
 
 FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
 SIZES = {
-    "original": "original size",
-    "1024": "1024 px long side",
-    "2048": "2048 px long side",
-    "square": "square 1:1",
-    "4x5": "portrait 4:5",
+    "original": N_("original size"),
+    "1024": N_("1024 px long side"),
+    "2048": N_("2048 px long side"),
+    "square": N_("square 1:1"),
+    "4x5": N_("portrait 4:5"),
 }
-SELECTIONS = ("approved", "all")
+SELECTIONS = ("approved", "all", "selected")
 MANIFEST_FIELDS = ["file", "prompt", "seed", "run", "base_model", "created"]
+MAX_SELECTED = 1000  # a gallery's most images
 
 
-def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection: str, format: str, size: str) -> Pack:
+def parse_sizes(size: str | list[str]) -> list[str]:
+    """One or several size presets, as a list or comma-separated (packs.size stores them
+    comma-separated; a pack from before holds a single one)."""
+    items = size if isinstance(size, list) else str(size).split(",")
+    sizes = list(dict.fromkeys(s.strip() for s in items if s and s.strip()))
+    if not sizes:
+        raise BadInput("choose at least one size")
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        raise BadInput("size must be one of: %(choices)s", params={"choices": ", ".join(SIZES)})
+    return sizes
+
+
+def _check_choice(selection: str, format: str) -> None:
+    if selection not in SELECTIONS:
+        raise BadInput("selection must be one of: %(choices)s", params={"choices": ", ".join(SELECTIONS)})
+    if format not in FORMATS:
+        raise BadInput("format must be one of: %(choices)s", params={"choices": ", ".join(FORMATS)})
+
+
+def choose_images(db: Session, gallery: Gallery, selection: str, image_ids: list[str] | None,
+                  exclude_near_copies: bool) -> list[Image]:
+    """The images a pack holds: the approved ones, all but the rejected ones, or the ones
+    selected on the page (any review); near copies of training photos left out on request."""
+    if selection == "selected":
+        try:
+            wanted = [str(uuid.UUID(str(i))) for i in (image_ids or [])][:MAX_SELECTED + 1]
+        except ValueError:
+            raise BadInput("the selected images are not valid image ids") from None
+        if len(wanted) > MAX_SELECTED:
+            raise BadInput("select at most %(n)s images", params={"n": MAX_SELECTED})
+        images = list(repo.images_by_ids(db, gallery.id, wanted))  # other galleries' ids drop out
+    else:
+        images = list(repo.images_of_gallery(db, gallery.id, review="approved" if selection == "approved" else None))
+        if selection == "all":
+            images = [i for i in images if i.review != "rejected"]
+    if not images:
+        _nothing_to_pack(selection)
+    if exclude_near_copies:
+        images = [i for i in images if not i.near_copy]
+        if not images:
+            raise BadInput("every image chosen is a near copy of a training photo")
+    return images
+
+
+def _nothing_to_pack(selection: str):
+    if selection == "approved":
+        raise BadInput("there are no approved images to pack")
+    if selection == "selected":
+        raise BadInput("select the images to pack first")
+    raise BadInput("the gallery has no images to pack")
+
+
+def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection: str, format: str,
+                 size: str | list[str], image_ids: list[str] | None = None, exclude_near_copies: bool = False,
+                 storage: Storage | None = None) -> Pack:
+    """Queues a pack; with ``storage`` its estimated size is stored with it."""
     gallery = repo.gallery(db, team_id, gallery_id)
     if gallery is None:
         raise NotFound("gallery not found")
-    if selection not in SELECTIONS:
-        raise BadInput("selection must be 'approved' or 'all'")
-    if format not in FORMATS:
-        raise BadInput("format must be one of: %(choices)s", params={"choices": ", ".join(FORMATS)})
-    if size not in SIZES:
-        raise BadInput("size must be one of: %(choices)s", params={"choices": ", ".join(SIZES)})
-    images = repo.images_of_gallery(db, gallery.id, review="approved" if selection == "approved" else None)
-    if selection == "all":
-        images = [i for i in images if i.review != "rejected"]
-    if not images:
-        if selection == "approved":
-            raise BadInput("there are no approved images to pack")
-        raise BadInput("the gallery has no images to pack")
+    _check_choice(selection, format)
+    sizes = parse_sizes(size)
+    images = choose_images(db, gallery, selection, image_ids, exclude_near_copies)
     pack = Pack(
         team_id=team_id, gallery_id=gallery.id, selection=selection, image_ids=[str(i.id) for i in images],
-        format=format, size=size, status="queued", key="",
+        format=format, size=",".join(sizes), exclude_near_copies=bool(exclude_near_copies), status="queued", key="",
+        estimated_bytes=estimate_bytes(storage, images, format, sizes) if storage is not None else None,
+        progress=0.0,
     )
     db.add(pack)
     db.flush()
@@ -64,6 +114,54 @@ def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection
         db.commit()
         raise
     return pack
+
+
+def estimate_pack(db: Session, storage: Storage, team_id, gallery_id, *, selection: str, format: str,
+                  size: str | list[str], image_ids: list[str] | None = None,
+                  exclude_near_copies: bool = False) -> dict:
+    """What a pack with these choices would hold, before it is built."""
+    gallery = repo.gallery(db, team_id, gallery_id)
+    if gallery is None:
+        raise NotFound("gallery not found")
+    _check_choice(selection, format)
+    sizes = parse_sizes(size)
+    images = choose_images(db, gallery, selection, image_ids, exclude_near_copies)
+    return {"estimated_bytes": estimate_bytes(storage, images, format, sizes), "image_count": len(images),
+            "file_count": len(images) * len(sizes), "sizes": sizes, "format": format}
+
+
+# ---------------------------------------------------------------------------- estimate
+ESTIMATE_SAMPLE = 3  # images encoded to measure bytes per pixel
+ZIP_ENTRY_OVERHEAD = 30 + 46  # local file header + central directory entry, plus the name twice
+MANIFEST_ROW = 160  # bytes of a manifest row besides the prompt (ids, seed, date, file name)
+
+
+def estimate_bytes(storage: Storage, images: list[Image], format: str, sizes: list[str]) -> int:
+    """The ZIP's size: per size preset, the bytes per output pixel of this format measured
+    on a few of the actual images (evenly spread through the selection), times every
+    image's output pixels (known from its width and height), plus the ZIP's and the
+    manifest's overhead. Photos compress alike within a gallery, so a few suffice."""
+    if not images:
+        return 0
+    step = max(1, len(images) // ESTIMATE_SAMPLE)
+    sample = images[::step][:ESTIMATE_SAMPLE]
+    per_pixel = {}
+    for size in sizes:
+        encoded = pixels = 0
+        for image in sample:
+            with PILImage.open(io.BytesIO(storage.get_bytes(image.key))) as img:
+                img.load()
+                out = resize(img, size)
+                encoded += len(encode(out, format))
+                pixels += out.size[0] * out.size[1]
+        per_pixel[size] = encoded / max(1, pixels)
+    total = 22  # end of central directory
+    for image in images:
+        for size in sizes:
+            w, h = output_size(image.width, image.height, size)
+            total += round(w * h * per_pixel[size]) + ZIP_ENTRY_OVERHEAD + 2 * (len(_file_name(1, image, size, sizes, format)))
+        total += MANIFEST_ROW * len(sizes) + len((image.prompt or "").encode()) * len(sizes)
+    return int(total)
 
 
 def get_pack(db: Session, team_id, pack_id) -> Pack:
@@ -87,21 +185,28 @@ def cancel_pack(db: Session, team_id, pack_id) -> Pack:
     return pack
 
 
+def output_size(w: int, h: int, size: str) -> tuple[int, int]:
+    """The pixel size an image of w x h has in a pack of this size preset."""
+    if size in ("1024", "2048"):
+        scale = int(size) / max(w, h)
+        return max(1, round(w * scale)), max(1, round(h * scale))
+    if size == "square":
+        s = min(w, h)
+        return s, s
+    if size == "4x5":
+        cw, ch = (w, w * 5 // 4) if w * 5 // 4 <= h else (h * 4 // 5, h)
+        return max(1, cw), max(1, ch)
+    return w, h
+
+
 def resize(img: PILImage.Image, size: str) -> PILImage.Image:
     """Long-side sizes scale (up or down) to exactly that long side; square and 4:5 crop the
     largest centred box of that shape at the image's own resolution."""
+    target = output_size(img.size[0], img.size[1], size)
     if size in ("1024", "2048"):
-        side = int(size)
-        w, h = img.size
-        scale = side / max(w, h)
-        return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), PILImage.LANCZOS)
-    if size == "square":
-        s = min(img.size)
-        return ImageOps.fit(img, (s, s), PILImage.LANCZOS)
-    if size == "4x5":
-        w, h = img.size
-        cw, ch = (w, w * 5 // 4) if w * 5 // 4 <= h else (h * 4 // 5, h)
-        return ImageOps.fit(img, (max(1, cw), max(1, ch)), PILImage.LANCZOS)
+        return img.resize(target, PILImage.LANCZOS)
+    if size in ("square", "4x5"):
+        return ImageOps.fit(img, target, PILImage.LANCZOS)
     return img
 
 
@@ -126,12 +231,19 @@ class PackCanceled(Exception):
     """The pack was canceled while it was being built."""
 
 
+def _file_name(n: int, image: Image, size: str, sizes: list[str], format: str) -> str:
+    """image-0001-seed3.png; with several sizes, one folder per size (1024/image-...)."""
+    name = f"image-{n:04d}-seed{image.seed}.{FORMATS[format][1]}"
+    return f"{size}/{name}" if len(sizes) > 1 else name
+
+
 def write_pack_zip(storage: Storage, pack: Pack, images: list[Image], source: PackSource, path: Path,
-                   should_stop=None) -> int:
-    """Writes the ZIP to ``path`` one image at a time (memory bounded by one image), with a
-    manifest.csv describing each file. Returns the number of images written. ``should_stop``
-    is asked before each image; when it answers True, PackCanceled is raised."""
-    _, ext = FORMATS[pack.format]
+                   should_stop=None, progress=None) -> int:
+    """Writes the ZIP to ``path`` one image at a time (memory bounded by one image, in
+    every size), with a manifest.csv describing each file. Returns the number of images
+    written. ``should_stop`` is asked before each image; when it answers True,
+    PackCanceled is raised. ``progress(done, total)`` hears of each image written."""
+    sizes = parse_sizes(pack.size)
     manifest = io.StringIO()
     writer = csv.DictWriter(manifest, fieldnames=MANIFEST_FIELDS)
     writer.writeheader()
@@ -141,13 +253,15 @@ def write_pack_zip(storage: Storage, pack: Pack, images: list[Image], source: Pa
                 raise PackCanceled()
             with PILImage.open(io.BytesIO(storage.get_bytes(image.key))) as img:
                 img.load()
-                data = encode(resize(img, pack.size), pack.format)
-            name = f"image-{n:04d}-seed{image.seed}.{ext}"
-            zf.writestr(name, data)
-            writer.writerow({
-                "file": name, "prompt": image.prompt or "", "seed": image.seed, "run": source.run_id,
-                "base_model": source.base_model, "created": _utc(image.created_at).isoformat(),
-            })
+                for size in sizes:
+                    name = _file_name(n, image, size, sizes, pack.format)
+                    zf.writestr(name, encode(resize(img, size), pack.format))
+                    writer.writerow({
+                        "file": name, "prompt": image.prompt or "", "seed": image.seed, "run": source.run_id,
+                        "base_model": source.base_model, "created": _utc(image.created_at).isoformat(),
+                    })
+            if progress is not None:
+                progress(n, len(images))
         zf.writestr("manifest.csv", manifest.getvalue())
     return len(images)
 
@@ -158,4 +272,9 @@ def _utc(moment):
 
 
 def pack_filename(gallery: Gallery, pack: Pack) -> str:
-    return f"domainstudio-pack-{str(pack.id)[:8]}-{pack.format}-{pack.size}.zip"
+    return f"domainstudio-pack-{str(pack.id)[:8]}-{pack.format}-{pack.size.replace(',', '+')}.zip"
+
+
+def size_labels(size: str) -> list[str]:
+    """The (untranslated) labels of a pack's size presets, for the page to translate."""
+    return [SIZES.get(s.strip(), s.strip()) for s in size.split(",") if s.strip()]
