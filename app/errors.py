@@ -12,6 +12,11 @@ def _same(msgid: str) -> str:
     return msgid
 
 
+def N_(msgid: str) -> str:
+    """Marks a string for extraction where it is translated later (e.g. a table of labels)."""
+    return msgid
+
+
 class Message:
     """A msgid and its params, rendered (translated) only when shown. A param may be a
     Message itself or a list of them (joined with "; "), e.g. the reasons per refused file."""

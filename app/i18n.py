@@ -25,6 +25,8 @@ from babel.numbers import format_decimal, format_percent
 from jinja2 import Environment, pass_context
 from jinja2.runtime import Context
 
+from app.errors import N_, Message, render_value  # noqa: F401  (N_ for callers)
+
 LOCALES_DIR = Path(__file__).resolve().parent.parent / "locales"
 DEFAULT_LOCALE = "en"
 # the languages offered, each named in itself for the switcher
@@ -99,31 +101,45 @@ def translations(lang: str) -> stdgettext.NullTranslations:
     return _load_mo(lang)
 
 
-def gettext(lang: str, msgid: str, **params) -> str:
+# Python code translates with t() and tn(), named apart from gettext/ngettext because their
+# first argument is the language (scripts/translations.py extracts their msgids).
+def t(lang: str, msgid: str, **params) -> str:
     text = translations(lang).gettext(msgid)
     return text % params if params else text
 
 
-def ngettext(lang: str, singular: str, plural: str, n: int, **params) -> str:
+def tn(lang: str, singular: str, plural: str, n: int, **params) -> str:
+    """The plural form for ``n``; ``%(num)s`` in the msgids is ``n``."""
     text = translations(lang).ngettext(singular, plural, n)
     return text % {"num": n, **params}
 
 
-def error_message(lang: str, exc) -> str:
-    """A ServiceError's message in ``lang``: its msgid translated, then filled with its params."""
-    text = translations(lang).gettext(exc.msgid)
-    if not exc.params:
-        return text
+def translate(lang: str, message) -> str:
+    """A Message (app.errors) in ``lang``: the msgid translated, then filled with its params
+    (themselves translated). Plain strings pass through as they are."""
+    if not isinstance(message, Message):
+        return str(render_value(message))
     try:
-        return text % exc.params
-    except (KeyError, ValueError, TypeError):  # a broken translation must not hide the error
-        log.warning("i18n.bad_translation", extra={"msgid": exc.msgid, "lang": lang})
-        return exc.message
+        return message.render(translations(lang).gettext)
+    except (KeyError, ValueError, TypeError):  # a broken translation must not hide the message
+        log.warning("i18n.bad_translation", extra={"msgid": message.msgid, "lang": lang})
+        return message.render()
 
 
-def N_(msgid: str) -> str:
-    """Marks a string for extraction where it is translated later (e.g. a table of labels)."""
-    return msgid
+def translate_tree(lang: str, value):
+    """JSON-ready data with every Message in it (in dicts and lists) translated."""
+    if isinstance(value, Message):
+        return translate(lang, value)
+    if isinstance(value, dict):
+        return {k: translate_tree(lang, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [translate_tree(lang, v) for v in value]
+    return value
+
+
+def error_message(lang: str, exc) -> str:
+    """A ServiceError's message in ``lang``."""
+    return translate(lang, Message(exc.msgid, exc.params))
 
 
 # ------------------------------------------------------------------------- formatting

@@ -14,12 +14,19 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.errors import Message
+
 FORMATS = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "WEBP": ("image/webp", "webp")}
 THUMB_SIDE = 256
 
 
 class PhotoRejected(ValueError):
-    """The message says, in the user's words, why the file was refused."""
+    """The message says, in the user's words, why the file was refused; ``reason`` keeps
+    its msgid and params apart so that the answer can be translated."""
+
+    def __init__(self, msgid: str, **params):
+        self.reason = Message(msgid, params)
+        super().__init__(str(self.reason))
 
 
 @dataclass
@@ -45,7 +52,7 @@ def check_photo(data: bytes, *, max_bytes: int, max_pixels: int, min_side: int) 
     if not data:
         raise PhotoRejected("the file is empty")
     if len(data) > max_bytes:
-        raise PhotoRejected(f"the file is larger than {max_bytes // (1024 * 1024)} MB")
+        raise PhotoRejected("the file is larger than %(mb)s MB", mb=max_bytes // (1024 * 1024))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -53,15 +60,17 @@ def check_photo(data: bytes, *, max_bytes: int, max_pixels: int, min_side: int) 
             fmt = probe.format
             width, height = probe.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise PhotoRejected(f"the image has more pixels than the limit of {max_pixels:,}") from None
+        raise PhotoRejected("the image has more pixels than the limit of %(limit)s", limit=format(max_pixels, ",")) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise PhotoRejected("the file is not a JPEG, PNG or WebP image") from None
     if fmt not in FORMATS:
-        raise PhotoRejected(f"{fmt or 'this'} files are not accepted; use JPEG, PNG or WebP")
+        raise PhotoRejected("%(format)s files are not accepted; use JPEG, PNG or WebP", format=fmt or "?")
     if width * height > max_pixels:
-        raise PhotoRejected(f"the image has {width}x{height} pixels, more than the limit of {max_pixels:,}")
+        raise PhotoRejected("the image has %(width)sx%(height)s pixels, more than the limit of %(limit)s",
+                            width=width, height=height, limit=format(max_pixels, ","))
     if min(width, height) < min_side:
-        raise PhotoRejected(f"the image is {width}x{height}; each side must be at least {min_side} pixels")
+        raise PhotoRejected("the image is %(width)sx%(height)s; each side must be at least %(min)s pixels",
+                            width=width, height=height, min=min_side)
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # decodes every byte: truncated files fail here

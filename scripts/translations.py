@@ -22,10 +22,11 @@ from babel.messages.pofile import read_po, write_po
 ROOT = Path(__file__).resolve().parent.parent
 LOCALES = ROOT / "locales"
 POT = LOCALES / "messages.pot"
-# a service error's first argument is its English msgid (app/errors.py)
-ERROR_CLASSES = ("ServiceError", "BadInput", "NotFound", "Conflict", "Unavailable", "TooManyRequests",
+# a service error's (and a Message's) first argument is its English msgid (app/errors.py)
+ERROR_CLASSES = ("Message", "PhotoRejected", "ServiceError", "BadInput", "NotFound", "Conflict", "Unavailable", "TooManyRequests",
                  "Unprocessable")
-TRANSLATION_KEYWORDS = {**DEFAULT_KEYWORDS, **{name: None for name in ERROR_CLASSES}}
+TRANSLATION_KEYWORDS = {**DEFAULT_KEYWORDS, **{name: None for name in ERROR_CLASSES},
+                        "t": (2,), "tn": (2, 3)}  # app.i18n.t(lang, msgid), tn(lang, singular, plural, n)
 
 
 def extract() -> Catalog:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app import i18n
 from app import repositories as repo
 from app.deps import Ctx, check_csrf, ctx, get_db
-from app.errors import BadInput, NotFound, ServiceError
+from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
 from app.routes.api import read_uploads
 from app.security import csrf_token
@@ -27,8 +27,14 @@ templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.par
 i18n.install(templates.env)
 
 
-def flash(request: Request, message: str, kind: str = "info") -> None:
-    request.session.setdefault("flash", []).append([kind, message])
+def flash(request: Request, message: str | Message, kind: str = "info") -> None:
+    """A note for the next page. A Message is translated here, for this request's language;
+    a str is shown as it is (already translated: use i18n.t / i18n.tn)."""
+    request.session.setdefault("flash", []).append([kind, i18n.translate(i18n.request_locale(request), message)])
+
+
+def error_text(request: Request, exc: ServiceError) -> str:
+    return i18n.error_message(i18n.request_locale(request), exc)
 
 
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
@@ -60,7 +66,7 @@ def act(request: Request, action: Callable[[], str], back: str) -> RedirectRespo
     except NotFound:
         raise
     except ServiceError as exc:
-        flash(request, exc.message, "error")
+        flash(request, Message(exc.msgid, exc.params), "error")
         return redirect(back)
 
 
@@ -149,7 +155,7 @@ def photo_set_page(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(c
 def delete_photo_set(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     def action():
         photosets.delete_photo_set(c.db, c.storage, c.team_id, photo_set_id)
-        flash(request, "photo set deleted")
+        flash(request, Message("photo set deleted"))
         return "/"
 
     return act(request, action, f"/photo-sets/{photo_set_id}")
@@ -168,11 +174,12 @@ async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[U
     except NotFound:
         raise
     except ServiceError as exc:
-        flash(request, exc.message, "error")
+        flash(request, Message(exc.msgid, exc.params), "error")
         return redirect(back)
-    flash(request, f"{len(result.added)} photo(s) added")
+    lang = i18n.request_locale(request)
+    flash(request, i18n.tn(lang, "%(num)s photo added", "%(num)s photos added", len(result.added)))
     for r in result.refused:
-        flash(request, f"{r['file']}: {r['reason']}", "error")
+        flash(request, Message("%(file)s: %(reason)s", r), "error")
     return redirect(back)
 
 
@@ -243,7 +250,7 @@ def delete_run(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
 
     def action():
         photosets.delete_run(c.db, c.storage, c.team_id, run_id)
-        flash(request, "run deleted")
+        flash(request, Message("run deleted"))
         return back
 
     return act(request, action, f"/runs/{run_id}")
@@ -256,7 +263,7 @@ def delete_gallery(request: Request, gallery_id: uuid.UUID, c: Ctx = Depends(ctx
 
     def action():
         photosets.delete_gallery(c.db, c.storage, c.team_id, gallery_id)
-        flash(request, "gallery deleted")
+        flash(request, Message("gallery deleted"))
         return back
 
     return act(request, action, f"/galleries/{gallery_id}")
@@ -305,7 +312,7 @@ def create_pack(request: Request, gallery_id: uuid.UUID, selection: str = Form("
 
     def action():
         packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=selection, format=format, size=size)
-        flash(request, "the pack is being built; it appears below when ready")
+        flash(request, Message("the pack is being built; it appears below when ready"))
         return back + "#packs"
 
     return act(request, action, back + "#packs")

@@ -17,13 +17,14 @@ MIN_PASSWORD = 10
 def sign_up(db: Session, email: str, password: str, team_name: str | None = None) -> User:
     email = (email or "").strip().lower()
     if not EMAIL_RE.match(email) or len(email) > 320:
-        raise BadInput("enter a valid email address")
+        raise BadInput("enter a valid email address", field="email")
     if len(password or "") < MIN_PASSWORD:
-        raise BadInput(f"the password must have at least {MIN_PASSWORD} characters")
+        raise BadInput("the password must have at least %(min)s characters", params={"min": MIN_PASSWORD},
+                       field="password")
     if len(password) > 1000:
-        raise BadInput("the password is too long")
+        raise BadInput("the password is too long", field="password")
     if repo.user_by_email(db, email):
-        raise Conflict("an account with this email already exists")
+        raise Conflict("an account with this email already exists", field="email")
     team = Team(name=(team_name or "").strip()[:200] or f"{email.split('@')[0]}'s team")
     user = User(team=team, email=email, password_hash=hash_password(password))
     db.add_all([team, user])
@@ -31,7 +32,7 @@ def sign_up(db: Session, email: str, password: str, team_name: str | None = None
         db.commit()
     except IntegrityError:
         db.rollback()
-        raise Conflict("an account with this email already exists") from None
+        raise Conflict("an account with this email already exists", field="email") from None
     return user
 
 
@@ -52,7 +53,7 @@ def sign_in(db: Session, limiter, email: str, password: str, client_ip: str | No
     """authenticate() behind the sign-in limit: 429 after too many failures, 400 when wrong."""
     wait = limiter.retry_after(email, client_ip)
     if wait:
-        raise TooManyRequests(f"too many failed sign-ins; try again in {wait} seconds",
+        raise TooManyRequests("too many failed sign-ins; try again in %(wait)s seconds", params={"wait": wait},
                               headers={"Retry-After": str(wait)})
     user = authenticate(db, email, password)
     if user is None:

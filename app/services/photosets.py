@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import BadInput, Conflict, NotFound, Unavailable
+from app.errors import N_, BadInput, Conflict, Message, NotFound, Unavailable
 from app.imagecheck import PhotoRejected, check_photo, clean_filename
 from app.models import PendingDeletion, Photo, PhotoSet
 from app.settings import Settings
@@ -18,12 +18,18 @@ log = logging.getLogger("domainstudio.photosets")
 ACTIVE = ("queued", "running")
 
 
-def _text(value: str | None, name: str, limit: int, required: bool = True) -> str:
+# the form fields' names as the user reads them in an error (translated when shown)
+FIELD_LABELS = {"name": N_("name"), "class_word": N_("class word"), "notes": N_("notes")}
+
+
+def _text(value: str | None, key: str, limit: int, required: bool = True) -> str:
     value = (value or "").strip()
+    label = Message(FIELD_LABELS[key])
     if required and not value:
-        raise BadInput(f"{name} is required")
+        raise BadInput("%(field)s is required", params={"field": label}, field=key)
     if len(value) > limit:
-        raise BadInput(f"{name} must be at most {limit} characters")
+        raise BadInput("%(field)s must be at most %(limit)s characters", params={"field": label, "limit": limit},
+                       field=key)
     return value
 
 
@@ -31,7 +37,7 @@ def create_photo_set(db: Session, team_id, name: str, class_word: str, notes: st
     ps = PhotoSet(
         team_id=team_id,
         name=_text(name, "name", 200),
-        class_word=_text(class_word, "class word", 100),
+        class_word=_text(class_word, "class_word", 100),
         notes=_text(notes, "notes", 5000, required=False),
     )
     db.add(ps)
@@ -49,7 +55,7 @@ def get_photo_set(db: Session, team_id, photo_set_id) -> PhotoSet:
 @dataclass
 class UploadResult:
     added: list[Photo] = field(default_factory=list)
-    refused: list[dict] = field(default_factory=list)  # {"file": name, "reason": why}
+    refused: list[dict] = field(default_factory=list)  # {"file": name, "reason": Message saying why}
 
 
 def add_photos(
@@ -73,14 +79,15 @@ def add_photos(
                     min_side=settings.min_pixels_side,
                 )
             except PhotoRejected as exc:
-                result.refused.append({"file": name, "reason": str(exc)})
+                result.refused.append({"file": name, "reason": exc.reason})
                 continue
             if checked.sha256 in seen:
-                result.refused.append({"file": name, "reason": "duplicate: the same photo is already in this set"})
+                result.refused.append({"file": name, "reason": Message("duplicate: the same photo is already in this set")})
                 continue
             if room <= 0:
                 result.refused.append(
-                    {"file": name, "reason": f"the photo set already holds the maximum of {settings.max_photos} photos"}
+                    {"file": name, "reason": Message("the photo set already holds the maximum of %(max)s photos",
+                                                     {"max": settings.max_photos})}
                 )
                 continue
             photo_id = uuid.uuid4()
