@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--l-hf", type=float, default=None)
     p.add_argument("--l-hfmse", type=float, default=None)
     p.add_argument("--num-similarity-samples", type=int, default=None)
+    p.add_argument("--pairwise-max-timestep", type=int, default=None, help="default: the core's")
     p.add_argument("--methods", default="plain,domainstudio,no-hf,no-img",
                    help=f"comma-separated subset of {', '.join(METHODS)}")
     p.add_argument("--no-source", action="store_true", help="skip scoring the unadapted source model")
@@ -93,7 +94,8 @@ def method_config(args, method: str) -> AdaptConfig:
         if weights[name] is None and override is not None:  # a weight the method uses
             weights[name] = override
     extra = {k: v for k, v in dict(ds_max_timestep=args.ds_max_timestep,
-                                    num_similarity_samples=args.num_similarity_samples).items() if v is not None}
+                                    num_similarity_samples=args.num_similarity_samples,
+                                    pairwise_max_timestep=args.pairwise_max_timestep).items() if v is not None}
     return AdaptConfig(base_model=args.base_model, steps=args.steps, batch_size=args.batch_size,
                        learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
                        preview_every=0, checkpoint_every=max(args.steps // 4, 1), device="cpu",
@@ -199,13 +201,13 @@ def write_report(args, rows: list[dict], indices, n_reference: int) -> None:
 
 
 SETTING_KEYS = ("steps", "batch_size", "learning_rate", "ema_decay", "ds_max_timestep",
-                "num_similarity_samples", "l_img", "l_hf", "l_hfmse")
+                "num_similarity_samples", "pairwise_max_timestep", "l_img", "l_hf", "l_hfmse")
 
 
 def _run_settings(folder: Path) -> dict:
     """The resolved settings the core saved for a run (its config.json)."""
     saved = json.loads((folder / "config.json").read_text())
-    return {k: saved[k] for k in SETTING_KEYS}
+    return {k: saved.get(k) for k in SETTING_KEYS}
 
 
 def _settings(args, rows: list[dict]) -> dict:

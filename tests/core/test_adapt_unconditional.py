@@ -27,7 +27,9 @@ def test_two_steps_produce_a_loadable_checkpoint_with_all_terms(photos, tmp_path
     assert [e.step for e in events] == [1, 2] and all(e.total == 2 for e in events)
     assert set(events[0].losses) == {"simple", "img", "hf", "hfmse", "prior", "total"}
     # With every t admitted, all four terms are active on a batch of 4.
-    assert all(events[-1].losses[k] > 0 for k in ("simple", "img", "hf", "hfmse"))
+    assert all(events[-1].losses[k] > 0 for k in ("simple", "hfmse"))
+    # KL of two nearly equal distributions after one update: tiny, and may round below 0
+    assert all(events[-1].losses[k] != 0 for k in ("img", "hf"))
     assert events[0].previews is None and len(events[1].previews) == 2
     assert events[1].eta_seconds == pytest.approx(0.0)
     info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
@@ -38,11 +40,13 @@ def test_two_steps_produce_a_loadable_checkpoint_with_all_terms(photos, tmp_path
     assert images[0].image.size == (32, 32) and images[0].model == str(tmp_path / "run")
 
 
-def test_ds_terms_apply_only_below_the_timestep_cutoff(photos, tmp_path):
+def test_the_pairwise_terms_act_on_every_step_and_the_hf_mse_only_below_its_gate(photos, tmp_path):
+    # HF-MSE gate t < 1 (t == 0 essentially never drawn): only the pairwise terms, which
+    # have S noisy photos of their own on every step, are non-zero.
     events = []
     adapt(tiny(ds_max_timestep=1, steps=3), photos, tmp_path / "run", progress=events.append)
-    # t < 1 means t == 0 only: with 3 steps of 4 samples that essentially never happens.
-    assert all(e.losses["img"] == 0 and e.losses["hfmse"] == 0 for e in events)
+    assert all(e.losses["hfmse"] == 0 for e in events)
+    assert all(abs(e.losses["img"]) > 0 and abs(e.losses["hf"]) > 0 for e in events[1:])
 
 
 def test_resume_continues_at_the_saved_step_with_the_same_state(photos, tmp_path):

@@ -36,7 +36,8 @@ class AdaptConfig:
     l_hfmse: float | None = _f(None, "Weight of the high-frequency MSE term (default 1 / 0.1; 0 disables).")
     prior_weight: float = _f(1.0, "Weight of the class-prior preservation loss (text-to-image).")
     num_similarity_samples: int = _f(3, "Samples S drawn from the batch for the pairwise terms (at least 2).")
-    ds_max_timestep: int = _f(200, "The DomainStudio terms see only noisy samples with t below this (1000 = every t, as the official code).")
+    ds_max_timestep: int = _f(200, "The high-frequency MSE term sees only noisy samples with t below this (text-to-image: all DomainStudio terms; 1000 = every t, as the official code).")
+    pairwise_max_timestep: int = _f(1000, "Unconditional models: the pairwise-similarity terms (img, hf) see t below this, on S more noisy photos per step that share one t (1000 = every t).")
     ema_decay: float | None = _f(None, "EMA decay of the weights used for sampling (default 0.995 unconditional, 0 = off for text-to-image).")
     source: str = _f("unpaired", "Text-to-image source side: unpaired (official: class images under the class prompt) or paired (frozen base UNet on the same noisy latents).", ("unpaired", "paired"))
     class_word: str = _f("product", "The product's class word, e.g. bottle or sneaker (text-to-image prompts).")
@@ -106,8 +107,9 @@ class AdaptConfig:
         _positive(self, "num_class_images", 1, 100_000)
         if self.num_similarity_samples < 2:
             raise InputError("num_similarity_samples must be at least 2: the pairwise terms compare samples")
-        if not 1 <= self.ds_max_timestep <= 1000:
-            raise InputError("ds_max_timestep must be between 1 and 1000")
+        for name in ("ds_max_timestep", "pairwise_max_timestep"):
+            if not 1 <= getattr(self, name) <= 1000:
+                raise InputError(f"{name} must be between 1 and 1000")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise InputError("learning_rate must be between 0 and 1")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:

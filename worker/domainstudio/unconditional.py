@@ -1,8 +1,10 @@
 """DomainStudio adaptation of an unconditional DDPM (diffusers UNet2DModel).
 
 The frozen source copy and the adapted model see the same noisy images; all four terms
-of METHOD.md apply, the DomainStudio ones only to samples with ``t < ds_max_timestep``
-(x0_hat divides by sqrt(abar_t): at large t its gradients swamp L_simple).
+of METHOD.md apply. The high-frequency MSE acts only on samples with ``t < ds_max_timestep``
+(x0_hat divides by sqrt(abar_t): at large t its gradient swamps L_simple, 137x at t = 800
+on the demo model); the two pairwise terms act at every t (``pairwise_max_timestep``) on S
+more noisy photos of their own, see ``_pairwise_terms``.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import AdaptConfig
-from .losses import domainstudio_terms, loss_terms
+from .losses import haar_high_frequency, high_frequency_mse, loss_terms, pairwise_similarity_loss
 from .models import BaseModel
 from .training import EMA, TrainableWeights
 from .diffusion import predicted_clean, training_target
@@ -40,18 +42,41 @@ class UnconditionalTrainer(TrainableWeights):
         pred = self._eps(self.unet(x_t, t).sample, x0.shape[1])
         simple = F.mse_loss(pred.float(), training_target(self.base.scheduler, x0, noise, t).float())
         ds = {}
-        small_t = t < self.cfg.ds_max_timestep
-        if self.uses_ds and small_t.any():
-            ds = self._domainstudio(x0[small_t], x_t[small_t], t[small_t], pred[small_t], generator)
+        if self.uses_ds:
+            ds = self._pairwise_terms(generator) if self.cfg.l_img > 0 or self.cfg.l_hf > 0 else {}
+            small_t = t < self.cfg.ds_max_timestep
+            if small_t.any():
+                x0_hat = self._x0(pred[small_t], x_t[small_t], t[small_t])
+                ds["hfmse"] = high_frequency_mse(x0_hat, x0[small_t])
         return loss_terms(simple=simple, l_img=self.cfg.l_img, l_hf=self.cfg.l_hf, l_hfmse=self.cfg.l_hfmse, **ds)
 
-    def _domainstudio(self, x0, x_t, t, pred, generator) -> dict:
+    def _pairwise_terms(self, generator: torch.Generator) -> dict:
+        """L_img and L_hf on S more noisy photos that share one t < pairwise_max_timestep.
+
+        Why a batch of their own, at any t: the pairwise terms compare cosine similarities,
+        which do not grow with x0_hat's 1/sqrt(abar_t), so their gradients stay of the order
+        of L_simple's at every t (measured on the demo model: 0.1-0.7 at t = 600-950) while
+        below t = 200 both models predict nearly the input and the terms vanish (< 1e-3). The
+        training batch would give them only its few samples under a gate, often one or two,
+        and with two the softmax over the single other sample is always 1 (KL = 0).
+        """
+        s = self.cfg.num_similarity_samples
+        n = self.pixels.shape[0]
+        pick = torch.randperm(n, generator=generator)[:s] if n >= s else torch.randint(0, n, (s,), generator=generator)
+        x0 = self.pixels[pick.to(self.device)]
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        t = torch.randint(0, self.cfg.pairwise_max_timestep, (1,), generator=generator).expand(s).to(self.device)
+        x_t = self.base.scheduler.add_noise(x0, noise, t)
+        pred = self._eps(self.unet(x_t, t).sample, x0.shape[1])
         with torch.no_grad():
             pred_source = self._eps(self.source(x_t, t).sample, x0.shape[1])
-        abar = self.alphas_cumprod[t]
-        x0_adapted = predicted_clean(pred, x_t, abar, self.prediction_type)
-        x0_source = predicted_clean(pred_source, x_t, abar, self.prediction_type)
-        return domainstudio_terms(x0_adapted, x0_source, x0, self.cfg.num_similarity_samples, generator)
+        adapted, source = self._x0(pred, x_t, t), self._x0(pred_source, x_t, t)
+        # the same S samples in both terms, in the same order (no subset drawn: all S)
+        return {"img": pairwise_similarity_loss(adapted, source),
+                "hf": pairwise_similarity_loss(haar_high_frequency(adapted), haar_high_frequency(source))}
+
+    def _x0(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return predicted_clean(pred, x_t, self.alphas_cumprod[t], self.prediction_type)
 
     @staticmethod
     def _eps(output: torch.Tensor, channels: int) -> torch.Tensor:
