@@ -116,3 +116,36 @@ def pack_by_id(db: Session, pack_id) -> Pack | None:
 
 def packs_of_gallery(db: Session, gallery_id) -> Sequence[Pack]:
     return db.scalars(select(Pack).where(Pack.gallery_id == gallery_id).order_by(Pack.created_at.desc())).all()
+
+
+# ------------------------------------------------------------------ gallery review pages
+def where_shown(q, show: str):
+    """Images of one filter of the gallery page: a review state, near copies, or all ("")."""
+    if show == "near":
+        return q.where(Image.near_copy.is_(True))
+    if show:
+        return q.where(Image.review == show)
+    return q
+
+
+def image_counts(db: Session, gallery_id) -> dict[str, int]:
+    """{"new", "approved", "rejected", "near", "all"}: one GROUP BY, not the rows."""
+    counts = {"new": 0, "approved": 0, "rejected": 0, "near": 0}
+    rows = db.execute(select(Image.review, Image.near_copy, func.count(Image.id))
+                      .where(Image.gallery_id == gallery_id).group_by(Image.review, Image.near_copy))
+    for review, near, n in rows:
+        counts[review] = counts.get(review, 0) + n
+        if near:
+            counts["near"] += n
+    counts["all"] = counts["new"] + counts["approved"] + counts["rejected"]
+    return counts
+
+
+def images_page(db: Session, gallery_id, show: str, offset: int, limit: int) -> Sequence[Image]:
+    q = where_shown(select(Image).where(Image.gallery_id == gallery_id), show)
+    return db.scalars(q.order_by(Image.seed).offset(offset).limit(limit)).all()
+
+
+def image_ids_shown(db: Session, gallery_id, show: str) -> list[uuid.UUID]:
+    """The ids of one filter, in gallery order (the large view's previous / next)."""
+    return list(db.scalars(where_shown(select(Image.id).where(Image.gallery_id == gallery_id), show).order_by(Image.seed)))

@@ -57,7 +57,8 @@ def image(i: Image) -> dict:
     return {
         "id": str(i.id), "gallery_id": str(i.gallery_id), "seed": i.seed, "prompt": i.prompt, "width": i.width,
         "height": i.height, "review": i.review, "thumb_url": f"/images/{i.id}/thumb", "url": f"/images/{i.id}/file",
-        "created_at": i.created_at.isoformat(),
+        "nearest_distance": i.nearest_distance, "nearest_photo_id": str(i.nearest_photo_id) if i.nearest_photo_id else None,
+        "near_copy": bool(i.near_copy), "created_at": i.created_at.isoformat(),
     }
 
 
@@ -65,6 +66,7 @@ def gallery(g: Gallery, images: list[Image] | None = None) -> dict:
     out = {
         "id": str(g.id), "run_id": str(g.run_id), "size": g.size, "prompt": g.prompt, "steps": g.steps,
         "status": g.status, "error": g.error, "cancel_requested": bool(g.cancel_requested),
+        "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold, "diversity": g.diversity,
         "created_at": g.created_at.isoformat(),
     }
     if images is not None:
@@ -76,7 +78,9 @@ def gallery(g: Gallery, images: list[Image] | None = None) -> dict:
 def pack(p: Pack) -> dict:
     return {
         "id": str(p.id), "gallery_id": str(p.gallery_id), "selection": p.selection, "format": p.format,
-        "size": p.size, "image_count": len(p.image_ids), "status": p.status, "size_bytes": p.size_bytes,
+        "size": p.size, "sizes": p.size.split(","), "exclude_near_copies": bool(p.exclude_near_copies),
+        "image_count": len(p.image_ids), "status": p.status, "size_bytes": p.size_bytes,
+        "estimated_bytes": p.estimated_bytes, "progress": p.progress or 0.0,
         "cancel_requested": bool(p.cancel_requested),
         "error": p.error, "download_url": f"/packs/{p.id}/download" if p.status == "succeeded" else None,
         "created_at": p.created_at.isoformat(),

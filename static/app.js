@@ -81,58 +81,5 @@
     setTimeout(poll, 1000);
   }
 
-  // --------------------------------------------------------------- gallery page
-  const gstatus = $("#gallery-status");
-  if (gstatus && ["queued", "running"].includes(gstatus.dataset.status)) {
-    const poll = async () => {
-      try {
-        const g = await (await fetch(gstatus.dataset.api, { headers: { Accept: "application/json" } })).json();
-        if (!["queued", "running"].includes(g.status) || g.image_count !== document.querySelectorAll(".grid.images li").length) { location.reload(); return; }
-      } catch (_) {}
-      setTimeout(poll, 2000);
-    };
-    setTimeout(poll, 2000);
-  }
-  if (document.querySelector('tr.pack[data-status="queued"], tr.pack[data-status="running"]')) setTimeout(() => location.reload(), 2000);
-
-  // Filter counts and the pack form follow in-place reviews (on the unfiltered grid).
-  const updateCounts = () => {
-    const grid = $(".grid.images");
-    if (!grid || grid.dataset.filtered) { location.reload(); return; }
-    ["new", "approved", "rejected"].forEach((r) => {
-      const n = grid.querySelectorAll("li.review-" + r).length;
-      document.querySelectorAll('[data-count="' + r + '"]').forEach((el) => { el.textContent = n; });
-    });
-    const counts = { approved: grid.querySelectorAll("li.review-approved").length,
-      "not-rejected": grid.querySelectorAll("li").length - grid.querySelectorAll("li.review-rejected").length };
-    document.querySelectorAll("option[data-option-count]").forEach((opt) => {
-      opt.textContent = opt.textContent.replace(/\(\d+\)/, "(" + counts[opt.dataset.optionCount] + ")");
-    });
-  };
-
-  // In-place approve / reject on the gallery grid.
-  document.querySelectorAll(".grid.images .review-form").forEach((f) => {
-    f.addEventListener("submit", async (e) => {
-      const review = e.submitter && e.submitter.value; if (!review) return;
-      e.preventDefault();
-      const res = await fetch("/api" + f.getAttribute("action"), {
-        method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() }, body: JSON.stringify({ review }),
-      });
-      if (!res.ok) { f.submit(); return; }
-      const li = f.closest("li"); li.className = "review-" + review; li.querySelector(".review-label").textContent = review;
-      updateCounts();
-    });
-  });
-
-  // Keyboard review in the large view: arrows move, A approves, R rejects.
-  const view = $("#image-view");
-  if (view) {
-    document.addEventListener("keydown", (e) => {
-      if (e.target.matches("input, textarea, select")) return;
-      if (e.key === "ArrowLeft" && view.dataset.prev) location.href = view.dataset.prev;
-      if (e.key === "ArrowRight" && view.dataset.next) location.href = view.dataset.next;
-      const btn = { a: "approved", r: "rejected" }[e.key.toLowerCase()];
-      if (btn) view.querySelector('button[value="' + btn + '"]').click();
-    });
-  }
+  // The gallery page and the large image view: static/gallery.js.
 })();

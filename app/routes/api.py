@@ -55,9 +55,11 @@ class ReviewIn(BaseModel):
 
 
 class PackIn(BaseModel):
-    selection: str = "approved"
+    selection: str = "approved"  # approved, all (but rejected), or selected (image_ids)
     format: str = "png"
-    size: str = "original"
+    size: str | list[str] = "original"  # one size preset or several (a list or comma-separated)
+    image_ids: list[str] | None = Field(None, max_length=packs.MAX_SELECTED + 1)
+    exclude_near_copies: bool = False
 
 
 def _signed_in(request: Request, user) -> dict:
@@ -248,7 +250,8 @@ def get_image(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
 @router.post("/galleries/{gallery_id}/packs", status_code=201)
 def create_pack(gallery_id: uuid.UUID, body: PackIn, c: Ctx = Depends(ctx)):
     return ser.pack(packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=body.selection,
-                                       format=body.format, size=body.size))
+                                       format=body.format, size=body.size, image_ids=body.image_ids,
+                                       exclude_near_copies=body.exclude_near_copies, storage=c.storage))
 
 
 @router.get("/packs/{pack_id}")

@@ -225,18 +225,6 @@ def cancel_run(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
 
 
 # ---------------------------------------------------------------------------- galleries
-@router.get("/galleries/{gallery_id}")
-def gallery_page(request: Request, gallery_id: uuid.UUID, review: str = "", c: Ctx = Depends(ctx)):
-    g = galleries.get_gallery(c.db, c.team_id, gallery_id)
-    review = review if review in galleries.REVIEWS else ""
-    all_images = repo.images_of_gallery(c.db, g.id)
-    counts = {r: sum(1 for i in all_images if i.review == r) for r in galleries.REVIEWS}
-    shown = [i for i in all_images if not review or i.review == review]
-    return render(request, "gallery.html", user=c.user, gallery=g, run=g.run, images=shown, counts=counts,
-                  total=len(all_images), review=review, photos=repo.photos_of_set(c.db, g.run.photo_set_id),
-                  packs=repo.packs_of_gallery(c.db, g.id), formats=packs.FORMATS, sizes=packs.SIZES)
-
-
 @router.post("/galleries/{gallery_id}/more")
 def generate_more(request: Request, gallery_id: uuid.UUID, n: str = Form("8"), c: Ctx = Depends(ctx)):
     back = f"/galleries/{gallery_id}"
@@ -281,19 +269,6 @@ def cancel_pack(request: Request, pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return redirect(f"/galleries/{pack.gallery_id}#packs")
 
 
-@router.get("/images/{image_id}")
-def image_page(request: Request, image_id: uuid.UUID, c: Ctx = Depends(ctx)):
-    image = repo.image(c.db, c.team_id, image_id)
-    if image is None:
-        raise NotFound("image not found")
-    g = galleries.get_gallery(c.db, c.team_id, image.gallery_id)
-    ids = [i.id for i in repo.images_of_gallery(c.db, g.id)]
-    pos = ids.index(image.id)
-    return render(request, "image.html", user=c.user, image=image, gallery=g, run=g.run,
-                  prev_id=ids[pos - 1] if pos > 0 else None, next_id=ids[pos + 1] if pos + 1 < len(ids) else None,
-                  position=pos + 1, total=len(ids))
-
-
 @router.post("/images/{image_id}/review")
 def review_image(request: Request, image_id: uuid.UUID, review: str = Form(""), next: str = Form(""),
                  c: Ctx = Depends(ctx)):
@@ -303,16 +278,3 @@ def review_image(request: Request, image_id: uuid.UUID, review: str = Form(""), 
         return next if _local_path(next) else f"/galleries/{image.gallery_id}"
 
     return act(request, action, "/")
-
-
-@router.post("/galleries/{gallery_id}/packs")
-def create_pack(request: Request, gallery_id: uuid.UUID, selection: str = Form("approved"), format: str = Form("png"),
-                size: str = Form("original"), c: Ctx = Depends(ctx)):
-    back = f"/galleries/{gallery_id}"
-
-    def action():
-        packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=selection, format=format, size=size)
-        flash(request, Message("the pack is being built; it appears below when ready"))
-        return back + "#packs"
-
-    return act(request, action, back + "#packs")

@@ -1,18 +1,24 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from dataclasses import dataclass
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
 from app.errors import BadInput, Conflict, NotFound, Unavailable
 from app.jobs import SAMPLE_GALLERY, JobQueue
-from app.models import Gallery, Image, Run
+from app.models import Gallery, Image, Photo, Run
 from app.settings import Settings
 
 log = logging.getLogger("domainstudio.galleries")
 REVIEWS = ("new", "approved", "rejected")
+# the gallery page's filters: a review state, or the near copies of training photos
+FILTERS = (*REVIEWS, "near")
 MAX_GALLERY = 1000
+PAGE_SIZE = 120  # images per page of the grid (the next pages load as the user scrolls)
 
 
 def new_gallery(db: Session, settings: Settings, run: Run, prompt: str | None) -> Gallery:
@@ -70,12 +76,105 @@ def cancel_gallery(db: Session, team_id, gallery_id) -> Gallery:
     return gallery
 
 
-def review_image(db: Session, team_id, image_id, review: str) -> Image:
+def _check_review(review: str) -> None:
     if review not in REVIEWS:
         raise BadInput("review must be one of: new, approved, rejected")
+
+
+def review_image(db: Session, team_id, image_id, review: str) -> Image:
+    _check_review(review)
     image = repo.image(db, team_id, image_id)
     if image is None:
         raise NotFound("image not found")
     image.review = review
     db.commit()
     return image
+
+
+def shown(value: str | None) -> str:
+    """A filter of the gallery page from the query string; anything else shows all."""
+    return value if value in FILTERS else ""
+
+
+@dataclass
+class GalleryPage:
+    gallery: Gallery
+    images: list[Image]
+    counts: dict[str, int]
+    show: str
+    page: int
+    pages: int
+
+    @property
+    def shown_total(self) -> int:
+        return self.counts[self.show or "all"]
+
+
+def gallery_page(db: Session, team_id, gallery_id, show: str = "", page: int = 1) -> GalleryPage:
+    """One page of a gallery's grid, with the counts of every filter. The cost is that of
+    one page, whatever the gallery's size."""
+    gallery = get_gallery(db, team_id, gallery_id)
+    show = shown(show)
+    counts = repo.image_counts(db, gallery.id)
+    pages = max(1, -(-counts[show or "all"] // PAGE_SIZE))
+    page = min(max(1, page), pages)
+    images = list(repo.images_page(db, gallery.id, show, (page - 1) * PAGE_SIZE, PAGE_SIZE))
+    return GalleryPage(gallery, images, counts, show, page, pages)
+
+
+@dataclass
+class ImageView:
+    image: Image
+    gallery: Gallery
+    show: str
+    position: int
+    total: int
+    prev_id: uuid.UUID | None
+    next_id: uuid.UUID | None
+    nearest_photo: Photo | None
+
+
+def image_view(db: Session, team_id, image_id, show: str = "") -> ImageView:
+    """The large view of one image: its neighbours in the filter it was opened from (in the
+    whole gallery once it left that filter, e.g. after a review), and its nearest training
+    photo when that photo still exists."""
+    image = repo.image(db, team_id, image_id)
+    if image is None:
+        raise NotFound("image not found")
+    gallery = get_gallery(db, team_id, image.gallery_id)
+    show = shown(show)
+    ids = repo.image_ids_shown(db, gallery.id, show)
+    if image.id not in ids:
+        show, ids = "", repo.image_ids_shown(db, gallery.id, "")
+    pos = ids.index(image.id)
+    nearest = repo.photo(db, team_id, image.nearest_photo_id) if image.nearest_photo_id else None
+    return ImageView(image, gallery, show, pos + 1, len(ids), ids[pos - 1] if pos > 0 else None,
+                     ids[pos + 1] if pos + 1 < len(ids) else None, nearest)
+
+
+def bulk_review(db: Session, team_id, gallery_id, review: str, image_ids: list | None = None,
+                show: str | None = None) -> int:
+    """Sets the review of many images of one gallery in one UPDATE: the given ids, or every
+    image of a filter (``show``: "all" or one of FILTERS). Ids of other galleries (or teams)
+    are not touched. Returns how many images were updated."""
+    _check_review(review)
+    gallery = get_gallery(db, team_id, gallery_id)
+    q = update(Image).where(Image.gallery_id == gallery.id, Image.team_id == team_id)
+    if show is not None:
+        if show != "all" and show not in FILTERS:
+            raise BadInput("show must be one of: all, %(choices)s", params={"choices": ", ".join(FILTERS)})
+        q = repo.where_shown(q, "" if show == "all" else show)
+    else:
+        try:
+            ids = {uuid.UUID(str(i)) for i in image_ids or []}
+        except ValueError:
+            raise BadInput("the selected images are not valid image ids") from None
+        if not ids:
+            raise BadInput("select at least one image")
+        if len(ids) > MAX_GALLERY:
+            raise BadInput("select at most %(n)s images", params={"n": MAX_GALLERY})
+        q = q.where(Image.id.in_(ids))
+    updated = db.execute(q.values(review=review).execution_options(synchronize_session=False)).rowcount
+    db.commit()
+    log.info("gallery.bulk_review", extra={"gallery": str(gallery.id), "review": review, "images": updated})
+    return updated

@@ -17,7 +17,7 @@ from app import repositories as repo
 from app.errors import N_, BadInput, NotFound, Unavailable
 from app.jobs import BUILD_PACK, JobQueue
 from app.models import Gallery, Image, Pack
-from app.storage import Storage, pack_key
+from app.storage import Storage, StorageError, pack_key
 
 log = logging.getLogger("domainstudio.packs")
 
@@ -136,25 +136,32 @@ ZIP_ENTRY_OVERHEAD = 30 + 46  # local file header + central directory entry, plu
 MANIFEST_ROW = 160  # bytes of a manifest row besides the prompt (ids, seed, date, file name)
 
 
-def estimate_bytes(storage: Storage, images: list[Image], format: str, sizes: list[str]) -> int:
+def estimate_bytes(storage: Storage, images: list[Image], format: str, sizes: list[str]) -> int | None:
     """The ZIP's size: per size preset, the bytes per output pixel of this format measured
     on a few of the actual images (evenly spread through the selection), times every
     image's output pixels (known from its width and height), plus the ZIP's and the
-    manifest's overhead. Photos compress alike within a gallery, so a few suffice."""
+    manifest's overhead. Photos compress alike within a gallery, so a few suffice. None
+    when no sample image could be read (the object store is down)."""
     if not images:
         return 0
     step = max(1, len(images) // ESTIMATE_SAMPLE)
-    sample = images[::step][:ESTIMATE_SAMPLE]
-    per_pixel = {}
-    for size in sizes:
-        encoded = pixels = 0
-        for image in sample:
-            with PILImage.open(io.BytesIO(storage.get_bytes(image.key))) as img:
-                img.load()
+    encoded = {size: 0 for size in sizes}
+    pixels = {size: 0 for size in sizes}
+    for image in images[::step][:ESTIMATE_SAMPLE]:
+        try:
+            data = storage.get_bytes(image.key)
+        except StorageError:
+            log.warning("pack.estimate.unreadable", extra={"image": str(image.id)})
+            continue
+        with PILImage.open(io.BytesIO(data)) as img:
+            img.load()
+            for size in sizes:
                 out = resize(img, size)
-                encoded += len(encode(out, format))
-                pixels += out.size[0] * out.size[1]
-        per_pixel[size] = encoded / max(1, pixels)
+                encoded[size] += len(encode(out, format))
+                pixels[size] += out.size[0] * out.size[1]
+    if not all(pixels.values()):
+        return None
+    per_pixel = {size: encoded[size] / pixels[size] for size in sizes}
     total = 22  # end of central directory
     for image in images:
         for size in sizes:
