@@ -167,12 +167,13 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
-    from app.routes import api, files, pages, review
+    from app.routes import api, files, live, pages, review
 
     app.include_router(api.router)
     app.include_router(files.router)
     app.include_router(pages.router)
     app.include_router(review.pages)  # the gallery page, its review and its packs
     app.include_router(review.api)
+    app.include_router(live.router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run
+from app.services.runs import STAGES
+from app.setting_labels import describe_settings
 
 
 def photo(p: Photo) -> dict:
@@ -36,13 +38,13 @@ def checkpoint(c: Checkpoint) -> dict:
 def run(r: Run, galleries: list[Gallery] | None = None) -> dict:
     out = {
         "id": str(r.id), "photo_set_id": str(r.photo_set_id), "preset": r.preset, "base_model": r.base_model,
-        "settings": r.settings, "gallery_size": r.gallery_size, "status": r.status,
+        "settings": r.settings, "gallery_size": r.gallery_size, "status": r.status, "stage": r.stage or "",
         "cancel_requested": r.cancel_requested, "step": r.step, "total_steps": r.total_steps,
         "progress": round(r.step / r.total_steps, 4) if r.total_steps else 0.0, "losses": r.losses or {},
         "eta_seconds": r.eta_seconds, "elapsed_seconds": r.elapsed_seconds, "warnings": r.warnings or [],
         "error": r.error,
         "previews": [f"/runs/{r.id}/previews/{i}?v={r.preview_step}" for i in range(r.preview_count)],
-        "preview_step": r.preview_step, "created_at": r.created_at.isoformat(),
+        "preview_step": r.preview_step, "stage_times": r.stage_times or {}, "created_at": r.created_at.isoformat(),
         "started_at": r.started_at.isoformat() if r.started_at else None,
         "finished_at": r.finished_at.isoformat() if r.finished_at else None,
     }
@@ -51,6 +53,25 @@ def run(r: Run, galleries: list[Gallery] | None = None) -> dict:
     if galleries is not None:
         out["galleries"] = [gallery(g) for g in galleries]
     return out
+
+
+def run_report(r: Run, galleries: list[Gallery]) -> dict:
+    """Everything the run report shows: settings with readable names (the resolved ones
+    once the checkpoint holds them), the loss curves, each gallery's diversity and the
+    time each stage took."""
+    values = r.checkpoint.settings if r.checkpoint is not None and r.checkpoint.settings else r.settings
+    times = r.stage_times or {}
+    return {
+        "run": run(r),
+        "settings": describe_settings(values, chosen=r.settings),
+        "loss_history": r.loss_history or [],
+        "loss_terms": sorted({t for p in r.loss_history or [] for t in p.get("terms", {})}),
+        "stage_times": [{"stage": s, "seconds": times.get(s)} for s in STAGES]
+        + [{"stage": s, "seconds": v} for s, v in times.items() if s not in STAGES],
+        "total_seconds": round(sum(v for v in times.values() if v is not None), 3) if times else None,
+        "galleries": [{**gallery(g), "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold,
+                       "diversity": g.diversity} for g in galleries],
+    }
 
 
 def image(i: Image) -> dict:

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 import zipfile
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from io import BytesIO
@@ -31,6 +32,7 @@ from app.jobs import ADAPT_RUN, BUILD_PACK, SAMPLE_GALLERY, JobQueue
 from app.models import Checkpoint, Gallery, Image, Pack, Run
 from app.services.galleries import new_gallery
 from app.services.packs import PackCanceled, PackSource, write_pack_zip
+from app.services.runs import add_loss_point, loss_point, with_stage_time
 from app.settings import get_settings
 from app.storage import StorageError, gallery_prefix, make_storage, run_prefix
 from worker.celery_app import app
@@ -184,13 +186,16 @@ def adapt_run(run_id: str) -> str:
 
 class RunReporter:
     """Writes the core's progress events to the run row (at most twice a second, plus
-    every preview and the last step) and answers the core's should_stop from the row."""
+    every preview and the last step), each written training event also as a point of the
+    loss chart (runs.loss_history), and answers the core's should_stop from the row."""
 
     def __init__(self, e: Env, run: Run, out: Path | None = None, heartbeat: Heartbeat | None = None):
         self.e, self.run_id, self.prefix = e, run.id, run_prefix(run.team_id, run.id)
         self.last = 0.0
         self.out, self.heartbeat = out, heartbeat
         self.synced = None  # (mtime, size) of the training state last copied to object storage
+        # kept here and written whole: a resumed run continues the chart of its earlier attempt
+        self.history = list(run.loss_history or [])
 
     def sync_state(self) -> None:
         """Copies the core's training state to object storage whenever the core saved a new
@@ -221,6 +226,9 @@ class RunReporter:
                       eta_seconds=event.eta_seconds, elapsed_seconds=event.elapsed_seconds)
         if event.stage == "training":
             values["total_steps"] = event.total
+            if event.losses:
+                point = loss_point(event.step, event.elapsed_seconds, event.losses)
+                self.history = values["loss_history"] = add_loss_point(self.history, point)
         if event.previews:
             for i, img in enumerate(event.previews):
                 self.e.storage.put_bytes(f"{self.prefix}/previews/{i}.png", _png(img), "image/png")
@@ -263,6 +271,52 @@ def _restore_state(e: Env, run: Run, out: Path) -> None:
     log.info("run.state.restored", extra={"run": str(run.id)})
 
 
+def _set_run(e: Env, run_id, **values) -> None:
+    with e.sessions() as db:
+        db.execute(update(Run).where(Run.id == run_id).values(**values))
+        db.commit()
+
+
+def _aware(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored in UTC); Postgres aware ones."""
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _record_stage_time(e: Env, run_id, stage: str, seconds: float, add: bool = False) -> None:
+    """Stores how long a stage took in runs.stage_times (the run report). Best effort: a
+    database blip must not fail a run whose work is done."""
+    try:
+        with e.sessions() as db:
+            row = db.get(Run, run_id, with_for_update=True)  # a gallery may add to it at the same time
+            if row is not None:
+                row.stage_times = with_stage_time(row.stage_times, stage, seconds, add)
+                db.commit()
+    except Exception as exc:
+        log.warning("run.stage_time.failed", extra={"run": str(run_id), "stage": stage, "error": str(exc)[:200]})
+
+
+@contextmanager
+def _timed_stage(e: Env, run_id, stage: str, shown_as: str | None = None):
+    """Times a stage of the run when it completes; ``shown_as`` names it on the run page
+    meanwhile (the core names its own stages once its progress events come)."""
+    _set_run(e, run_id, stage=shown_as or stage)
+    started = time.monotonic()
+    yield
+    _record_stage_time(e, run_id, stage, time.monotonic() - started)
+
+
+def _mark_started(e: Env, run_id) -> None:
+    """The first delivery to start the run sets started_at, and the time it waited in
+    the queue becomes its first stage; a resumed run keeps both."""
+    with e.sessions() as db:
+        row = db.get(Run, run_id)
+        if row.started_at is None:
+            row.started_at = _now()
+            waited = (row.started_at - _aware(row.created_at)).total_seconds()
+            row.stage_times = with_stage_time(row.stage_times, "queued", waited)
+            db.commit()
+
+
 def _finish_run(e: Env, run_id, status: str, error: str | None = None) -> None:
     with e.sessions() as db:
         db.execute(update(Run).where(Run.id == run_id).values(status=status, error=error, finished_at=_now()))
@@ -281,9 +335,8 @@ def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
     attempt = claim(e, Run, run_id)
     if attempt is None:
         return "skipped"
+    _mark_started(e, run_id)
     with e.sessions() as db:
-        db.execute(update(Run).where(Run.id == run_id).values(started_at=run.started_at or _now()))
-        db.commit()
         photos = list(repo.photos_of_set(db, run.photo_set_id))
     with Heartbeat(e, Run, run_id, attempt) as heartbeat:
         return _adapt_claimed(e, run, photos, heartbeat)
@@ -303,13 +356,17 @@ def _adapt_claimed(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
         return status
 
     try:
-        paths = _download_photos(e, photos, work / "photos")
-        config = AdaptConfig.from_dict(run.settings)
-        _restore_state(e, run, work / "output")
-        result = adapt(config, paths, work / "output", progress=reporter, should_stop=reporter.should_stop, resume=True)
+        with _timed_stage(e, run_id, "download"):
+            paths = _download_photos(e, photos, work / "photos")
+            config = AdaptConfig.from_dict(run.settings)
+            _restore_state(e, run, work / "output")
+        with _timed_stage(e, run_id, "adapt", shown_as="loading"):
+            result = adapt(config, paths, work / "output", progress=reporter, should_stop=reporter.should_stop,
+                           resume=True)
         if result.resumed_from:
             log.info("run.resumed", extra={"run": str(run_id), "step": result.resumed_from})
         heartbeat.check()
+        _set_run(e, run_id, stage="publish")
         _publish_checkpoint(e, run, work / "output", result)
         _drop_state(e, run)
     except Superseded:
@@ -352,9 +409,11 @@ def _download_photos(e: Env, photos, folder: Path) -> list[Path]:
 
 def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
     """Uploads the adapted model (not the resume state), records it, marks the run
-    succeeded and queues its gallery, in that order."""
+    succeeded and queues its gallery, in that order. The publish time is stored in the
+    same commit, so a run that reads succeeded has its report's times up to here."""
     import json
 
+    started = time.monotonic()
     prefix = f"{run_prefix(run.team_id, run.id)}/checkpoint"
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] != "state")
     rel = [p.relative_to(out).as_posix() for p in files]
@@ -385,6 +444,7 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         db.add(ck)
         row.status, row.step, row.total_steps, row.finished_at = "succeeded", result.steps, result.steps, _now()
         row.warnings, row.error = list(result.warnings or []), None
+        row.stage_times = with_stage_time(row.stage_times, "publish", time.monotonic() - started)
         gallery = repo.galleries_of_run(db, run.id)
         gallery = gallery[0] if gallery else new_gallery(db, e.settings, row, prompt)
         db.commit()
@@ -441,8 +501,12 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
     if attempt is None:
         return "skipped"
     _set_gallery(e, gallery_id, error=None)
+    started = time.monotonic()
     with Heartbeat(e, Gallery, gallery_id, attempt) as heartbeat:
-        return _sample_claimed(e, gallery, ck, missing, heartbeat)
+        outcome = _sample_claimed(e, gallery, ck, missing, heartbeat)
+    if outcome != "superseded":  # added up: "generate more" samples the same gallery again
+        _record_stage_time(e, gallery.run_id, "gallery", time.monotonic() - started, add=True)
+    return outcome
 
 
 def _canceled(e: Env, model, obj_id) -> bool:

@@ -7,7 +7,7 @@ import re
 import pytest
 from fastapi.routing import APIRoute
 
-from app.routes import api, files, pages
+from app.routes import api, files, live, pages
 from web_helpers import png_bytes, seed_team_objects, sign_up
 
 ID_PARAMS = {"photo_set_id", "photo_id", "run_id", "gallery_id", "image_id", "pack_id"}
@@ -15,7 +15,7 @@ ID_PARAMS = {"photo_set_id", "photo_id", "run_id", "gallery_id", "image_id", "pa
 
 def routes_with_ids() -> list[tuple[str, str]]:
     out = []
-    for router in (api.router, files.router, pages.router):
+    for router in (api.router, files.router, live.router, pages.router):
         for route in router.routes:
             if isinstance(route, APIRoute) and set(re.findall(r"{(\w+)}", route.path)) & ID_PARAMS:
                 out.extend((m, route.path) for m in sorted(route.methods - {"HEAD"}))
