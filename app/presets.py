@@ -23,11 +23,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("quick", "Quick", "300 steps; LoRA for text-to-image models, full for unconditional ones; "
-               "the base model's resolution", {"mode": "auto", "steps": 300}),
-        Preset("standard", "Standard", "800 steps; LoRA for text-to-image models, full for unconditional ones",
+        # label and description are English msgids, translated where they are shown
+        Preset("quick", N_("Quick"), N_("300 steps; LoRA for text-to-image models, full for unconditional ones; "
+               "the base model's resolution"), {"mode": "auto", "steps": 300}),
+        Preset("standard", N_("Standard"), N_("800 steps; LoRA for text-to-image models, full for unconditional ones"),
                {"mode": "auto", "steps": 800}),
-        Preset("high", "High quality", "2,000 steps of full fine-tuning", {"mode": "full", "steps": 2000}),
+        Preset("high", N_("High quality"), N_("2,000 steps of full fine-tuning"), {"mode": "full", "steps": 2000}),
     )
 }
 

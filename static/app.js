@@ -10,14 +10,24 @@
     form.addEventListener("submit", (e) => { if (!confirm(form.dataset.confirm)) e.preventDefault(); });
   });
 
+  // ------------------------------------------------------------ language switcher
+  // Choosing a language applies it at once; without JavaScript the form's button does.
+  document.querySelectorAll("select[data-autosubmit]").forEach((select) => {
+    const button = select.form.querySelector("button");
+    if (button) button.classList.add("visually-hidden");
+    select.addEventListener("change", () => select.form.submit());
+  });
+
   // --------------------------------------------------------------------- uploads
   const form = $("#upload-form");
   if (form) {
+    // the words shown here come from the page (data-text-*), in the page's language
+    const text = form.dataset;
     const input = $("#file-input"), list = $("#upload-list");
     const uploadOne = (file) => new Promise((resolve) => {
       const li = document.createElement("li");
       const name = document.createElement("span"); name.textContent = file.name;
-      const bar = document.createElement("progress"); bar.max = 100; bar.value = 0;
+      const bar = document.createElement("progress"); bar.max = 100; bar.value = 0; bar.setAttribute("aria-label", file.name);
       li.append(name, bar); list.append(li);
       const body = new FormData(); body.append("files", file, file.name);
       const xhr = new XMLHttpRequest();
@@ -28,11 +38,15 @@
       xhr.onload = () => {
         let res = {}; try { res = JSON.parse(xhr.responseText); } catch (_) {}
         const msg = document.createElement("span");
-        if (xhr.status === 200 && res.added && res.added.length) { li.className = "added"; msg.textContent = "added"; }
-        else { li.className = "refused"; msg.textContent = (res.refused && res.refused[0] && res.refused[0].reason) || res.detail || ("error " + xhr.status); }
+        if (xhr.status === 200 && res.added && res.added.length) { li.className = "added"; msg.textContent = text.textAdded; }
+        else {
+          li.className = "refused";
+          msg.textContent = (res.refused && res.refused[0] && res.refused[0].reason) || res.detail
+            || text.textError.replace("{status}", xhr.status);
+        }
         bar.replaceWith(msg); resolve();
       };
-      xhr.onerror = () => { li.className = "refused"; bar.replaceWith(document.createTextNode("network error")); resolve(); };
+      xhr.onerror = () => { li.className = "refused"; bar.replaceWith(document.createTextNode(text.textNetworkError)); resolve(); };
       xhr.send(body);
     });
     const uploadAll = async (files) => {
@@ -41,7 +55,7 @@
       for (let w = 0; w < 3; w++) workers.push((async () => { while (queue.length) await uploadOne(queue.shift()); })());
       await Promise.all(workers);
       const done = document.createElement("li");
-      const a = document.createElement("a"); a.href = location.pathname; a.textContent = "Refresh to see the new photos";
+      const a = document.createElement("a"); a.href = location.pathname; a.textContent = text.textRefresh;
       done.append(a); list.append(done);
       setTimeout(() => { if (!list.querySelector(".refused")) location.reload(); }, 600);
     };

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
 from sqlalchemy.orm import Session
 
 from app import i18n
@@ -27,14 +28,28 @@ templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.par
 i18n.install(templates.env)
 
 
+@pass_context
+def _preset_label(context, name: str) -> str:
+    """A preset's name as the user reads it (a run keeps the preset's key)."""
+    preset = PRESETS.get(name)
+    return i18n.t(i18n.context_locale(context), preset.label) if preset else name
+
+
+templates.env.globals["preset_label"] = _preset_label
+
+
 def flash(request: Request, message: str | Message, kind: str = "info") -> None:
     """A note for the next page. A Message is translated here, for this request's language;
     a str is shown as it is (already translated: use i18n.t / i18n.tn)."""
     request.session.setdefault("flash", []).append([kind, i18n.translate(i18n.request_locale(request), message)])
 
 
-def error_text(request: Request, exc: ServiceError) -> str:
-    return i18n.error_message(i18n.request_locale(request), exc)
+def form_errors(request: Request, exc: ServiceError) -> dict:
+    """A form's error for its template: beside the field it names (``field_errors``), or
+    at the top of the form (``form_error``) when it is about the whole form."""
+    text = i18n.error_message(i18n.request_locale(request), exc)
+    field = exc.extra.get("field")
+    return {"field_errors": {field: text}, "form_error": None} if field else {"field_errors": {}, "form_error": text}
 
 
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
@@ -96,7 +111,7 @@ def signup(request: Request, email: str = Form(""), password: str = Form(""), te
     try:
         user = auth.sign_up(db, email, password, team_name)
     except ServiceError as exc:
-        return render(request, "signup.html", status_code=exc.status_code, error=exc.message, email=email,
+        return render(request, "signup.html", status_code=exc.status_code, email=email, **form_errors(request, exc),
                       team_name=team_name)
     request.session.clear()
     request.session["user_id"], request.session["epoch"] = str(user.id), user.session_epoch
@@ -114,7 +129,7 @@ def login(request: Request, email: str = Form(""), password: str = Form(""), db:
         user = auth.sign_in(db, request.app.state.login_limiter, email, password,
                             request.client.host if request.client else None)
     except ServiceError as exc:
-        response = render(request, "login.html", status_code=exc.status_code, error=exc.message, email=email)
+        response = render(request, "login.html", status_code=exc.status_code, email=email, **form_errors(request, exc))
         response.headers.update(exc.headers)
         return response
     request.session.clear()
@@ -139,8 +154,13 @@ def home(request: Request, c: Ctx = Depends(ctx)):
 @router.post("/photo-sets")
 def create_photo_set(request: Request, name: str = Form(""), class_word: str = Form(""), notes: str = Form(""),
                      c: Ctx = Depends(ctx)):
-    return act(request, lambda: f"/photo-sets/{photosets.create_photo_set(c.db, c.team_id, name, class_word, notes).id}",
-               "/")
+    try:
+        ps = photosets.create_photo_set(c.db, c.team_id, name, class_word, notes)
+    except ServiceError as exc:  # the form again, with the reason beside the field it is about
+        return render(request, "home.html", status_code=exc.status_code, user=c.user,
+                      photo_sets=repo.photo_sets(c.db, c.team_id), runs=repo.runs(c.db, c.team_id, limit=20),
+                      form={"name": name, "class_word": class_word, "notes": notes}, **form_errors(request, exc))
+    return redirect(f"/photo-sets/{ps.id}")
 
 
 @router.get("/photo-sets/{photo_set_id}")
