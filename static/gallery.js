@@ -133,41 +133,42 @@
       }, { rootMargin: "800px" });
       observer.observe(more());
     }
+  }
 
-    // --------------------------------------------------------------- pack size estimate
-    const builder = $("#pack-builder");
-    const out = $("#pack-estimate");
-    let timer = null;
-    const choice = () => {
-      const data = new FormData(form);
-      const body = {
-        selection: data.get("selection"), format: data.get("format"), size: data.getAll("size"),
-        exclude_near_copies: data.get("exclude_near_copies") === "true",
-      };
-      if (body.selection === "selected") {
-        if (applyAll && applyAll.checked) body.show = form.dataset.show || "all";
-        else body.image_ids = chosen().map((b) => b.value);
-      }
-      return body;
+  // ------------------------------------------------------------------- pack size estimate
+  // The pack builder is the grid's form: its own fields plus the ticked images.
+  const out = $("#pack-estimate");
+  let timer = null;
+  const choice = () => {
+    const data = new FormData(form);
+    const body = {
+      selection: data.get("selection"), format: data.get("format"), size: data.getAll("size"),
+      exclude_near_copies: data.get("exclude_near_copies") === "true",
     };
-    function estimate() {
-      if (!builder) return;
-      clearTimeout(timer);
-      timer = setTimeout(async () => {
-        const body = choice();
-        if (!body.size.length) { out.textContent = out.dataset.unknown; return; }
-        try {
-          const res = await post(builder.dataset.estimate, body);
-          const r = await res.json();
-          out.textContent = res.ok ? out.dataset.label + " " + r.estimated_text + " · " + fmt(r.file_count) + " " + out.dataset.files
-            : r.detail || out.dataset.unknown;
-        } catch (_) { out.textContent = out.dataset.unknown; }
-      }, 300);
+    if (body.selection === "selected") {
+      if (data.get("apply_all")) body.show = data.get("apply_all");
+      else body.image_ids = data.getAll("image_ids");
     }
-    if (builder) {
-      builder.addEventListener("change", estimate); // its inputs sit inside it in the page
-      estimate();
-    }
+    return body;
+  };
+  function estimate() {
+    if (!form || !out) return;
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      const body = choice();
+      if (!body.size.length) { out.textContent = out.dataset.unknown; return; }
+      try {
+        const res = await post(form.dataset.estimate, body);
+        const r = await res.json();
+        if (res.ok && r.estimated_bytes !== null) {
+          out.textContent = out.dataset.label + " " + r.estimated_text + " · " + fmt(r.file_count) + " " + out.dataset.files;
+        } else out.textContent = r.reason || r.detail || out.dataset.unknown;
+      } catch (_) { out.textContent = out.dataset.unknown; }
+    }, 300);
+  }
+  if (form && out) {
+    form.addEventListener("change", estimate); // the builder's fields sit inside the form
+    estimate();
   }
 
   // ------------------------------------------------------------------ the large view

@@ -158,7 +158,9 @@ class PretrainedFeatures(FeatureNetwork):
         self.is_clip = config.model_type == "clip"
         self.kind = "clip" if self.is_clip else "dino"
         self.default_threshold = PRETRAINED_THRESHOLDS[self.kind]
-        self.name = f"{'CLIP' if self.is_clip else config.model_type.upper()} image encoder ({folder.name})"
+        # the family and the folder: no English words, so the name reads in every language
+        family = "CLIP" if self.is_clip else "DINO" if "dino" in config.model_type else config.model_type
+        self.name = f"{family} ({folder.name})"
 
     @torch.no_grad()
     def features(self, images):

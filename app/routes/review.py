@@ -24,6 +24,13 @@ def _gallery_url(gallery_id, show: str = "", page: int = 1) -> str:
     return f"/galleries/{gallery_id}" + (f"?{query}" if query else "")
 
 
+def _network(request: Request, gallery) -> str | None:
+    """The copy guard's feature network, in the page's language where it has a name there."""
+    if not gallery.feature_network:
+        return None
+    return i18n.t(i18n.request_locale(request), gallery.feature_network)
+
+
 # ------------------------------------------------------------------------------ pages
 @pages.get("/galleries/{gallery_id}")
 def gallery_page(request: Request, gallery_id: uuid.UUID, show: str = "", review: str = "", page: int = 1,
@@ -32,6 +39,7 @@ def gallery_page(request: Request, gallery_id: uuid.UUID, show: str = "", review
     view = galleries.gallery_page(c.db, c.team_id, gallery_id, show or review, page)
     g = view.gallery
     return render(request, "gallery.html", user=c.user, gallery=g, run=g.run, view=view,
+                  network=_network(request, g),
                   photos=repo.photos_of_set(c.db, g.run.photo_set_id), packs=repo.packs_of_gallery(c.db, g.id),
                   formats=packs.FORMATS, sizes=packs.SIZES, size_labels=packs.size_labels,
                   here=_gallery_url(g.id, view.show, view.page),
@@ -44,6 +52,7 @@ def image_page(request: Request, image_id: uuid.UUID, show: str = "", c: Ctx = D
     v = galleries.image_view(c.db, c.team_id, image_id, show)
     suffix = f"?show={v.show}" if v.show else ""
     return render(request, "image.html", user=c.user, v=v, image=v.image, gallery=v.gallery, run=v.gallery.run,
+                  network=_network(request, v.gallery),
                   prev_url=f"/images/{v.prev_id}{suffix}" if v.prev_id else "",
                   next_url=f"/images/{v.next_id}{suffix}" if v.next_id else "",
                   back_url=_gallery_url(v.gallery.id, v.show))
@@ -111,6 +120,7 @@ class PackChoiceIn(BaseModel):
 
 @api.post("/galleries/{gallery_id}/review")
 def bulk_review(gallery_id: uuid.UUID, body: BulkReviewIn, c: Ctx = Depends(ctx)):
+    galleries.get_gallery(c.db, c.team_id, gallery_id)  # another team's gallery: 404, whatever the body
     if (body.image_ids is None) == (body.show is None):
         raise BadInput("send either image_ids or show")
     n = galleries.bulk_review(c.db, c.team_id, gallery_id, body.review, image_ids=body.image_ids, show=body.show)
@@ -130,5 +140,7 @@ def estimate_pack(request: Request, gallery_id: uuid.UUID, body: PackChoiceIn, c
     ids = _selected(c, gallery_id, body.selection, body.image_ids, body.show)
     out = packs.estimate_pack(c.db, c.storage, c.team_id, gallery_id, selection=body.selection, format=body.format,
                               size=body.size, image_ids=ids, exclude_near_copies=body.exclude_near_copies)
-    out["estimated_text"] = i18n.format_size(out["estimated_bytes"], i18n.request_locale(request))
+    lang = i18n.request_locale(request)
+    out["estimated_text"] = i18n.format_size(out["estimated_bytes"], lang)
+    out["reason"] = i18n.translate(lang, out["reason"]) if out["reason"] else None
     return out

@@ -8,7 +8,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import BadInput, Conflict, NotFound, Unavailable
+from app.errors import N_, BadInput, Conflict, NotFound, Unavailable
 from app.jobs import SAMPLE_GALLERY, JobQueue
 from app.models import Gallery, Image, Photo, Run
 from app.settings import Settings
@@ -19,6 +19,12 @@ REVIEWS = ("new", "approved", "rejected")
 FILTERS = (*REVIEWS, "near")
 MAX_GALLERY = 1000
 PAGE_SIZE = 120  # images per page of the grid (the next pages load as the user scrolls)
+# the copy guard's built-in feature networks, as worker/copyguard.py names them (stored in
+# galleries.feature_network; marked here so that the page can show them translated)
+FEATURE_NETWORKS = (
+    N_("Fashion-MNIST classifier (last conv stage, 32x32 grayscale)"),
+    N_("pixel descriptor (32x32 colour thumbnail; no feature network configured)"),
+)
 
 
 def new_gallery(db: Session, settings: Settings, run: Run, prompt: str | None) -> Gallery:

@@ -14,7 +14,7 @@ from PIL import ImageOps
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import N_, BadInput, NotFound, Unavailable
+from app.errors import N_, BadInput, Message, NotFound, Unavailable
 from app.jobs import BUILD_PACK, JobQueue
 from app.models import Gallery, Image, Pack
 from app.storage import Storage, StorageError, pack_key
@@ -125,9 +125,13 @@ def estimate_pack(db: Session, storage: Storage, team_id, gallery_id, *, selecti
         raise NotFound("gallery not found")
     _check_choice(selection, format)
     sizes = parse_sizes(size)
-    images = choose_images(db, gallery, selection, image_ids, exclude_near_copies)
+    try:
+        images = choose_images(db, gallery, selection, image_ids, exclude_near_copies)
+    except BadInput as exc:  # nothing to pack yet: an answer for the page, not an error
+        return {"estimated_bytes": None, "image_count": 0, "file_count": 0, "sizes": sizes, "format": format,
+                "reason": Message(exc.msgid, exc.params)}
     return {"estimated_bytes": estimate_bytes(storage, images, format, sizes), "image_count": len(images),
-            "file_count": len(images) * len(sizes), "sizes": sizes, "format": format}
+            "file_count": len(images) * len(sizes), "sizes": sizes, "format": format, "reason": None}
 
 
 # ---------------------------------------------------------------------------- estimate

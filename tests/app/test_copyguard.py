@@ -77,6 +77,10 @@ def test_which_network_measures_which_model(tmp_path):
     assert isinstance(feature_network("builtin:fmnist-ddpm-32"), ClassifierFeatures)
     assert isinstance(feature_network("builtin:tiny-ddpm"), PixelFeatures)
     assert "pixel" in PixelFeatures.name and "Fashion-MNIST" in ClassifierFeatures.name
+    # the web app names them in the user's language without importing torch
+    from app.services.galleries import FEATURE_NETWORKS
+
+    assert set(FEATURE_NETWORKS) == {PixelFeatures.name, ClassifierFeatures.name}
     with pytest.raises(copyguard.CopyGuardError, match="could not be loaded"):
         feature_network("builtin:tiny-ddpm", str(tmp_path / "missing"))
 
@@ -94,7 +98,7 @@ def test_a_local_clip_folder_is_loaded_offline(tmp_path):
     CLIPModel(config).save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     net = feature_network("builtin:tiny-ddpm", str(folder))
-    assert net.kind == "clip" and net.name == "CLIP image encoder (clip-tiny)"
+    assert net.kind == "clip" and net.name == "CLIP (clip-tiny)"
     photos = fashion(first_of_class(0, 3))
     [m] = CopyGuard(net, photos, ["a", "b", "c"]).measure([photos[2].copy()])
     assert m.photo_id == "c" and m.distance == pytest.approx(0, abs=1e-6) and m.near_copy

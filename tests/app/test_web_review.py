@@ -163,8 +163,8 @@ def test_the_large_view_moves_within_its_filter_and_shows_the_nearest_photo(clie
     assert "Image 2 of 3" in page and 'role="alert"' in page
     assert f"/photos/{g['photo_ids'][4]}/file" in page  # beside it, the training photo it copies
     assert 'data-key="a"' in page and 'data-key="r"' in page
-    # after a review the form goes on to the next image
-    assert re.search(rf'name="next" value="/images/{g["near"][2]}\?show=near"', page)
+    # after a review the same image shows again, with its new review (the arrows move on)
+    assert f'name="next" value="/images/{g["near"][1]}?show=near"' in page
     # an image outside the filter it was opened from moves in the whole gallery
     plain = client.get(f"/images/{g['images'][1]}?show=near").text
     assert "Image 2 of 12" in plain and 'role="alert"' not in plain
@@ -210,19 +210,26 @@ def test_the_estimate_is_within_2x_of_the_real_zip(client, tmp_path, fmt, sizes)
     assert real / 2 <= estimate["estimated_bytes"] <= real * 2, (estimate["estimated_bytes"], real)
 
 
+def test_an_estimate_with_nothing_to_pack_says_why(client):
+    g = seed_gallery(client, 4)
+    r = client.post(f"/api/galleries/{g['id']}/packs/estimate", json={"selection": "approved", "size": "original"})
+    assert r.status_code == 200 and r.json()["estimated_bytes"] is None and "no approved images" in r.json()["reason"]
+    assert client.post(f"/api/galleries/{g['id']}/packs/estimate", json={"format": "gif"}).status_code == 400
+
+
 def test_several_sizes_go_to_one_folder_each_with_progress(client, tmp_path):
     g = seed_gallery(client, 3, files=True)
     with client.app.state.sessionmaker() as db:
         images = list(repo.images_of_gallery(db, uuid.UUID(g["id"])))
     heard = []
     path = tmp_path / "pack.zip"
-    pack = SimpleNamespace(id=uuid.uuid4(), format="png", size="original,square,1024")
+    pack = SimpleNamespace(id=uuid.uuid4(), format="jpeg", size="original,square,1024")
     packs.write_pack_zip(client.app.state.storage, pack, images, packs.PackSource("r", "m"), path,
                          progress=lambda done, total: heard.append((done, total)))
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-        assert PILImage.open(io.BytesIO(zf.read("1024/image-0002-seed1.png"))).size == (1024, 1024)
-    assert sorted(names) == sorted([f"{s}/image-{n + 1:04d}-seed{n}.png" for s in ("original", "square", "1024")
+        assert PILImage.open(io.BytesIO(zf.read("1024/image-0002-seed1.jpg"))).size == (1024, 1024)
+    assert sorted(names) == sorted([f"{s}/image-{n + 1:04d}-seed{n}.jpg" for s in ("original", "square", "1024")
                                     for n in range(3)] + ["manifest.csv"])
     assert heard == [(1, 3), (2, 3), (3, 3)]
 
