@@ -19,6 +19,7 @@ from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
 from app.routes.api import read_uploads
 from app.security import csrf_token
+from app.setting_labels import SETTING_TEXTS
 from app.services import auth, galleries, packs, photosets, runs
 
 router = APIRouter(include_in_schema=False)
@@ -168,7 +169,7 @@ def photo_set_page(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(c
     ps = photosets.get_photo_set(c.db, c.team_id, photo_set_id)
     return render(request, "photo_set.html", user=c.user, ps=ps, photos=list(ps.photos),
                   runs=repo.runs(c.db, c.team_id, ps.id), presets=PRESETS, expert_fields=EXPERT_FIELDS,
-                  base_models=c.settings.base_model_list, settings=c.settings)
+                  setting_texts=SETTING_TEXTS, base_models=c.settings.base_model_list, settings=c.settings)
 
 
 @router.post("/photo-sets/{photo_set_id}/delete")
