@@ -12,6 +12,9 @@
   const fill = (template, values) => String(template || "").replace(/\{(\w+)\}/g, (m, k) => (k in values ? values[k] : m));
   const lang = document.documentElement.lang || undefined;
   const short = new Intl.NumberFormat(lang, { maximumSignificantDigits: 4 });
+  const tiny = new Intl.NumberFormat(lang, { notation: "scientific", maximumFractionDigits: 1 });
+  // an axis label fits its margin: 4 digits, or 1.2E-5 for the small values of the weighted terms
+  const tick = (v) => (v !== 0 && Math.abs(v) < 0.001 ? tiny.format(v) : short.format(v));
 
   // Seconds as h:mm:ss, as the page's server-side rendering writes them.
   const clock = (s) => {
@@ -79,8 +82,8 @@
       const y = (v) => H - PAD.bottom - ((v - y0) / (y1 - y0)) * (H - PAD.top - PAD.bottom);
       chart.append(
         svg("rect", { class: "plot", x: PAD.left, y: PAD.top, width: W - PAD.left - PAD.right, height: H - PAD.top - PAD.bottom }),
-        svg("text", { class: "tick", x: PAD.left - 4, y: PAD.top + 4, "text-anchor": "end" }, short.format(y1)),
-        svg("text", { class: "tick", x: PAD.left - 4, y: H - PAD.bottom, "text-anchor": "end" }, short.format(y0)),
+        svg("text", { class: "tick", x: PAD.left - 4, y: PAD.top + 4, "text-anchor": "end" }, tick(y1)),
+        svg("text", { class: "tick", x: PAD.left - 4, y: H - PAD.bottom, "text-anchor": "end" }, tick(y0)),
         svg("text", { class: "tick", x: PAD.left, y: H - 6 }, short.format(x0)),
         svg("text", { class: "tick", x: W - PAD.right, y: H - 6, "text-anchor": "end" }, short.format(x1)),
         svg("text", { class: "tick", x: (PAD.left + W - PAD.right) / 2, y: H - 6, "text-anchor": "middle" }, TEXT.step || ""),
@@ -99,7 +102,7 @@
   if (charts) charts.add(readJSON("loss-history") || []);
 
   // ------------------------------------------------------------------ live run page
-  const run = $("#run");
+  const run = $("#run-live");
   if (!run || !ACTIVE.includes(run.dataset.status)) return;
   let previewStep = Number($("#run-previews").dataset.step);
 
@@ -127,7 +130,7 @@
     if (badge) { badge.textContent = TEXT.status[r.status] || r.status; badge.className = "status status-" + r.status; }
     $("#run-step").textContent = r.step; $("#run-total").textContent = r.total_steps;
     const bar = $("#run-bar"); bar.max = r.total_steps || 1; bar.value = r.step;
-    $("#run-stage").textContent = TEXT.stages[r.stage] || r.stage;
+    $("#run-stage").textContent = r.status === "queued" ? TEXT.waiting : TEXT.stages[r.stage] || r.stage;
     $("#run-eta").textContent = clock(r.eta_seconds); $("#run-elapsed").textContent = clock(r.elapsed_seconds);
     showLosses(r.losses);
     showPreviews(r);
