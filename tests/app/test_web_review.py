@@ -163,8 +163,9 @@ def test_the_large_view_moves_within_its_filter_and_shows_the_nearest_photo(clie
     assert "Image 2 of 3" in page and 'role="alert"' in page
     assert f"/photos/{g['photo_ids'][4]}/file" in page  # beside it, the training photo it copies
     assert 'data-key="a"' in page and 'data-key="r"' in page
-    # after a review the same image shows again, with its new review (the arrows move on)
-    assert f'name="next" value="/images/{g["near"][1]}?show=near"' in page
+    # a review moves on to the next image of the filter; on the last one it stays
+    assert f'name="next" value="/images/{g["near"][2]}?show=near"' in page
+    assert f'name="next" value="/images/{g["near"][2]}?show=near"' in client.get(f"/images/{g['near'][2]}?show=near").text
     # an image outside the filter it was opened from moves in the whole gallery
     plain = client.get(f"/images/{g['images'][1]}?show=near").text
     assert "Image 2 of 12" in plain and 'role="alert"' not in plain
@@ -248,13 +249,16 @@ def test_the_pack_form_without_javascript(client):
 
 
 # ------------------------------------------------------------------ the worker's copy guard
-def test_the_worker_measures_each_image_against_the_training_photos(client, local_pg_settings):
+@pytest.mark.parametrize("base_model,network", [("builtin:tiny-ddpm", "pixel descriptor"),
+                                                ("builtin:fmnist-ddpm-32", "Fashion-MNIST classifier")])
+def test_the_worker_measures_each_image_against_the_training_photos(client, local_pg_settings, base_model, network):
     """The gallery task's copy-guard steps, without Celery or sampling: a copy of a training
-    photo is flagged and points at it; the gallery names its network and gets diversity."""
+    photo is flagged and points at it; the gallery names its network and gets diversity
+    (with the proxy Intra-LPIPS where the classifier fits the model: the demo model)."""
     from worker import tasks
     from worker.domainstudio.sampling import GeneratedImage
 
-    g = seed_gallery(client, 0)
+    g = seed_gallery(client, 0, base_model=base_model)
     app = client.app
     e = SimpleNamespace(settings=local_pg_settings, sessions=app.state.sessionmaker, storage=app.state.storage)
     with app.state.sessionmaker() as db:
@@ -273,8 +277,9 @@ def test_the_worker_measures_each_image_against_the_training_photos(client, loca
         measured = db.get(Gallery, gallery.id)
     assert rows[0].near_copy and rows[0].nearest_distance < 1e-6 and rows[0].nearest_photo_id == copied.id
     assert not rows[1].near_copy and not rows[2].near_copy and rows[2].nearest_distance > guard.threshold
-    assert measured.feature_network.startswith("pixel descriptor") and measured.near_copy_threshold == guard.threshold
+    assert measured.feature_network.startswith(network) and measured.near_copy_threshold == guard.threshold
     assert measured.diversity["images"] == 3 and measured.diversity["mean_pairwise_distance"] > 0
-    assert measured.diversity["proxy_intra_lpips"] is None  # the classifier does not fit the tiny model
+    fits = base_model == "builtin:fmnist-ddpm-32"
+    assert (measured.diversity["proxy_intra_lpips"] is not None) == fits
     page = client.get(f"/galleries/{g['id']}").text
-    assert "pixel descriptor" in page and "near-badge" in page
+    assert network in page and "near-badge" in page
