@@ -10,6 +10,17 @@
     form.addEventListener("submit", (e) => { if (!confirm(form.dataset.confirm)) e.preventDefault(); });
   });
 
+  // ------------------------------------------------------------------ local times
+  // The |when filter writes <time data-local> in UTC (the server does not know the
+  // reader's time zone); here it becomes the reader's local time, in the page's language.
+  document.querySelectorAll("time[data-local]").forEach((el) => {
+    const when = new Date(el.getAttribute("datetime")), width = el.dataset.local;
+    if (isNaN(when) || !["short", "medium", "long"].includes(width)) return;
+    el.title = el.textContent;  // the UTC time stays at hand
+    el.textContent = new Intl.DateTimeFormat(document.documentElement.lang || undefined,
+      { dateStyle: width, timeStyle: "short" }).format(when);
+  });
+
   // ------------------------------------------------------------ language switcher
   // Choosing a language applies it at once; without JavaScript the form's button does.
   document.querySelectorAll("select[data-autosubmit]").forEach((select) => {

@@ -85,6 +85,9 @@ def browser():
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install` (it installs the Debian packages "
                     "chromium and chromium-driver), or `apt-get install chromium chromium-driver`", pytrace=False)
+    if shutil.which("fc-list") and not subprocess.run(["fc-list", ":lang=ja"], capture_output=True, text=True).stdout.strip():
+        pytest.fail("no Japanese font, so the screenshots of the Japanese pages would show empty boxes: run "
+                    "`bash scripts/install` (it installs the Debian package fonts-ipafont-gothic)", pytrace=False)
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -31,19 +31,17 @@ def product_photos(folder: Path, n: int = 10, side: int = 256) -> list[Path]:
     return paths
 
 
-@dataclass
-class Screenshots:
-    """Full-page screenshots numbered in the order they are taken (NN-name.png)."""
-
-    folder: Path
-    taken: list[Path] = field(default_factory=list)
-
-    def take(self, page, name: str) -> Path:
-        page.wait_for_load_state("load")
-        path = self.folder / f"{len(self.taken) + 1:02d}-{re.sub(r'[^a-z0-9-]+', '-', name.lower())}.png"
-        page.screenshot(path=str(path), full_page=True)
-        self.taken.append(path)
-        return path
+# Loads every image of the page, lazy ones included (a full-page screenshot does not scroll,
+# so images below the window would stay blank), and returns those that failed to load.
+LOAD_ALL_IMAGES_JS = """async () => {
+  const images = Array.from(document.images);
+  images.forEach((img) => { img.loading = "eager"; });
+  const settled = (img) => img.complete ? null : new Promise((done) => {
+    img.addEventListener("load", done, { once: true }); img.addEventListener("error", done, { once: true });
+  });
+  await Promise.race([Promise.all(images.map(settled)), new Promise((done) => setTimeout(done, 10000))]);
+  return images.filter((img) => !img.complete || img.naturalWidth === 0).map((img) => img.currentSrc || img.src);
+}"""
 
 
 @dataclass
@@ -65,3 +63,22 @@ class PageProblems:
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         if overflow > 1:
             self.problems.append(f"{what} ({page.url}): {overflow}px wider than the {page.viewport_size['width']}px window")
+
+
+@dataclass
+class Screenshots:
+    """Full-page screenshots numbered in the order they are taken (NN-name.png), each
+    taken once every image of the page has loaded; a broken image is a problem."""
+
+    folder: Path
+    problems: PageProblems
+    taken: list[Path] = field(default_factory=list)
+
+    def take(self, page, name: str) -> Path:
+        page.wait_for_load_state("load")
+        for src in page.evaluate(LOAD_ALL_IMAGES_JS):
+            self.problems.problems.append(f"{page.url}: image did not load: {src}")
+        path = self.folder / f"{len(self.taken) + 1:02d}-{re.sub(r'[^a-z0-9-]+', '-', name.lower())}.png"
+        page.screenshot(path=str(path), full_page=True)
+        self.taken.append(path)
+        return path

@@ -23,34 +23,41 @@ from .e2e_helpers import PageProblems, Screenshots, product_photos
 pytestmark = pytest.mark.slow
 
 # enough steps that the run lasts a few seconds, so the page shows progress between 0 and
-# 100% (the tiny model trains hundreds of steps a second)
-RUN_STEPS = 600
+# 100% (the tiny model trains about 10-30 steps a second on a busy 2-core machine)
+RUN_STEPS = 100
 APPROVE, REJECT = "a", "r"
-PACK_SIZE = 1024  # the "1024 px long side" option
+# the pack's sizes (the builder's checkboxes) and what each image of that size must be
+PACK_SIZES = {"1024": lambda w, h: max(w, h) == 1024, "4x5": lambda w, h: abs(w / h - 0.8) < 0.05}
 TIMEOUT_MS = 120_000
 
 
 def test_whole_flow_in_the_browser(browser, app_url, output_dir):
-    shots, problems = Screenshots(output_dir), PageProblems()
+    problems = PageProblems()
+    shots = Screenshots(output_dir, problems)
     context = browser.new_context(base_url=app_url, locale="en-US", viewport={"width": 1280, "height": 900},
                                   accept_downloads=True)
     context.set_default_timeout(30_000)
     page = context.new_page()
     problems.watch(page)
 
-    sign_up(page, shots)
-    create_photo_set(page, shots)
-    upload_photos(page, shots, output_dir)
-    run_url = start_run(page, shots)
-    watch_progress(page, shots)
-    gallery_url = open_gallery(page, shots)
-    reviews = review_with_keyboard(page, shots)
-    zip_path = build_and_download_pack(page, shots, gallery_url, output_dir)
-    check_pack_zip(page, zip_path, gallery_url, reviews)
+    try:
+        sign_up(page, shots)
+        create_photo_set(page, shots)
+        upload_photos(page, shots, output_dir)
+        run_path = start_run(page, shots)
+        watch_progress(page, shots)
+        gallery_path = open_gallery(page, shots)
+        reviews = review_with_keyboard(page, shots)
+        zip_path = build_and_download_pack(page, shots, gallery_path, output_dir)
+        check_pack_zip(page, zip_path, gallery_path, reviews)
 
-    japanese_pass(browser, context, shots, problems, [run_url.replace(app_url, ""), gallery_url])
-    width_pass(browser, context, shots, problems, gallery_url)
-    context.close()
+        japanese_pass(browser, context, shots, problems, [run_path, gallery_path])
+        width_pass(browser, context, shots, problems, gallery_path)
+    except Exception:
+        page.screenshot(path=str(output_dir / "failure.png"), full_page=True)  # what the page showed
+        raise
+    finally:
+        context.close()
     assert not problems.problems, "problems in the browser:\n" + "\n".join(problems.problems)
 
 
@@ -64,7 +71,7 @@ def sign_up(page, shots: Screenshots) -> None:
     page.get_by_label("Email").fill(f"e2e-{uuid.uuid4().hex[:8]}@example.com")
     page.get_by_label(re.compile("^Password")).fill("correct horse battery staple")
     page.get_by_label(re.compile("^Team name")).fill("Bottle team")
-    page.get_by_role("button", name="Create account").click()
+    page.get_by_role("button", name="Create account", exact=True).click()
     expect(page).to_have_url(re.compile(r"/$"))
     shots.take(page, "home-empty")
 
@@ -72,7 +79,7 @@ def sign_up(page, shots: Screenshots) -> None:
 def create_photo_set(page, shots: Screenshots) -> None:
     page.get_by_label("Name", exact=True).fill("Summer bottle launch")
     page.get_by_label("Class word").fill("bottle")
-    page.get_by_role("button", name="Create photo set").click()
+    page.get_by_role("button", name="Create photo set", exact=True).click()
     expect(page).to_have_url(re.compile(r"/photo-sets/[0-9a-f-]{36}$"))
     expect(page.get_by_role("heading", level=1)).to_contain_text("Summer bottle launch")
     shots.take(page, "photo-set-empty")
@@ -84,7 +91,7 @@ def upload_photos(page, shots: Screenshots, output_dir) -> None:
     photos = product_photos(output_dir / "photos")
     page.locator('input[type="file"]').set_input_files([str(p) for p in photos])
     with page.expect_navigation(timeout=TIMEOUT_MS):  # the page reloads when all are in
-        page.get_by_role("button", name="Upload").click()
+        page.get_by_role("button", name="Upload", exact=True).click()
     expect(page.locator('img[src^="/photos/"]')).to_have_count(len(photos))
     shots.take(page, "photo-set-10-photos")
 
@@ -97,9 +104,9 @@ def start_run(page, shots: Screenshots) -> str:
         page.locator(f'[name="{name}"]').fill(str(value))
     page.locator('[name="gallery_size"]').fill("8")
     shots.take(page, "run-form")
-    page.get_by_role("button", name="Start run").click()
+    page.get_by_role("button", name="Start run", exact=True).click()
     expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
-    return page.url
+    return _path(page)
 
 
 def _progress(page) -> float | None:
@@ -129,7 +136,7 @@ def watch_progress(page, shots: Screenshots) -> None:
         time.sleep(0.1)
     assert max(seen, default=0) >= 1, f"the progress bar never reached 100%; it showed {sorted(seen)}"
     assert any(0 < v < 1 for v in seen), f"the progress bar did not move live; it showed {sorted(seen)}"
-    expect(page.locator("#run-status")).to_contain_text("succeeded", timeout=TIMEOUT_MS)
+    expect(page.locator("#run-status")).to_contain_text(re.compile("succeeded", re.I), timeout=TIMEOUT_MS)
     shots.take(page, "run-succeeded")
 
 
@@ -140,82 +147,99 @@ def open_gallery(page, shots: Screenshots) -> str:
     expect(page).to_have_url(re.compile(r"/galleries/[0-9a-f-]{36}$"))
     # the page reloads itself while the images are generated
     expect(page.locator('img[src^="/images/"]')).to_have_count(8, timeout=TIMEOUT_MS)
-    expect(page.locator("#gallery-status")).to_contain_text("succeeded", timeout=TIMEOUT_MS)
+    expect(page.locator("#gallery-status")).to_contain_text(re.compile("succeeded", re.I), timeout=TIMEOUT_MS)
     shots.take(page, "gallery")
-    return page.url.removeprefix(page.url.split("/galleries/")[0])
+    return _path(page)
+
+
+IMAGE_URL = re.compile(r"/images/([0-9a-f-]{36})")
+
+
+def _image_id(page) -> str:
+    return IMAGE_URL.search(page.url).group(1)
 
 
 def _review_label(page):
-    return page.locator(".review-label").first
+    return page.locator("#image-view .review-label")
+
+
+def _press_and_move(page, key: str) -> str:
+    """Presses a key in the large view and waits for the next image; returns its id."""
+    before = _image_id(page)
+    page.keyboard.press(key)
+    try:
+        page.wait_for_url(lambda url: IMAGE_URL.search(url) is not None and IMAGE_URL.search(url).group(1) != before)
+    except PlaywrightError:
+        raise AssertionError(f"pressing {key} on image {before} did not move on: still at {page.url}") from None
+    return _image_id(page)
 
 
 def review_with_keyboard(page, shots: Screenshots) -> dict[str, str]:
-    """Opens the first image in the large view and reviews four images with the keyboard:
-    approve, next, reject, next, approve, next, approve, back (the approval stays).
-    Returns {image id: review}."""
+    """Opens the first image in the large view and reviews with the keyboard: A approves
+    and moves on, R rejects and moves on, the arrows move without reviewing. Then walks
+    back with the left arrow, checking each image shows the review it got. Returns
+    {image id: review} of the reviewed images."""
     page.locator('a[href^="/images/"]').first.click()
-    expect(page).to_have_url(re.compile(r"/images/[0-9a-f-]{36}$"))
+    expect(page).to_have_url(IMAGE_URL)
     shots.take(page, "large-view")
-    reviews: dict[str, str] = {}
-    for n, key in enumerate([APPROVE, REJECT, APPROVE, APPROVE]):
-        if n:
-            _press_and_move(page, "ArrowRight")
-        page.keyboard.press(key)
-        expected = "approved" if key == APPROVE else "rejected"
-        expect(_review_label(page)).to_have_text(re.compile(expected, re.I))
-        reviews[page.url.rsplit("/", 1)[1]] = expected
-    shots.take(page, "large-view-reviewed")
-    last = page.url
-    _press_and_move(page, "ArrowLeft")
-    expect(_review_label(page)).to_have_text(re.compile("approved", re.I))  # the third image kept its review
-    assert page.url != last
-    return reviews
-
-
-def _press_and_move(page, key: str) -> None:
-    before = page.url
-    page.keyboard.press(key)
-    page.wait_for_url(lambda url: url != before)
+    plan = [(APPROVE, "approved"), (REJECT, "rejected"), ("ArrowRight", "new"), (APPROVE, "approved"),
+            (APPROVE, "approved")]
+    visited: list[tuple[str, str]] = []
+    for key, review in plan:
+        visited.append((_image_id(page), review))
+        _press_and_move(page, key)
+    shots.take(page, "large-view-after-reviews")
+    for image_id, review in reversed(visited):
+        assert _press_and_move(page, "ArrowLeft") == image_id
+        expect(_review_label(page)).to_have_text(re.compile(f"^{review}$", re.I))
+    return {image_id: review for image_id, review in visited if review != "new"}
 
 
 def build_and_download_pack(page, shots: Screenshots, gallery_url: str, output_dir):
-    """The pack builder on the gallery page: the approved images as JPEG, 1024 px on the
-    long side; waits for the pack, then downloads it as the browser does."""
+    """The pack builder on the gallery page: the approved images as JPEG in two sizes (1024
+    px on the long side, and portrait 4:5); waits for the pack, then downloads it as the
+    browser does."""
     page.goto(gallery_url)
-    expect(page.get_by_text(re.compile(r"Approved \(3\)"))).to_be_visible()
-    pack_form = page.locator('form[action$="/packs"]')
-    pack_form.locator('select[name="selection"]').select_option("approved")
-    pack_form.locator('select[name="format"]').select_option("jpeg")
-    pack_form.locator('select[name="size"]').select_option(str(PACK_SIZE))
-    shots.take(page, "gallery-reviewed")
-    pack_form.get_by_role("button", name="Build pack").click()
+    expect(page.locator('[data-count="approved"]').first).to_have_text("3")
+    expect(page.locator('[data-count="rejected"]').first).to_have_text("1")
+    builder = page.locator("#pack-builder")
+    builder.locator('input[name="selection"][value="approved"]').check()
+    builder.locator('select[name="format"]').select_option("jpeg")
+    for size in ("original", "1024", "4x5"):
+        builder.locator(f'input[name="size"][value="{size}"]').set_checked(size in PACK_SIZES)
+    expect(builder.locator("#pack-estimate")).to_contain_text(re.compile(r"\d"))  # the size estimate
+    shots.take(page, "gallery-reviewed-pack-options")
+    builder.get_by_role("button", name="Build pack", exact=True).click()
     download_link = page.locator('a[href^="/packs/"][href$="/download"]')
-    expect(download_link).to_be_visible(timeout=TIMEOUT_MS)  # the page reloads while the pack is built
+    expect(download_link).to_be_visible(timeout=TIMEOUT_MS)  # the page follows the build
     shots.take(page, "pack-ready")
     with page.expect_download() as download:
         download_link.click()
     path = output_dir / download.value.suggested_filename
     download.value.save_as(path)
-    assert path.suffix == ".zip", path
+    assert zipfile.is_zipfile(path), path
     return path
 
 
 def check_pack_zip(page, zip_path, gallery_url: str, reviews: dict[str, str]) -> None:
-    """The ZIP holds the approved images, JPEG and 1024 px on the long side, and a manifest
-    naming each of them with its seed."""
+    """The ZIP holds the approved images in each chosen size (a folder per size), JPEG,
+    and a manifest naming each file with its seed."""
     gallery = page.request.get("/api" + gallery_url).json()
     seeds = {i["id"]: i["seed"] for i in gallery["images"]}
     approved = sorted(seeds[i] for i, r in reviews.items() if r == "approved")
+    assert len(approved) == 3
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
-        images = [n for n in names if n.endswith(".jpg")]
-        assert len(images) == len(approved) == 3 and "manifest.csv" in names, names
+        assert "manifest.csv" in names, names
+        images = [n for n in names if n != "manifest.csv"]
+        assert sorted(n.split("/")[0] for n in images) == sorted(list(PACK_SIZES) * len(approved)), names
         for name in images:
-            img = Image.open(io.BytesIO(zf.read(name)))
-            assert img.format == "JPEG" and max(img.size) == PACK_SIZE, (name, img.format, img.size)
+            with Image.open(io.BytesIO(zf.read(name))) as img:
+                assert img.format == "JPEG" and name.endswith(".jpg"), (name, img.format)
+                assert PACK_SIZES[name.split("/")[0]](*img.size), (name, img.size)
         rows = list(csv.DictReader(io.StringIO(zf.read("manifest.csv").decode())))
-    assert [r["file"] for r in rows] == images
-    assert sorted(int(r["seed"]) for r in rows) == approved
+    assert sorted(r["file"] for r in rows) == sorted(images)
+    assert sorted(int(r["seed"]) for r in rows) == sorted(approved * len(PACK_SIZES))
     assert {r["base_model"] for r in rows} == {"builtin:tiny-ddpm"}
 
 
@@ -251,3 +275,8 @@ def width_pass(browser, context, shots: Screenshots, problems: PageProblems, gal
 def _base(context) -> str:
     url = context.pages[0].url
     return url[: url.index("/", len("http://"))]
+
+
+def _path(page) -> str:
+    """The page's address without the scheme and host."""
+    return "/" + page.url.split("/", 3)[3]
