@@ -5,7 +5,8 @@ language is the ``domainstudio_lang`` cookie (set by the switcher in the page he
 so it works before sign-in) or else the best match in the browser's Accept-Language.
 
 Templates use newstyle gettext (``{{ _("%(n)s images", n=count) }}``) and the filters
-``|number``, ``|datetime``, ``|date``, ``|filesize``; they read the language from the
+``|number``, ``|datetime``, ``|date``, ``|filesize`` and ``|when`` (a <time> element that
+app.js shows in the reader's time zone); they read the language from the
 template context (``locale``, set by ``render``) or from ``request.state.locale``.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal, format_percent
 from jinja2 import Environment, pass_context
+from markupsafe import Markup
 from jinja2.runtime import Context
 
 from app.errors import N_, Message, render_value  # noqa: F401  (N_ for callers)
@@ -173,15 +175,25 @@ def format_size(n: int | float | None, lang: str) -> str:
 
 
 def format_when(value: dt.datetime | None, lang: str, fmt: str = "medium") -> str:
-    """A timestamp (stored in UTC) as the locale writes it, e.g. "Nov 27, 2026, 2:33 PM" or
-    "2026/11/27 14:33". ``fmt`` is a Babel width (short, medium, long) or a CLDR pattern."""
+    """A timestamp (stored in UTC) as the locale writes it, in UTC and saying so, e.g.
+    "Nov 27, 2026, 2:33 PM UTC" or "2026/11/27 14:33 UTC" (app.js shows <time> elements
+    in the reader's own time zone). ``fmt`` is a Babel width (short, medium, long) or a
+    CLDR pattern."""
     if value is None:
         return "–"
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
     if fmt == "medium":  # the medium width with minutes only: seconds are noise in a table
-        fmt = _medium_no_seconds(lang)
-    return format_datetime(value, format=fmt, tzinfo=dt.timezone.utc, locale=_babel_locale(lang))
+        fmt = _medium_no_seconds(lang) + " z"
+    return format_datetime(as_utc(value), format=fmt, tzinfo=dt.timezone.utc, locale=_babel_locale(lang))
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """Timestamps are stored in UTC; SQLite gives them back without a zone."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+def iso_utc(value: dt.datetime | None) -> str:
+    """For <time datetime="...">: ISO 8601 in UTC."""
+    return "" if value is None else as_utc(value).isoformat().replace("+00:00", "Z")
 
 
 @lru_cache(maxsize=None)
@@ -237,6 +249,16 @@ def _f_datetime(context: Context, value, fmt: str = "medium") -> str:
 
 
 @pass_context
+def _f_when(context: Context, value, fmt: str = "medium") -> Markup:
+    """A <time> element: the locale's text in UTC, which app.js rewrites in the reader's
+    time zone (the machine-readable value stays in the datetime attribute)."""
+    if value is None:
+        return Markup("–")
+    return Markup('<time datetime="%s" data-local="%s">%s</time>') % (
+        iso_utc(value), fmt, format_when(value, context_locale(context), fmt))
+
+
+@pass_context
 def _f_date(context: Context, value, fmt: str = "medium") -> str:
     return format_day(value, context_locale(context), fmt)
 
@@ -253,5 +275,5 @@ def install(env: Environment) -> None:
     env.add_extension("jinja2.ext.i18n")
     env.install_gettext_callables(_t_gettext, _t_ngettext, newstyle=True)
     env.filters.update(number=_f_number, filesize=_f_filesize, datetime=_f_datetime, date=_f_date,
-                       percent=_f_percent)
+                       percent=_f_percent, when=_f_when)
     env.globals.update(LANGUAGES=LANGUAGES)

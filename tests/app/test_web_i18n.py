@@ -24,7 +24,7 @@ import translations  # noqa: E402  (scripts/translations.py)
 ALLOWED = {
     "domainstudio", "zip", "jpeg", "png", "webp", "csv", "json", "lora", "px", "b", "kb", "mb", "gb", "tb", "gpu",
     "cpu", "ema", "mse", "adamw", "unet", "vae", "ddpm", "fp", "bf", "fashion", "mnist", "stable", "diffusion", "clip",
-    "dino", "id", "api", "url", "cuda", "diffusers", "lpips", "intra",
+    "dino", "id", "api", "url", "cuda", "diffusers", "lpips", "intra", "utc",
 }
 # text a user typed, ids and file names: not the interface's words
 DATA_PATTERNS = [
@@ -214,11 +214,12 @@ def test_numbers_dates_and_sizes_follow_the_language():
     assert i18n.format_size(5 * 1024**3, "ja") == "5.0 GB"
     assert i18n.format_size(None, "en") == "–"
     when = dt.datetime(2026, 11, 27, 14, 5, tzinfo=dt.timezone.utc)
-    assert i18n.format_when(when, "en") == "Nov 27, 2026, 2:05\u202fPM"
-    assert i18n.format_when(when, "ja") == "2026/11/27 14:05"
+    assert i18n.format_when(when, "en") == "Nov 27, 2026, 2:05\u202fPM UTC"
+    assert i18n.format_when(when, "ja") == "2026/11/27 14:05 UTC"
     assert i18n.format_day(when, "ja", "long") == "2026年11月27日"
     # a naive timestamp (SQLite) is read as UTC
-    assert i18n.format_when(when.replace(tzinfo=None), "ja") == "2026/11/27 14:05"
+    assert i18n.format_when(when.replace(tzinfo=None), "ja") == "2026/11/27 14:05 UTC"
+    assert i18n.iso_utc(when.replace(tzinfo=None)) == "2026-11-27T14:05:00Z"
 
 
 def test_templates_format_with_the_page_language():
@@ -227,5 +228,8 @@ def test_templates_format_with_the_page_language():
     t = templates.env.from_string('{{ n|number }} {{ b|filesize }} {{ d|datetime }} '
                                   '{{ ngettext("%(num)s photo", "%(num)s photos", 3) }} {{ _("Photo sets") }}')
     d = dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.timezone.utc)
-    assert t.render(locale="en", n=12345, b=2048, d=d) == "12,345 2.0 KB Jan 2, 2026, 3:04\u202fAM 3 photos Photo sets"
-    assert t.render(locale="ja", n=12345, b=2048, d=d) == "12,345 2.0 KB 2026/01/02 3:04 3 枚の写真 写真セット"
+    assert t.render(locale="en", n=12345, b=2048, d=d) == "12,345 2.0 KB Jan 2, 2026, 3:04\u202fAM UTC 3 photos Photo sets"
+    assert t.render(locale="ja", n=12345, b=2048, d=d) == "12,345 2.0 KB 2026/01/02 3:04 UTC 3 枚の写真 写真セット"
+    # |when: the same text in a <time> element that app.js shows in the reader's time zone
+    assert templates.env.from_string("{{ d|when }}").render(locale="ja", d=d) == (
+        '<time datetime="2026-01-02T03:04:00Z" data-local="medium">2026/01/02 3:04 UTC</time>')
