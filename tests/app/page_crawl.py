@@ -76,6 +76,9 @@ def build_site(make_client, settings, lang: str) -> Site:
     token = re.search(r'name="csrf_token" value="([^"]+)"', pages["(anonymous) /signup"]).group(1)
     pages["(form error) /signup"] = anon.post("/signup", headers=headers, data={
         "email": "not-an-email", "password": "x", "csrf_token": token}).text
+    home_token = re.search(r'name="csrf_token" value="([^"]+)"', pages["(empty) /"]).group(1)
+    pages["(form error) /"] = fresh.post("/photo-sets", headers=headers, data={
+        "name": "", "class_word": "bottle", "csrf_token": home_token}).text
     user_data = [me["user"]["email"], other["user"]["email"], "Spring launch", "bottle"]
     return Site(pages, user_data)
 

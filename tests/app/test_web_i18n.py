@@ -109,6 +109,11 @@ def test_the_empty_states_say_what_to_do_next(site_ja):
     assert email.attrs.get("aria-invalid") == "true"
     error = next(e for e in signup.iter() if e.attrs.get("id") == email.attrs["aria-describedby"])
     assert "メールアドレス" in error.text()
+    home = parse(site_ja.pages["(form error) /"])
+    name = next(e for e in home.iter() if e.tag == "input" and e.attrs.get("name") == "name")
+    error = next(e for e in home.iter() if e.attrs.get("id") == name.attrs["aria-describedby"])
+    assert error.text() == "名前を入力してください" and name.attrs.get("aria-invalid") == "true"
+    assert next(e for e in home.iter() if e.attrs.get("name") == "class_word").attrs["value"] == "bottle"  # kept
 
 
 # ------------------------------------------------------------------------------ catalog
