@@ -42,17 +42,20 @@ def test_whole_flow_in_the_browser(browser, app_url, output_dir):
 
     try:
         sign_up(page, shots)
-        create_photo_set(page, shots)
+        photo_set_path = create_photo_set(page, shots)
         upload_photos(page, shots, output_dir)
         run_path = start_run(page, shots)
         watch_progress(page, shots)
+        report_path = open_run_report(page, shots)
         gallery_path = open_gallery(page, shots)
         reviews = review_with_keyboard(page, shots)
         zip_path = build_and_download_pack(page, shots, gallery_path, output_dir)
         check_pack_zip(page, zip_path, gallery_path, reviews)
 
-        japanese_pass(browser, context, shots, problems, [run_path, gallery_path])
-        width_pass(browser, context, shots, problems, gallery_path)
+        image_path = "/images/" + next(iter(reviews))
+        japanese_pass(browser, context, shots, problems,
+                      ["/", photo_set_path, run_path, report_path, gallery_path, image_path])
+        width_pass(browser, context, shots, problems, ["/", run_path, gallery_path])
     except Exception:
         page.screenshot(path=str(output_dir / "failure.png"), full_page=True)  # what the page showed
         raise
@@ -76,13 +79,14 @@ def sign_up(page, shots: Screenshots) -> None:
     shots.take(page, "home-empty")
 
 
-def create_photo_set(page, shots: Screenshots) -> None:
+def create_photo_set(page, shots: Screenshots) -> str:
     page.get_by_label("Name", exact=True).fill("Summer bottle launch")
     page.get_by_label("Class word").fill("bottle")
     page.get_by_role("button", name="Create photo set", exact=True).click()
     expect(page).to_have_url(re.compile(r"/photo-sets/[0-9a-f-]{36}$"))
     expect(page.get_by_role("heading", level=1)).to_contain_text("Summer bottle launch")
     shots.take(page, "photo-set-empty")
+    return _path(page)
 
 
 def upload_photos(page, shots: Screenshots, output_dir) -> None:
@@ -138,6 +142,16 @@ def watch_progress(page, shots: Screenshots) -> None:
     assert any(0 < v < 1 for v in seen), f"the progress bar did not move live; it showed {sorted(seen)}"
     expect(page.locator("#run-status")).to_contain_text(re.compile("succeeded", re.I), timeout=TIMEOUT_MS)
     shots.take(page, "run-succeeded")
+
+
+def open_run_report(page, shots: Screenshots) -> str:
+    """The run report, linked from the finished run's page; then back to the run."""
+    page.locator('a[href$="/report"]').first.click()
+    expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]{36}/report$"))
+    shots.take(page, "run-report")
+    path = _path(page)
+    page.go_back()
+    return path
 
 
 def open_gallery(page, shots: Screenshots) -> str:
@@ -246,27 +260,33 @@ def check_pack_zip(page, zip_path, gallery_url: str, reviews: dict[str, str]) ->
 # ---------------------------------------------------------------- languages and widths
 def japanese_pass(browser, context, shots: Screenshots, problems: PageProblems, paths: list[str]) -> None:
     """The main pages for a browser that asks for Japanese (Accept-Language), signed in
-    as the same user."""
+    as the same user; then the language switcher changes the language back to English."""
     ja = browser.new_context(base_url=_base(context), locale="ja-JP", storage_state=context.storage_state(),
                              viewport={"width": 1280, "height": 900})
     page = ja.new_page()
     problems.watch(page)
-    for path in ["/", *paths]:
+    for path in paths:
         page.goto(path)
-        assert page.locator("html").get_attribute("lang") == "ja", f"{path} is not in Japanese"
-        shots.take(page, "ja-" + (path.strip("/").split("/")[0] or "home"))
+        expect(page.locator("html")).to_have_attribute("lang", "ja")
+        name = "-".join(part for part in path.strip("/").split("/") if not re.fullmatch(r"[0-9a-f-]{36}", part))
+        shots.take(page, "ja-" + (name or "home"))
+    with page.expect_navigation():
+        page.locator("#lang-select").select_option("en")  # the switcher submits itself
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    assert _path(page) == paths[-1], "the switcher should come back to the same page"
     ja.close()
 
 
-def width_pass(browser, context, shots: Screenshots, problems: PageProblems, gallery_url: str) -> None:
-    """The gallery and the home page on a phone (420 px) and a large screen (2560 px)."""
+def width_pass(browser, context, shots: Screenshots, problems: PageProblems, paths: list[str]) -> None:
+    """Pages on a phone (420 px) and a large screen (2560 px): none may scroll sideways."""
     for width in (420, 2560):
         wide = browser.new_context(base_url=_base(context), locale="en-US", storage_state=context.storage_state(),
                                    viewport={"width": width, "height": 900})
         page = wide.new_page()
         problems.watch(page)
-        for path, name in (("/", "home"), (gallery_url, "gallery")):
+        for path in paths:
             page.goto(path)
+            name = path.strip("/").split("/")[0] or "home"
             shots.take(page, f"{name}-{width}px")
             problems.check_width(page, f"{name} at {width}px")
         wide.close()
