@@ -632,13 +632,20 @@ def _copy_guard(e: Env, gallery: Gallery):
     return guard
 
 
+MEASURE_SIDE = 256  # what the feature networks see is smaller (32 px, CLIP/DINO 224 px)
+
+
 def _open_image(source):
+    """An image for the copy guard, scaled down to MEASURE_SIDE: a gallery's worth of
+    full-size images (256 for its diversity) stays a few MB in memory."""
     from PIL import Image as PILImage
     from PIL import ImageOps
 
     with PILImage.open(source) as img:
-        img.load()
-        return ImageOps.exif_transpose(img)
+        img.draft("RGB", (MEASURE_SIDE, MEASURE_SIDE))  # JPEG photos decode at a fraction of their size
+        img = ImageOps.exif_transpose(img)
+        img.thumbnail((MEASURE_SIDE, MEASURE_SIDE), PILImage.LANCZOS)
+        return img
 
 
 def _measure_gallery(e: Env, gallery: Gallery, guard, should_stop) -> None:
