@@ -6,11 +6,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from app import i18n, logs
@@ -101,6 +103,21 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
 
             response = render_error(request, exc.status_code, message)
         response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """Starlette's own answers (no such page, a method a page does not take): a page
+        for a browser that asks for HTML, FastAPI's usual JSON for everyone else."""
+        if "text/html" not in request.headers.get("accept", "") or request.url.path.startswith(("/api/", "/static/")):
+            return await http_exception_handler(request, exc)
+        from app.routes.pages import render_error
+
+        lang = i18n.request_locale(request)
+        msg = i18n.t(lang, "this page does not exist; check the address") if exc.status_code == 404 \
+            else i18n.t(lang, "this page cannot answer that request (HTTP %(status)s)", status=exc.status_code)
+        response = render_error(request, exc.status_code, msg)
+        response.headers.update(exc.headers or {})
         return response
 
     @app.exception_handler(OperationalError)

@@ -72,6 +72,7 @@ def build_site(make_client, settings, lang: str) -> Site:
     for path in ("/login", "/signup"):
         pages[f"(anonymous) {path}"] = anon.get(path, headers=headers).text
     pages["(error) 404"] = client.get("/photo-sets/00000000-0000-0000-0000-000000000000", headers=headers).text
+    pages["(error) no such page"] = client.get("/no-such-page", headers={**headers, "Accept": "text/html"}).text
     # a form sent back with its error beside the field
     token = re.search(r'name="csrf_token" value="([^"]+)"', pages["(anonymous) /signup"]).group(1)
     pages["(form error) /signup"] = anon.post("/signup", headers=headers, data={
