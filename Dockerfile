@@ -20,8 +20,9 @@ COPY worker worker
 COPY migrations migrations
 COPY templates templates
 COPY static static
+COPY locales locales
 COPY scripts scripts
-RUN pip install --no-deps -e .
+RUN pip install --no-deps -e . && python scripts/translations.py compile
 
 USER domainstudio
 EXPOSE 8000
