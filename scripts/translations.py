@@ -10,6 +10,8 @@ Translators edit locales/<lang>/LC_MESSAGES/messages.po; the .mo files are build
 """
 from __future__ import annotations
 
+import io
+import re
 import sys
 from pathlib import Path
 
@@ -51,9 +53,20 @@ def read_catalog(lang: str) -> Catalog:
         return read_po(f, locale=lang)
 
 
+_DATED = re.compile(rb'^"POT-Creation-Date: .*\n', re.M)
+
+
+def _write_if_changed(path: Path, catalog: Catalog, **options) -> None:
+    """Writes a catalog unless only its creation date would change (no churn in git)."""
+    buf = io.BytesIO()
+    write_po(buf, catalog, width=100, **options)
+    if path.exists() and _DATED.sub(b"", path.read_bytes()) == _DATED.sub(b"", buf.getvalue()):
+        return
+    path.write_bytes(buf.getvalue())
+
+
 def write_pot(template: Catalog) -> None:
-    with POT.open("wb") as f:
-        write_po(f, template, width=100, omit_header=False, sort_output=False)
+    _write_if_changed(POT, template, omit_header=False, sort_output=False)
 
 
 def update() -> None:
@@ -62,8 +75,8 @@ def update() -> None:
     for lang in languages():
         catalog = read_catalog(lang)
         catalog.update(template, no_fuzzy_matching=True)
-        with (LOCALES / lang / "LC_MESSAGES" / "messages.po").open("wb") as f:
-            write_po(f, catalog, width=100, ignore_obsolete=True)
+        catalog.last_translator = catalog.language_team = "DomainStudio maintainers"
+        _write_if_changed(LOCALES / lang / "LC_MESSAGES" / "messages.po", catalog, ignore_obsolete=True)
 
 
 def compile_all() -> None:
