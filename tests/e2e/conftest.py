@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # web_help
 from service_fixtures import app_fixtures, own_database_and_queues  # noqa: E402
 from web_helpers import ROOT, CeleryWorker, free_port, production_settings, settings_env, wait_for  # noqa: E402
 
-s3_endpoint, _pg_settings, _local_pg_settings, _celery_worker, _make_client = app_fixtures()
-pg_url, queues = own_database_and_queues("e2e")
+s3_endpoint = app_fixtures()[0]  # the moto S3 server of tests/app
+pg_url, queues = own_database_and_queues("e2e")  # a database and queue names of our own
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]

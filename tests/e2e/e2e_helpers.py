@@ -78,6 +78,9 @@ class Screenshots:
         page.wait_for_load_state("load")
         for src in page.evaluate(LOAD_ALL_IMAGES_JS):
             self.problems.problems.append(f"{page.url}: image did not load: {src}")
+        # from the top, as the page opens: a sticky bar is drawn where the window is, so a
+        # page scrolled to an anchor (#packs) would show it across the middle of the picture
+        page.evaluate("() => window.scrollTo(0, 0)")
         path = self.folder / f"{len(self.taken) + 1:02d}-{re.sub(r'[^a-z0-9-]+', '-', name.lower())}.png"
         page.screenshot(path=str(path), full_page=True)
         self.taken.append(path)
