@@ -28,4 +28,6 @@ USER domainstudio
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s \
   CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=8).status == 200 else 1)" || exit 1
-CMD ["uvicorn", "--factory", "app.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+# a stop waits at most 5 s for open responses (the run pages' live event streams reconnect)
+CMD ["uvicorn", "--factory", "app.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", \
+     "--timeout-graceful-shutdown", "5"]

@@ -95,6 +95,30 @@ def start_workers(settings: Settings, log_level: str) -> list[subprocess.Popen]:
     return procs
 
 
+def serve(app, host: str, port: int, log_level: str) -> None:
+    import uvicorn
+
+    try:
+        make_server(uvicorn.Config(app, host=host, port=port, log_level=log_level)).run()
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl+C again once it stopped (as uvicorn.run)
+        pass
+
+
+def make_server(config):
+    """A uvicorn server that, told to stop (Ctrl+C), first ends the run pages' live event
+    streams: uvicorn waits for every open response before it stops."""
+    import uvicorn
+
+    from app.routes import live
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            live.stop_streams()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/run", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("DOMAINSTUDIO_HOST", "127.0.0.1"))
@@ -111,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     resumed = requeue_interrupted(settings)
     workers = start_workers(settings, args.log_level.upper())
 
-    import uvicorn
-
     from app.main import create_app
 
     url = f"http://{args.host}:{args.port}"
@@ -125,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Resuming {resumed} job(s) interrupted when DomainStudio last stopped.", flush=True)
     print("Stop with Ctrl+C.\n", flush=True)
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        serve(create_app(settings), args.host, args.port, args.log_level)
     finally:
         # Stop at once, mid-job if need be: the next start re-queues the interrupted jobs and
         # a run resumes from its last saved training state (checkpoint_every steps).

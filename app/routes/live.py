@@ -6,14 +6,16 @@ and sends an event only when something changed. Each event carries the run as
 ``GET /api/runs/{id}`` has it plus the loss-chart points the client has not seen yet; the
 event id is the step of the last point sent, so a reconnecting EventSource (which sends
 it back as Last-Event-ID) gets only newer points. The stream ends when the run is
-finished, when the client goes away, and after STREAM_SECONDS in any case: the browser
-then reconnects by itself, so no connection (nor a server shutting down) waits forever.
+finished, when the client goes away, when the server is stopping (``stop_streams``:
+uvicorn waits for open responses before it stops) and after STREAM_SECONDS in any case;
+the browser then reconnects by itself, so no connection is held forever.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +38,14 @@ POLL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 15.0  # a comment line, so that proxies and browsers keep the connection open
 STREAM_SECONDS = 300.0
 RETRY_MS = 2000  # how long the browser waits before it reconnects
+_stopping = threading.Event()
+
+
+def stop_streams() -> None:
+    """Ends every open event stream within a poll, without the ``end`` event, so that the
+    browsers reconnect to the server that comes next. The server calls it when it is told
+    to stop (see app/embedded.py): uvicorn would otherwise wait for the streams to end."""
+    _stopping.set()
 
 
 def _event(name: str, data: dict, event_id: int | None = None) -> str:
@@ -81,8 +91,8 @@ async def _run_events(sessions: sessionmaker[Session], team_id, run_id, seen: in
                 reason = body["status"]
                 yield _event("end", {"status": body["status"]})
                 return
-            if time.monotonic() - started >= STREAM_SECONDS:
-                reason = "lifetime"
+            if time.monotonic() - started >= STREAM_SECONDS or _stopping.is_set():
+                reason = "server stopping" if _stopping.is_set() else "lifetime"
                 return
             if time.monotonic() - last_write >= HEARTBEAT_SECONDS:
                 last_write = time.monotonic()

@@ -198,38 +198,45 @@ def test_event_stream_has_a_bounded_lifetime_and_is_team_scoped(make_client, loc
 
 
 @pytest.fixture
-def embedded_server(tmp_path):
-    """The app as the embedded default serves it: uvicorn, SQLite, the local object folder."""
+def embedded_server(tmp_path, monkeypatch):
+    """The app as the embedded default serves it: its uvicorn server, SQLite, the local
+    object folder."""
     import uvicorn
 
+    from app.embedded import make_server
     from app.main import create_app
     from app.migrate import upgrade
     from app.settings import Settings
 
     settings = Settings(data_dir=tmp_path, secret_key="live-test-secret", base_models="builtin:tiny-ddpm")
     upgrade(settings.resolved_database_url)
+    monkeypatch.setattr(live, "_stopping", threading.Event())  # a stop here stops no other test's streams
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    server = make_server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started, 20, "uvicorn")
-    yield app, f"http://127.0.0.1:{server.config.port}"
+    yield app, f"http://127.0.0.1:{server.config.port}", server, thread
     server.should_exit = True
     thread.join(10)
 
 
+def add_running_run(app, client) -> str:
+    team = client.get("/api/me").json()["user"]["team_id"]
+    ps = client.post("/api/photo-sets", json={"name": "Live", "class_word": "bottle"}).json()["id"]
+    with app.state.sessionmaker() as db:
+        run = Run(team_id=uuid.UUID(team), photo_set_id=uuid.UUID(ps), preset="quick", base_model="builtin:tiny-ddpm",
+                  settings={}, gallery_size=1, status="running", total_steps=10)
+        db.add(run)
+        db.commit()
+        return str(run.id)
+
+
 def test_event_stream_under_uvicorn_leaves_other_requests_free_and_stops_on_disconnect(embedded_server, fast_stream):
-    app, url = embedded_server
+    app, url, _, _ = embedded_server
     with httpx.Client(base_url=url, timeout=10) as client:
         sign_up(client)
-        team = client.get("/api/me").json()["user"]["team_id"]
-        ps = client.post("/api/photo-sets", json={"name": "Live", "class_word": "bottle"}).json()["id"]
-        with app.state.sessionmaker() as db:
-            run = Run(team_id=uuid.UUID(team), photo_set_id=uuid.UUID(ps), preset="quick", base_model="builtin:tiny-ddpm", settings={},
-                      gallery_size=1, status="running", total_steps=10, created_at=datetime.now(timezone.utc))
-            db.add(run)
-            db.commit()
-            run_id = str(run.id)
+        run_id = add_running_run(app, client)
         with Captured("domainstudio.live") as logs:
             # one client per stream, as one browser tab each: closing it surely closes the socket
             # (a pool may keep a half-read response's connection until its next request)
@@ -261,6 +268,27 @@ def test_event_stream_under_uvicorn_leaves_other_requests_free_and_stops_on_disc
                 tab.close()
             wait_for(lambda: len(logs.records) == 3, 10, "the streams to stop")
         assert {rec.reason for rec in logs.records} == {"disconnected"}
+
+
+def test_a_stopping_server_ends_the_event_streams(embedded_server):
+    """Ctrl+C on scripts/run: uvicorn waits for open responses, so the streams end first
+    (without the end event: the browser reconnects to the next server)."""
+    import signal
+
+    app, url, server, thread = embedded_server
+    with httpx.Client(base_url=url, timeout=10) as client, Captured("domainstudio.live") as logs:
+        sign_up(client)
+        run_id = add_running_run(app, client)
+        with client.stream("GET", f"/api/runs/{run_id}/events") as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("retry: ")
+            started = time.monotonic()
+            server.handle_exit(signal.SIGINT, None)  # what the signal handler calls
+            rest = list(lines)  # the stream ends
+        thread.join(10)
+        assert not thread.is_alive() and time.monotonic() - started < 5
+    assert not any(line.startswith("event: end") for line in rest)
+    assert [rec.reason for rec in logs.records] == ["server stopping"]
 
 
 # ------------------------------------------------------------------------------- report
