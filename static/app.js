@@ -1,5 +1,5 @@
 // Progressive enhancement: every page works with plain forms; this adds drag and drop
-// uploads with per-file progress, live run progress, and in-place image review.
+// uploads with per-file progress (the run page: run.js; galleries and images: gallery.js).
 (function () {
   "use strict";
   const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
@@ -76,35 +76,7 @@
     form.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) uploadAll(e.dataTransfer.files); });
   }
 
-  // ------------------------------------------------------------------- run page
-  const run = $("#run");
-  if (run && ["queued", "running"].includes(run.dataset.status)) {
-    const fmt = (s) => (s === null || s === undefined ? "–" : Math.round(s));
-    let lastPreview = -1;
-    const poll = async () => {
-      let r;
-      try { r = await (await fetch(run.dataset.api, { headers: { Accept: "application/json" } })).json(); }
-      catch (_) { setTimeout(poll, 3000); return; }
-      const badge = $("#run-status .status");
-      if (badge) { badge.textContent = r.status; badge.className = "status status-" + r.status; }
-      $("#run-step").textContent = r.step; $("#run-total").textContent = r.total_steps;
-      const bar = $("#run-bar"); bar.max = r.total_steps || 1; bar.value = r.step;
-      $("#run-eta").textContent = fmt(r.eta_seconds); $("#run-elapsed").textContent = fmt(r.elapsed_seconds);
-      const tbody = $("#run-losses"); tbody.textContent = "";
-      Object.entries(r.losses || {}).forEach(([k, v]) => {
-        const tr = document.createElement("tr"); const a = document.createElement("td"); const b = document.createElement("td");
-        a.textContent = k; b.textContent = Number(v).toFixed(5); tr.append(a, b); tbody.append(tr);
-      });
-      if (r.preview_step !== lastPreview && r.previews.length) {
-        lastPreview = r.preview_step; const box = $("#run-previews"); box.textContent = "";
-        r.previews.forEach((src, i) => { const img = new Image(); img.src = src; img.alt = "preview " + (i + 1) + " at step " + r.preview_step; box.append(img); });
-      }
-      if (r.error) { const e = $("#run-error"); e.textContent = r.error; e.hidden = false; }
-      if (["queued", "running"].includes(r.status)) setTimeout(poll, 1500);
-      else location.reload();  // show checkpoint and gallery
-    };
-    setTimeout(poll, 1000);
-  }
+  // The run page's live progress and loss charts are in static/run.js.
 
   // The gallery page and the large image view: static/gallery.js.
 })();
