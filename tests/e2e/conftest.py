@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -45,10 +46,23 @@ def e2e_worker(e2e_settings, tmp_path_factory):
     worker.stop()
 
 
+@dataclass
+class AppServer:
+    url: str
+    log_path: Path
+
+    def log_tail(self, lines: int = 80) -> str:
+        """The end of uvicorn's log less its info events: a page that answers 500 leaves
+        its traceback here."""
+        kept = [line for line in self.log_path.read_text(errors="replace").splitlines()
+                if '"level": "info"' not in line]
+        return "\n".join(kept[-lines:]) or "(nothing but info events)"
+
+
 @pytest.fixture(scope="session")
-def app_url(e2e_settings, e2e_worker, tmp_path_factory):
-    """The base URL of the app, served by uvicorn in its own process exactly as in
-    production (the browser's requests cross a real socket)."""
+def app_server(e2e_settings, e2e_worker, tmp_path_factory):
+    """The app, served by uvicorn in its own process exactly as in production (the
+    browser's requests cross a real socket)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("e2e-app") / "uvicorn.log"
     log = open(log_path, "wb")
@@ -69,7 +83,7 @@ def app_url(e2e_settings, e2e_worker, tmp_path_factory):
 
     try:
         wait_for(up, 60, "the app under uvicorn")
-        yield url
+        yield AppServer(url, log_path)
     finally:
         proc.terminate()
         try:

@@ -31,10 +31,10 @@ PACK_SIZES = {"1024": lambda w, h: max(w, h) == 1024, "4x5": lambda w, h: abs(w 
 TIMEOUT_MS = 120_000
 
 
-def test_whole_flow_in_the_browser(browser, app_url, output_dir):
+def test_whole_flow_in_the_browser(browser, app_server, output_dir):
     problems = PageProblems()
     shots = Screenshots(output_dir, problems)
-    context = browser.new_context(base_url=app_url, locale="en-US", viewport={"width": 1280, "height": 900},
+    context = browser.new_context(base_url=app_server.url, locale="en-US", viewport={"width": 1280, "height": 900},
                                   accept_downloads=True)
     context.set_default_timeout(30_000)
     page = context.new_page()
@@ -56,12 +56,27 @@ def test_whole_flow_in_the_browser(browser, app_url, output_dir):
         japanese_pass(browser, context, shots, problems,
                       ["/", photo_set_path, run_path, report_path, gallery_path, image_path])
         width_pass(browser, context, shots, problems, ["/", run_path, gallery_path])
-    except Exception:
-        page.screenshot(path=str(output_dir / "failure.png"), full_page=True)  # what the page showed
+    except Exception as exc:
+        exc.add_note(f"what the pages showed: {', '.join(_failure_screenshots(browser, output_dir))}\n"
+                     f"the end of uvicorn's log:\n{app_server.log_tail()}")
         raise
     finally:
         context.close()
-    assert not problems.problems, "problems in the browser:\n" + "\n".join(problems.problems)
+    assert not problems.problems, ("problems in the browser:\n" + "\n".join(problems.problems)
+                                   + "\nthe end of uvicorn's log:\n" + app_server.log_tail())
+
+
+def _failure_screenshots(browser, output_dir) -> list[str]:
+    """A screenshot of every open page (the failing step may be in any of the contexts)."""
+    paths = []
+    for n, page in enumerate(p for context in browser.contexts for p in context.pages):
+        path = output_dir / f"failure-{n + 1}.png"
+        try:
+            page.screenshot(path=str(path), full_page=True)
+            paths.append(f"{path} ({page.url})")
+        except PlaywrightError as exc:
+            paths.append(f"(no screenshot of {page.url}: {exc.message})")
+    return paths
 
 
 # ------------------------------------------------------------------------------ the steps
