@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # web_helpers, service_fixtures
 
 from service_fixtures import app_fixtures, own_database_and_queues  # noqa: E402
-from web_helpers import ROOT, CeleryWorker, free_port, production_settings, settings_env, wait_for  # noqa: E402
+from web_helpers import ROOT, TAG, CeleryWorker, free_port, production_settings, settings_env, wait_for  # noqa: E402
 
 s3_endpoint = app_fixtures()[0]  # the moto S3 server of tests/app
 pg_url, queues = own_database_and_queues("e2e")  # a database and queue names of our own
@@ -41,7 +41,7 @@ def e2e_settings(tmp_path_factory, pg_url, s3_endpoint, queues):
 
 @pytest.fixture(scope="session")
 def e2e_worker(e2e_settings, tmp_path_factory):
-    worker = CeleryWorker(e2e_settings, tmp_path_factory.mktemp("e2e-worker") / "worker.log", name="e2e")
+    worker = CeleryWorker(e2e_settings, tmp_path_factory.mktemp("e2e-worker") / "worker.log", name=f"e2e-{TAG}")
     yield worker
     worker.stop()
 
