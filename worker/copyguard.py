@@ -142,6 +142,8 @@ class PretrainedFeatures(FeatureNetwork):
     """A CLIP or DINO(v2) image encoder from a local transformers folder, loaded offline."""
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
+        if not Path(folder).is_dir():
+            raise CopyGuardError(f"the copy guard model folder {folder} does not exist (DOMAINSTUDIO_COPY_GUARD_MODEL)")
         try:
             from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPModel
         except ImportError as exc:  # pragma: no cover - transformers is a dependency

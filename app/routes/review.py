@@ -1,6 +1,6 @@
 """Gallery review and pack building: the gallery page (a paged grid with filters and bulk
 selection), the large view of an image, bulk review and the pack form, with their JSON
-counterparts (bulk review, the ids of a filter, a pack's estimated size)."""
+counterparts (bulk review, a pack's estimated size)."""
 from __future__ import annotations
 
 import uuid
@@ -125,13 +125,6 @@ def bulk_review(gallery_id: uuid.UUID, body: BulkReviewIn, c: Ctx = Depends(ctx)
         raise BadInput("send either image_ids or show")
     n = galleries.bulk_review(c.db, c.team_id, gallery_id, body.review, image_ids=body.image_ids, show=body.show)
     return {"updated": n, "counts": repo.image_counts(c.db, gallery_id)}
-
-
-@api.get("/galleries/{gallery_id}/image-ids")
-def image_ids(gallery_id: uuid.UUID, show: str = "", c: Ctx = Depends(ctx)):
-    """The ids of every image of a filter (the page's "select all in this view")."""
-    g = galleries.get_gallery(c.db, c.team_id, gallery_id)
-    return {"ids": [str(i) for i in repo.image_ids_shown(c.db, g.id, galleries.shown(show))]}
 
 
 @api.post("/galleries/{gallery_id}/packs/estimate")

@@ -81,8 +81,11 @@ def test_which_network_measures_which_model(tmp_path):
     from app.services.galleries import FEATURE_NETWORKS
 
     assert set(FEATURE_NETWORKS) == {PixelFeatures.name, ClassifierFeatures.name}
-    with pytest.raises(copyguard.CopyGuardError, match="could not be loaded"):
+    with pytest.raises(copyguard.CopyGuardError, match="does not exist"):
         feature_network("builtin:tiny-ddpm", str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(copyguard.CopyGuardError, match="could not be loaded"):
+        feature_network("builtin:tiny-ddpm", str(tmp_path / "empty"))
 
 
 def test_a_local_clip_folder_is_loaded_offline(tmp_path):
