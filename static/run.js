@@ -110,7 +110,8 @@
     const tbody = $("#run-losses"); tbody.textContent = "";
     Object.entries(losses || {}).forEach(([k, v]) => {
       const tr = document.createElement("tr"), a = document.createElement("td"), b = document.createElement("td");
-      a.textContent = k; b.textContent = Number(v).toFixed(5); tr.append(a, b); tbody.append(tr);
+      const name = document.createElement("code"); name.className = "setting-name"; name.textContent = k;
+      a.append((TEXT.terms[k] || "") + " ", name); b.textContent = tick(Number(v)); tr.append(a, b); tbody.append(tr);
     });
   }
 

@@ -300,6 +300,7 @@ def seed_reported_run(client) -> tuple[str, str]:
         history = add_loss_point(history, loss_point(step, step, {"total": 1.0 / step, "simple": 0.5, "img": 0.01}))
     created = datetime.now(timezone.utc) - timedelta(minutes=5)
     run_id = add_run(client, ps, status="succeeded", step=5, total_steps=5, loss_history=history,
+                     losses=history[-1]["terms"],
                      settings={"steps": 5, "mode": "full", "base_model": "builtin:tiny-ddpm", "class_word": "bottle"},
                      stage_times={"queued": 2.5, "download": 0.4, "adapt": 61.0, "publish": 1.5}, created_at=created)
     with client.app.state.sessionmaker() as db:
@@ -353,6 +354,7 @@ def test_report_json_and_page(make_client, local_pg_settings):
     run_page = client.get(f"/runs/{run_id}").text
     assert f'href="/runs/{run_id}/report"' in run_page and 'id="loss-history"' in run_page
     assert 'Step <strong id="run-step">5</strong> of <strong id="run-total">5</strong>' in run_page
+    assert 'Denoising <code class="setting-name">simple</code></td><td>0.5</td>' in run_page  # the latest losses
 
     # in Japanese the page's own words change; the numbers stay
     client.cookies.set("domainstudio_lang", "ja")
