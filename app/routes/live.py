@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -76,7 +77,11 @@ async def _run_events(sessions: sessionmaker[Session], team_id, run_id, seen: in
     yield f"retry: {RETRY_MS}\n\n"
     try:
         while True:
-            snap = await run_in_threadpool(_snapshot, sessions, team_id, run_id)
+            try:
+                snap = await run_in_threadpool(_snapshot, sessions, team_id, run_id)
+            except SQLAlchemyError as exc:  # the database is unreachable: the browser asks again in RETRY_MS
+                reason = f"database error: {type(exc).__name__}"
+                return
             if snap is None:
                 reason = "deleted"
                 yield _event("end", {"status": "deleted"})

@@ -191,6 +191,18 @@ def test_event_stream_has_a_bounded_lifetime_and_is_team_scoped(make_client, loc
     assert anon.get(f"/api/runs/{run_id}/events").status_code == 401
     assert owner.get(f"/api/runs/{uuid.uuid4()}/events").status_code == 404
 
+    # a database blip ends the stream quietly (the browser reconnects), without the end event
+    from sqlalchemy.exc import OperationalError
+
+    def unreachable(*_args):
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    with monkeypatch.context() as patch, Captured("domainstudio.live") as logs:
+        patch.setattr(live, "_snapshot", unreachable)
+        r = owner.get(f"/api/runs/{run_id}/events")
+    assert r.status_code == 200 and parse_events(r.text) == []
+    assert [rec.reason for rec in logs.records] == ["database error: OperationalError"]
+
     set_run(owner, run_id, status="canceled")
     with Captured("domainstudio.live") as logs:
         assert parse_events(owner.get(f"/api/runs/{run_id}/events").text)[-1] == ("end", {"status": "canceled"}, None)
