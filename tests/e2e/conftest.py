@@ -68,7 +68,8 @@ def app_server(e2e_settings, e2e_worker, tmp_path_factory):
     log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+         "--port", str(port), "--log-level", "warning",
+         "--timeout-graceful-shutdown", "5"],  # as the Docker image: open event streams end then
         cwd=ROOT, env=settings_env(e2e_settings), stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

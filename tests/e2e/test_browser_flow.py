@@ -55,7 +55,7 @@ def test_whole_flow_in_the_browser(browser, app_server, output_dir):
         image_path = "/images/" + next(iter(reviews))
         japanese_pass(browser, context, shots, problems,
                       ["/", photo_set_path, run_path, report_path, gallery_path, image_path])
-        width_pass(browser, context, shots, problems, ["/", run_path, gallery_path])
+        width_pass(browser, context, shots, problems, ["/", run_path, report_path, gallery_path, image_path])
     except Exception as exc:
         exc.add_note(f"what the pages showed: {', '.join(_failure_screenshots(browser, output_dir))}\n"
                      f"the end of uvicorn's log:\n{app_server.log_tail()}")
@@ -283,8 +283,7 @@ def japanese_pass(browser, context, shots: Screenshots, problems: PageProblems, 
     for path in paths:
         page.goto(path)
         expect(page.locator("html")).to_have_attribute("lang", "ja")
-        name = "-".join(part for part in path.strip("/").split("/") if not re.fullmatch(r"[0-9a-f-]{36}", part))
-        shots.take(page, "ja-" + (name or "home"))
+        shots.take(page, "ja-" + _page_name(path))
     with page.expect_navigation():
         page.locator("#lang-select").select_option("en")  # the switcher submits itself
     expect(page.locator("html")).to_have_attribute("lang", "en")
@@ -301,7 +300,7 @@ def width_pass(browser, context, shots: Screenshots, problems: PageProblems, pat
         problems.watch(page)
         for path in paths:
             page.goto(path)
-            name = path.strip("/").split("/")[0] or "home"
+            name = _page_name(path)
             shots.take(page, f"{name}-{width}px")
             problems.check_width(page, f"{name} at {width}px")
         wide.close()
@@ -315,3 +314,9 @@ def _base(context) -> str:
 def _path(page) -> str:
     """The page's address without the scheme and host."""
     return "/" + page.url.split("/", 3)[3]
+
+
+def _page_name(path: str) -> str:
+    """A screenshot's name for a page: its path without ids ("runs-report", "home")."""
+    parts = [part for part in path.strip("/").split("/") if not re.fullmatch(r"[0-9a-f-]{36}", part)]
+    return "-".join(parts) or "home"
