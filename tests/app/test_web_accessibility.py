@@ -88,10 +88,13 @@ def test_every_page_names_its_controls_images_and_headings(site):
 
 
 def test_changing_status_is_announced(site):
-    """Flashes and the upload list are live regions; a form error is an alert."""
+    """Flashes, the upload list and the run's status and stage are live regions; a form
+    error is an alert."""
     photo_set = next(html for url, html in site.pages.items() if url.startswith("/photo-sets/"))
     assert 'id="upload-list" class="upload-list" aria-live="polite"' in photo_set
     assert 'role="alert"' in site.pages["(form error) /signup"]
+    run = next(html for url, html in site.pages.items() if re.fullmatch(r"/runs/[\w-]+", url))
+    assert re.search(r'id="run-status" aria-live="polite"', run) and re.search(r'id="run-stage" aria-live="polite"', run)
 
 
 # ------------------------------------------------------------------------------ contrast
