@@ -56,6 +56,7 @@ EXPERT_FIELDS: dict[str, Field] = {
     "prior_weight": Field(float, 0.0, 1e6),
     "num_similarity_samples": Field(int, 2, 64),
     "ds_max_timestep": Field(int, 1, 1000),
+    "pairwise_max_timestep": Field(int, 1, 1000),
     "ema_decay": Field(float, 0.0, 0.999999),
     "source": Field(str, choices=("unpaired", "paired")),
     "instance_token": Field(str),
