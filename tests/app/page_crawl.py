@@ -61,7 +61,9 @@ def build_site(make_client, settings, lang: str) -> Site:
     ids = seed_team_objects(client)
     pages = crawl(client, ids, headers)
 
-    # the empty states: a new team's start page, a photo set without photos
+    # the empty states: a gallery view that shows nothing, a new team's start page, a photo
+    # set without photos
+    pages["(empty) gallery filter"] = client.get(f"/galleries/{ids['gallery_id']}?show=rejected", headers=headers).text
     fresh = make_client(settings)
     other = sign_up(fresh)
     pages["(empty) /"] = fresh.get("/", headers=headers).text

@@ -103,6 +103,7 @@ def test_every_page_in_japanese_has_no_english_left(site_ja):
 def test_the_empty_states_say_what_to_do_next(site_ja):
     assert "写真セットはまだありません" in site_ja.pages["(empty) /"]
     assert "写真はまだありません" in site_ja.pages["(empty) photo set"]
+    assert "この条件に合う画像はありません" in site_ja.pages["(empty) gallery filter"]
     # the form error is beside its field, tied to it for screen readers
     signup = parse(site_ja.pages["(form error) /signup"])
     email = next(e for e in signup.iter() if e.tag == "input" and e.attrs.get("name") == "email")
