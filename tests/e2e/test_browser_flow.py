@@ -22,8 +22,9 @@ from .e2e_helpers import PageProblems, Screenshots, product_photos
 
 pytestmark = pytest.mark.slow
 
-# enough steps that the run lasts a few seconds, so the page shows progress between 0 and
-# 100% (the tiny model trains about 10-30 steps a second on a busy 2-core machine)
+# enough steps that training lasts several of the run page's 1 s updates, so the page shows
+# progress between 0 and 100% (measured: 100 steps of the tiny model with the DomainStudio
+# terms take 30 s on a busy 2-core machine)
 RUN_STEPS = 100
 APPROVE, REJECT = "a", "r"
 # the pack's sizes (the builder's checkboxes) and what each image of that size must be
