@@ -113,13 +113,28 @@ def browser():
         browser.close()
 
 
+def _running(lock: Path) -> bool:
+    """Whether the test session that wrote this lock file still runs."""
+    try:
+        os.kill(int(lock.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 @pytest.fixture
 def output_dir(request):
-    """tests/e2e/output/<test name>/, emptied first; its path is printed at the end."""
+    """tests/e2e/output/<test name>/, emptied first; its path is printed at the end. While
+    another session's run of the same test is writing there, <test name>-<pid>/ instead,
+    so that neither deletes the other's screenshots."""
     folder = OUTPUT / request.node.name
+    if _running(folder / ".running"):
+        folder = OUTPUT / f"{request.node.name}-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    (folder / ".running").write_text(str(os.getpid()))
     yield folder
+    (folder / ".running").unlink(missing_ok=True)
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():  # shown even when pytest captures output
         print(f"\nscreenshots and downloads of {request.node.name}: {folder}")

@@ -54,9 +54,10 @@ def test_whole_flow_in_the_browser(browser, app_server, output_dir):
         check_pack_zip(page, zip_path, gallery_path, reviews)
 
         image_path = "/images/" + next(iter(reviews))
-        japanese_pass(browser, context, shots, problems,
+        signed_in = dict(base_url=app_server.url, storage_state=context.storage_state())
+        japanese_pass(browser, signed_in, shots, problems,
                       ["/", photo_set_path, run_path, report_path, gallery_path, image_path])
-        width_pass(browser, context, shots, problems, ["/", run_path, report_path, gallery_path, image_path])
+        width_pass(browser, signed_in, shots, problems, ["/", run_path, report_path, gallery_path, image_path])
     except Exception as exc:
         exc.add_note(f"what the pages showed: {', '.join(_failure_screenshots(browser, output_dir))}\n"
                      f"the end of uvicorn's log:\n{app_server.log_tail()}")
@@ -274,11 +275,10 @@ def check_pack_zip(page, zip_path, gallery_url: str, reviews: dict[str, str]) ->
 
 
 # ---------------------------------------------------------------- languages and widths
-def japanese_pass(browser, context, shots: Screenshots, problems: PageProblems, paths: list[str]) -> None:
+def japanese_pass(browser, signed_in: dict, shots: Screenshots, problems: PageProblems, paths: list[str]) -> None:
     """The main pages for a browser that asks for Japanese (Accept-Language), signed in
     as the same user; then the language switcher changes the language back to English."""
-    ja = browser.new_context(base_url=_base(context), locale="ja-JP", storage_state=context.storage_state(),
-                             viewport={"width": 1280, "height": 900})
+    ja = browser.new_context(**signed_in, locale="ja-JP", viewport={"width": 1280, "height": 900})
     page = ja.new_page()
     problems.watch(page)
     for path in paths:
@@ -292,11 +292,10 @@ def japanese_pass(browser, context, shots: Screenshots, problems: PageProblems, 
     ja.close()
 
 
-def width_pass(browser, context, shots: Screenshots, problems: PageProblems, paths: list[str]) -> None:
+def width_pass(browser, signed_in: dict, shots: Screenshots, problems: PageProblems, paths: list[str]) -> None:
     """Pages on a phone (420 px) and a large screen (2560 px): none may scroll sideways."""
     for width in (420, 2560):
-        wide = browser.new_context(base_url=_base(context), locale="en-US", storage_state=context.storage_state(),
-                                   viewport={"width": width, "height": 900})
+        wide = browser.new_context(**signed_in, locale="en-US", viewport={"width": width, "height": 900})
         page = wide.new_page()
         problems.watch(page)
         for path in paths:
@@ -305,11 +304,6 @@ def width_pass(browser, context, shots: Screenshots, problems: PageProblems, pat
             shots.take(page, f"{name}-{width}px")
             problems.check_width(page, f"{name} at {width}px")
         wide.close()
-
-
-def _base(context) -> str:
-    url = context.pages[0].url
-    return url[: url.index("/", len("http://"))]
 
 
 def _path(page) -> str:
