@@ -9,7 +9,7 @@ the threshold is a *near copy*. The same features give the gallery's diversity.
 Which feature network measures it (its name is stored with the gallery and shown):
 
 * ``builtin:fmnist-ddpm-32`` (the demo model): the shipped Fashion-MNIST classifier's
-  penultimate features, on images converted to 32x32 grayscale as the model sees them;
+  last conv stage (4x4x128, flattened), on images converted to 32x32 grayscale as the model sees them;
 * a local CLIP or DINO folder in transformers format (``DOMAINSTUDIO_COPY_GUARD_MODEL``),
   loaded offline, for every model;
 * otherwise a pixel descriptor: the 32x32 colour thumbnail, mean-centred and unit-normed
