@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run
-from app.services.runs import STAGES
+from app.services.runs import STAGES, total_seconds
 from app.setting_labels import describe_settings
 
 
@@ -68,7 +68,7 @@ def run_report(r: Run, galleries: list[Gallery]) -> dict:
         "loss_terms": sorted({t for p in r.loss_history or [] for t in p.get("terms", {})}),
         "stage_times": [{"stage": s, "seconds": times.get(s)} for s in STAGES]
         + [{"stage": s, "seconds": v} for s, v in times.items() if s not in STAGES],
-        "total_seconds": round(sum(v for v in times.values() if v is not None), 3) if times else None,
+        "total_seconds": total_seconds(times),
         "galleries": [{**gallery(g), "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold,
                        "diversity": g.diversity} for g in galleries],
     }

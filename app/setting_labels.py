@@ -75,13 +75,20 @@ SETTING_TEXTS: dict[str, SettingText] = {
 }
 
 
+# stored with a run's resolved settings but not settings anyone chooses: the base model's
+# weights fingerprint is the core's check that a checkpoint is applied to the same weights
+# it was trained on (an identity, not a setting), so the report leaves it out
+INTERNAL = frozenset({"base_fingerprint"})
+
+
 def describe_settings(values: dict[str, Any], chosen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The settings in the core's order, each with its readable name and explanation.
     ``chosen`` (the run's own settings: preset and expert overrides) tells which values
     were picked for this run; the rest are the base model's defaults. A name the web
-    side does not know (a newer core) is shown as it is."""
+    side does not know (a newer core) is shown as it is; the INTERNAL ones are left out."""
     chosen = values if chosen is None else chosen
-    known = [n for n in SETTING_TEXTS if n in values] + sorted(n for n in values if n not in SETTING_TEXTS)
+    known = [n for n in SETTING_TEXTS if n in values] + sorted(
+        n for n in values if n not in SETTING_TEXTS and n not in INTERNAL)
     out = []
     for name in known:
         text = SETTING_TEXTS.get(name)

@@ -27,7 +27,9 @@
   // ------------------------------------------------------------------- loss charts
   // One small chart per loss term: the terms' scales differ by orders of magnitude.
   const MAX_POINTS = 2000;  // a page left open for hours thins its points as the worker does
-  const W = 320, H = 150, PAD = { left: 52, right: 8, top: 22, bottom: 22 };
+  // the charts are drawn at least 260 px wide (run.css): the axis labels' 15 units are
+  // 12 px or more on the screen
+  const W = 320, H = 160, PAD = { left: 66, right: 10, top: 14, bottom: 26 };
 
   function svg(name, attrs, text) {
     const el = document.createElementNS(SVG, name);
@@ -77,16 +79,18 @@
       const steps = pts.map((p) => p.step), values = pts.map((p) => p.terms[term]);
       const x0 = steps[0], x1 = Math.max(steps[steps.length - 1], x0 + 1);
       let y0 = Math.min(...values), y1 = Math.max(...values);
-      if (y1 - y0 < 1e-12) { y0 -= Math.abs(y0) * 0.05 + 1e-6; y1 += Math.abs(y1) * 0.05 + 1e-6; }
+      // a term that stays the same (a weight of 0 gives 0 throughout): a flat line on an
+      // axis from 0 to that value, or 0 to 1 for a term that is zero
+      if (y1 - y0 < 1e-12) { y0 = Math.min(0, y0); y1 = Math.max(0, y1); if (y1 - y0 < 1e-12) y1 = y0 + 1; }
       const x = (s) => PAD.left + ((s - x0) / (x1 - x0)) * (W - PAD.left - PAD.right);
       const y = (v) => H - PAD.bottom - ((v - y0) / (y1 - y0)) * (H - PAD.top - PAD.bottom);
       chart.append(
         svg("rect", { class: "plot", x: PAD.left, y: PAD.top, width: W - PAD.left - PAD.right, height: H - PAD.top - PAD.bottom }),
-        svg("text", { class: "tick", x: PAD.left - 4, y: PAD.top + 4, "text-anchor": "end" }, tick(y1)),
-        svg("text", { class: "tick", x: PAD.left - 4, y: H - PAD.bottom, "text-anchor": "end" }, tick(y0)),
-        svg("text", { class: "tick", x: PAD.left, y: H - 6 }, short.format(x0)),
-        svg("text", { class: "tick", x: W - PAD.right, y: H - 6, "text-anchor": "end" }, short.format(x1)),
-        svg("text", { class: "tick", x: (PAD.left + W - PAD.right) / 2, y: H - 6, "text-anchor": "middle" }, TEXT.step || ""),
+        svg("text", { class: "tick", x: PAD.left - 5, y: PAD.top + 10, "text-anchor": "end" }, tick(y1)),
+        svg("text", { class: "tick", x: PAD.left - 5, y: H - PAD.bottom, "text-anchor": "end" }, tick(y0)),
+        svg("text", { class: "tick", x: PAD.left, y: H - 5 }, short.format(x0)),
+        svg("text", { class: "tick", x: W - PAD.right, y: H - 5, "text-anchor": "end" }, short.format(x1)),
+        svg("text", { class: "tick", x: (PAD.left + W - PAD.right) / 2, y: H - 5, "text-anchor": "middle" }, TEXT.step || ""),
         svg("polyline", { class: "line", points: pts.map((p) => x(p.step).toFixed(1) + "," + y(p.terms[term]).toFixed(1)).join(" ") }),
       );
       chart.setAttribute("aria-label", fill(TEXT.chart, {
@@ -132,7 +136,7 @@
     $("#run-step").textContent = r.step; $("#run-total").textContent = r.total_steps;
     const bar = $("#run-bar"); bar.max = r.total_steps || 1; bar.value = r.step;
     $("#run-stage").textContent = r.status === "queued" ? TEXT.waiting : TEXT.stages[r.stage] || r.stage;
-    $("#run-eta").textContent = clock(r.eta_seconds); $("#run-elapsed").textContent = clock(r.elapsed_seconds);
+    $("#run-eta").textContent = clock(r.eta_seconds);
     showLosses(r.losses);
     showPreviews(r);
     if (r.error) { const e = $("#run-error"); e.textContent = r.error; e.hidden = false; }
@@ -142,6 +146,15 @@
     else if (r.stage === "training" && r.step > 0 && Object.keys(r.losses || {}).length) {
       charts.add([{ step: r.step, elapsed: r.elapsed_seconds, terms: r.losses }]);  // polling: one point per answer
     }
+  }
+
+  // "Elapsed" is the whole run's time (queue, download, training, saving), as the report
+  // counts it: the page counts on from what the server rendered. (The core's
+  // elapsed_seconds is the training loop's time alone.)
+  const elapsed = $("#run-elapsed");
+  if (elapsed && elapsed.dataset.seconds !== "") {
+    const base = Number(elapsed.dataset.seconds), t0 = performance.now();
+    setInterval(() => { elapsed.textContent = clock(base + (performance.now() - t0) / 1000); }, 1000);
   }
 
   // When the run is over the page is rendered again: it shows the checkpoint and gallery.

@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from app import i18n
 from app import repositories as repo
 from app import serializers as ser
 from app.deps import Ctx, ctx
@@ -136,4 +137,7 @@ def run_report_json(run_id: uuid.UUID, c: Ctx = Depends(ctx)) -> dict:
 @router.get("/runs/{run_id}/report", include_in_schema=False)
 def run_report_page(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run, galleries = runs.run_report(c.db, c.team_id, run_id)
-    return render(request, "run_report.html", user=c.user, run=run, report=ser.run_report(run, galleries))
+    lang = i18n.request_locale(request)
+    # the copy guard's built-in feature networks have names in each language (as on the gallery page)
+    return render(request, "run_report.html", user=c.user, run=run, report=ser.run_report(run, galleries),
+                  network_name=lambda name: i18n.t(lang, name))

@@ -238,7 +238,7 @@ async def start_run(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(
 def run_page(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
     return render(request, "run.html", user=c.user, run=run, galleries=repo.galleries_of_run(c.db, run.id),
-                  setting_texts=SETTING_TEXTS)
+                  setting_texts=SETTING_TEXTS, run_seconds=runs.run_seconds(run))
 
 
 @router.post("/runs/{run_id}/cancel")

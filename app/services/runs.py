@@ -134,6 +134,32 @@ def with_stage_time(times: Mapping[str, float] | None, stage: str, seconds: floa
     return out
 
 
+def total_seconds(times: Mapping[str, float | None] | None) -> float | None:
+    """The run's whole time as the report counts it: the sum of its stages' times (queue,
+    download, training, saving, gallery); None when none was measured."""
+    measured = [v for v in (times or {}).values() if v is not None]
+    return round(sum(measured), 3) if measured else None
+
+
+def run_seconds(run: Run, now: datetime | None = None) -> float | None:
+    """What the run page shows as "Elapsed": while the run is queued or running, the time
+    since it was created (the wait in the queue included, as in the report); once it is
+    finished, the report's total. Not the core's ``elapsed_seconds``: that is the time of the
+    training loop alone (of this attempt), without the queue, the download, loading the
+    base model and saving the checkpoint."""
+    if run.status in TERMINAL:
+        total = total_seconds(run.stage_times)
+        if total is None and run.finished_at is not None:  # canceled in the queue: nothing measured
+            total = (_aware(run.finished_at) - _aware(run.created_at)).total_seconds()
+        return total
+    return max(0.0, ((now or _now()) - _aware(run.created_at)).total_seconds())
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored in UTC); Postgres aware ones."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 def run_report(db: Session, team_id, run_id) -> tuple[Run, list[Gallery]]:
     """The run (with checkpoint) and its galleries, for the report page and its JSON."""
     run = get_run(db, team_id, run_id)

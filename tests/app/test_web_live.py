@@ -319,7 +319,8 @@ def seed_reported_run(client) -> tuple[str, str]:
         db.add(Checkpoint(team_id=team, run_id=run_id, kind="full", base_model="builtin:tiny-ddpm", prefix="x",
                           download_key="x/model.zip", download_name="model.zip", size_bytes=3, files=[],
                           settings={"steps": 5, "mode": "full", "batch_size": 10, "learning_rate": 1e-4,
-                                    "base_model": "builtin:tiny-ddpm", "class_word": "bottle", "seed": 0}))
+                                    "base_model": "builtin:tiny-ddpm", "class_word": "bottle", "seed": 0,
+                                    "base_fingerprint": "builtin:tiny-ddpm"}))
         measured = Gallery(team_id=team, run_id=run_id, size=8, steps=2, status="succeeded",
                            feature_network="builtin:tiny-features", near_copy_threshold=0.1,
                            diversity={"mean_pairwise_distance": 0.4321, "proxy_intra_lpips": None, "images": 8})
@@ -341,6 +342,7 @@ def test_report_json_and_page(make_client, local_pg_settings):
                                       "help": SETTING_TEXTS["batch_size"].help}
     assert settings["steps"]["chosen"] and settings["steps"]["label"] == "Training steps"
     assert [s["name"] for s in report["settings"]][:2] == ["base_model", "mode"]  # the core's order
+    assert "base_fingerprint" not in settings  # the core's identity check of the weights, not a setting
     assert len(report["loss_history"]) == 5 and report["loss_terms"] == ["img", "simple", "total"]
     assert report["stage_times"] == [{"stage": "queued", "seconds": 2.5}, {"stage": "download", "seconds": 0.4},
                                      {"stage": "adapt", "seconds": 61.0}, {"stage": "publish", "seconds": 1.5},
@@ -367,6 +369,8 @@ def test_report_json_and_page(make_client, local_pg_settings):
     assert f'href="/runs/{run_id}/report"' in run_page and 'id="loss-history"' in run_page
     assert 'Step <strong id="run-step">5</strong> of <strong id="run-total">5</strong>' in run_page
     assert 'Denoising <code class="setting-name">simple</code></td><td>0.5</td>' in run_page  # the latest losses
+    # "Elapsed" of a finished run is the report's total (65.4 s), not the core's training time
+    assert 'id="run-elapsed" data-seconds="65.4">0:01:05</dd>' in run_page
 
     # in Japanese the page's own words change; the numbers stay
     client.cookies.set("domainstudio_lang", "ja")
