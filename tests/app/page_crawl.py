@@ -5,6 +5,7 @@ a new team. Used by the i18n and accessibility tests."""
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
@@ -143,3 +144,25 @@ def parse(html: str) -> Element:
     builder = _Builder()
     builder.feed(html)
     return builder.root
+
+
+@contextmanager
+def crawled_site(settings, lang: str):
+    """build_site with TestClients of the real app, closed afterwards (a module fixture's body)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    clients = []
+
+    def make(client_settings):
+        client = TestClient(create_app(client_settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    try:
+        yield build_site(make, settings, lang)
+    finally:
+        for c in clients:
+            c.__exit__(None, None, None)

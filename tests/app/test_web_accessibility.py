@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from page_crawl import build_site, parse
+from page_crawl import crawled_site, parse
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
 CONTROLS = {"input", "select", "textarea"}
@@ -17,21 +17,8 @@ NO_NAME_NEEDED = {"hidden", "submit", "button", "reset", "image"}
 
 @pytest.fixture(scope="module")
 def site(local_pg_settings):
-    from fastapi.testclient import TestClient
-
-    from app.main import create_app
-
-    clients = []
-
-    def make(settings):
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield build_site(make, local_pg_settings, "en")
-    for c in clients:
-        c.__exit__(None, None, None)
+    with crawled_site(local_pg_settings, "en") as pages:
+        yield pages
 
 
 def _name(el, labels_for: set[str]) -> str:

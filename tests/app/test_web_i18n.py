@@ -12,7 +12,7 @@ import pytest
 
 from app import i18n
 from app.errors import BadInput
-from page_crawl import build_site, parse
+from page_crawl import crawled_site, parse
 from web_helpers import sign_up
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,21 +42,8 @@ TEXT_ATTRS = ("title", "alt", "placeholder", "aria-label")
 
 @pytest.fixture(scope="module")
 def site_ja(local_pg_settings):
-    from fastapi.testclient import TestClient
-
-    from app.main import create_app
-
-    clients = []
-
-    def make(settings):
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield build_site(make, local_pg_settings, "ja")
-    for c in clients:
-        c.__exit__(None, None, None)
+    with crawled_site(local_pg_settings, "ja") as pages:
+        yield pages
 
 
 def visible_text(html: str) -> list[str]:
