@@ -40,7 +40,8 @@ SETTING_TEXTS: dict[str, SettingText] = {
     "prior_weight": SettingText(N_("Class prior weight"), N_(
         "Weight of the class-prior preservation loss (text-to-image).")),
     "num_similarity_samples": SettingText(N_("Similarity samples"), N_(
-        "Samples S drawn from the batch for the pairwise terms (at least 2).")),
+        "Samples S compared by the pairwise terms (at least 2; default 4 unconditional, S more noisy photos "
+        "per step; 3 text-to-image, S of the batch).")),
     "ds_max_timestep": SettingText(N_("Largest timestep of the high-frequency MSE term"), N_(
         "The high-frequency MSE term sees only noisy samples with t below this (text-to-image: all "
         "DomainStudio terms; 1000 = every t, as the official code).")),

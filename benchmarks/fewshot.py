@@ -135,21 +135,47 @@ def run(args) -> list[dict]:
     ref_feats = metrics.features(reference)["penultimate"]
     rows = []
     if not args.no_source:
-        samples, secs = draw_samples(args.base_model, args)
-        rows.append(evaluate("source", samples, metrics, ref_feats, shots, args,
-                             {"adapt_seconds": 0.0, "sample_seconds": round(secs)}))
+        folder = args.work_dir / run_name(args) / "source"
+        row = _cached_row(folder, args)
+        if row is None:
+            samples, secs = draw_samples(args.base_model, args)
+            row = evaluate("source", samples, metrics, ref_feats, shots, args,
+                           {"adapt_seconds": 0.0, "sample_seconds": round(secs)})
+            _save_row(folder, args, row)
+        rows.append(row)
     for method in args.methods.split(","):
         folder = args.work_dir / run_name(args) / method
         t0 = time.time()
         result = adapt(method_config(args, method), photos, folder, resume=True)
-        adapt_secs = time.time() - t0 if result.resumed_from < args.steps else _recorded_seconds(folder)
-        _record_seconds(folder, adapt_secs)
-        samples, secs = draw_samples(folder, args)
-        rows.append(evaluate(method, samples, metrics, ref_feats, shots, args,
-                             {"adapt_seconds": round(adapt_secs), "sample_seconds": round(secs)}))
-        rows[-1]["settings"] = _run_settings(folder)
+        trained = result.resumed_from < args.steps
+        row = None if trained else _cached_row(folder, args)
+        if row is None:
+            adapt_secs = time.time() - t0 if trained else _recorded_seconds(folder)
+            _record_seconds(folder, adapt_secs)
+            samples, secs = draw_samples(folder, args)
+            row = evaluate(method, samples, metrics, ref_feats, shots, args,
+                           {"adapt_seconds": round(adapt_secs), "sample_seconds": round(secs)})
+            row["settings"] = _run_settings(folder)
+            _save_row(folder, args, row)
+        rows.append(row)
     write_report(args, rows, indices, len(reference))
     return rows
+
+
+def _row_file(folder: Path, args) -> Path:
+    """Where a finished evaluation is kept: one file per sampling setup, so that methods can
+    be run in separate processes (one per core) and a last call assembles the table."""
+    return folder / f"benchmark_row-{args.samples}-{args.sample_steps}-{args.scheduler}-{args.max_reference}.json"
+
+
+def _cached_row(folder: Path, args) -> dict | None:
+    path = _row_file(folder, args)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save_row(folder: Path, args, row: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _row_file(folder, args).write_text(json.dumps(row, indent=2) + "\n")
 
 
 def _pil(array):

@@ -35,9 +35,9 @@ class AdaptConfig:
     l_hf: float | None = _f(None, "Weight of the high-frequency pairwise-similarity term (default 4 / 100; 0 disables).")
     l_hfmse: float | None = _f(None, "Weight of the high-frequency MSE term (default 1 / 0.1; 0 disables).")
     prior_weight: float = _f(1.0, "Weight of the class-prior preservation loss (text-to-image).")
-    num_similarity_samples: int = _f(3, "Samples S drawn from the batch for the pairwise terms (at least 2).")
+    num_similarity_samples: int | None = _f(None, "Samples S compared by the pairwise terms (at least 2; default 4 unconditional, S more noisy photos per step; 3 text-to-image, S of the batch).")
     ds_max_timestep: int = _f(200, "The high-frequency MSE term sees only noisy samples with t below this (text-to-image: all DomainStudio terms; 1000 = every t, as the official code).")
-    pairwise_max_timestep: int = _f(1000, "Unconditional models: the pairwise-similarity terms (img, hf) see t below this, on S more noisy photos per step that share one t (1000 = every t).")
+    pairwise_max_timestep: int = _f(300, "Unconditional models: the pairwise-similarity terms (img, hf) see t below this, on S more noisy photos per step that share one t (1000 = every t).")
     ema_decay: float | None = _f(None, "EMA decay of the weights used for sampling (default 0.995 unconditional, 0 = off for text-to-image).")
     source: str = _f("unpaired", "Text-to-image source side: unpaired (official: class images under the class prompt) or paired (frozen base UNet on the same noisy latents).", ("unpaired", "paired"))
     class_word: str = _f("product", "The product's class word, e.g. bottle or sneaker (text-to-image prompts).")
@@ -105,7 +105,7 @@ class AdaptConfig:
         _positive(self, "lora_rank", 1, 1024)
         _positive(self, "checkpoint_every", 1, 10_000_000)
         _positive(self, "num_class_images", 1, 100_000)
-        if self.num_similarity_samples < 2:
+        if self.num_similarity_samples is not None and self.num_similarity_samples < 2:
             raise InputError("num_similarity_samples must be at least 2: the pairwise terms compare samples")
         for name in ("ds_max_timestep", "pairwise_max_timestep"):
             if not 1 <= getattr(self, name) <= 1000:
@@ -137,6 +137,7 @@ class AdaptConfig:
             "l_hf": 100.0 if t2i else 4.0,
             "l_hfmse": 0.1 if t2i else 1.0,
             "ema_decay": 0.0 if t2i else 0.995,
+            "num_similarity_samples": 3 if t2i else 4,
             "instance_prompt": "a photo of {token} {class}",
             "class_prompt": "a photo of {class}",
         }
