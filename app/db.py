@@ -5,8 +5,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import logging
+
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # Constraint names Alembic can rely on, identical on SQLite and Postgres.
@@ -46,10 +49,28 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+log = logging.getLogger("domainstudio.db")
+
+
+def close_session(session: Session) -> None:
+    """Close a session whose work is done, even when its connection died under it.
+
+    If the database restarts while a request holds a connection, the work of the request
+    is already committed or answered; only the ROLLBACK that closing sends fails. Letting
+    that error escape would drop the answer (the client sees the server hang up), so the
+    dead connection is invalidated instead: the pool discards it and pre-ping opens a
+    fresh one for the next request."""
+    try:
+        session.close()
+    except DBAPIError as exc:
+        log.warning("db.session.close_failed", extra={"error": type(exc.orig or exc).__name__})
+        session.invalidate()
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     session = factory()
     try:
         yield session
     finally:
-        session.close()
+        close_session(session)

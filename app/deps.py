@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
+from app.db import close_session
 from app.jobs import JobQueue
 from app.models import User
 from app.security import csrf_ok
@@ -29,7 +30,7 @@ def get_db(request: Request) -> Iterator[Session]:
     try:
         yield db
     finally:
-        db.close()
+        close_session(db)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from app import i18n
 from app import repositories as repo
 from app import serializers as ser
+from app.db import close_session, session_scope
 from app.deps import Ctx, ctx
 from app.routes.pages import render
 from app.services import runs
@@ -57,7 +58,7 @@ def _event(name: str, data: dict, event_id: int | None = None) -> str:
 
 def _snapshot(sessions: sessionmaker[Session], team_id, run_id) -> tuple[dict, list[dict]] | None:
     """The run as the API shows it, and its loss history; None once the run is deleted."""
-    with sessions() as db:
+    with session_scope(sessions) as db:
         run = repo.run(db, team_id, run_id)
         if run is None:
             return None
@@ -122,7 +123,7 @@ def run_events(run_id: uuid.UUID, request: Request, after: int = -1, c: Ctx = De
     """Server-sent events: ``run`` (the run, with the new loss points as ``history``) when
     it changes, ``end`` when it is finished; heartbeat comments in between."""
     run = runs.get_run(c.db, c.team_id, run_id)  # another team's run is a 404, as everywhere
-    c.db.close()  # the stream opens its own short sessions: don't hold a connection for its lifetime
+    close_session(c.db)  # the stream opens its own short sessions: don't hold a connection for its lifetime
     stream = _run_events(request.app.state.sessionmaker, c.team_id, run.id, _seen_step(request, after))
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
