@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from app import i18n
 from app import repositories as repo
 from app.db import close_session
 from app.jobs import JobQueue
@@ -40,6 +41,7 @@ class Ctx:
     settings: Settings
     storage: Storage
     queue: JobQueue
+    lang: str = "en"  # the reader's language (app.i18n), for texts the serializers translate
 
     @property
     def team_id(self) -> uuid.UUID:
@@ -75,4 +77,5 @@ async def check_csrf(request: Request) -> None:
 
 def ctx(request: Request, db: Session = Depends(get_db), user: User = Depends(current_user), _=Depends(check_csrf)) -> Ctx:
     state = request.app.state
-    return Ctx(db=db, user=user, settings=state.settings, storage=state.storage, queue=state.queue)
+    return Ctx(db=db, user=user, settings=state.settings, storage=state.storage, queue=state.queue,
+               lang=i18n.request_locale(request))

@@ -37,6 +37,35 @@ class Message:
         return f"Message({self.msgid!r}, {self.params!r})"
 
 
+def message_of(exc: BaseException) -> Message:
+    """A core error (worker/domainstudio/errors.py keeps msgid and params apart) as a
+    Message; any other exception as its English text."""
+    msgid = getattr(exc, "msgid", "")
+    return Message(msgid, dict(getattr(exc, "params", {}) or {})) if msgid else Message(str(exc))
+
+
+def set_error(row, message: Message | None) -> None:
+    """Store a failure on a run, gallery or pack: the English text in ``error`` (API
+    clients, logs) and the msgid with its params in ``error_detail``, so that each reader
+    sees it in their language (app.i18n.stored_error); None clears both."""
+    row.error = message.render() if message is not None else None
+    row.error_detail = error_detail(message)
+
+
+def error_values(message: Message | None) -> dict:
+    """The same two columns for an UPDATE statement."""
+    return {"error": message.render() if message is not None else None, "error_detail": error_detail(message)}
+
+
+def error_detail(message: Message | None) -> dict | None:
+    if message is None:
+        return None
+    # params are plain values already; anything else is stored as its text
+    params = {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(render_value(v))
+              for k, v in message.params.items()}
+    return {"msgid": message.msgid, "params": params}
+
+
 def render_value(value, gettext: Callable[[str], str] = _same):
     if isinstance(value, Message):
         return value.render(gettext)

@@ -139,6 +139,16 @@ def translate_tree(lang: str, value):
     return value
 
 
+def stored_error(lang: str | None, row) -> str | None:
+    """The error of a run, gallery or pack in ``lang``: its stored msgid and params
+    translated, else the English text as stored (rows written before error_detail
+    existed). ``lang`` None gives the English text."""
+    detail = getattr(row, "error_detail", None)
+    if lang is None or not detail or not detail.get("msgid"):
+        return row.error
+    return translate(lang, Message(detail["msgid"], detail.get("params") or {}))
+
+
 def error_message(lang: str, exc) -> str:
     """A ServiceError's message in ``lang``."""
     return translate(lang, Message(exc.msgid, exc.params))
@@ -268,6 +278,11 @@ def _f_percent(context: Context, value) -> str:
     return format_share(value, context_locale(context))
 
 
+@pass_context
+def _f_failure(context: Context, row) -> str | None:
+    return stored_error(context_locale(context), row)
+
+
 def install(env: Environment) -> None:
     """Adds gettext (newstyle: ``_("%(n)s left", n=3)`` escapes and fills) and the
     locale-aware filters to a Jinja environment. The callables look up each render's
@@ -275,5 +290,5 @@ def install(env: Environment) -> None:
     env.add_extension("jinja2.ext.i18n")
     env.install_gettext_callables(_t_gettext, _t_ngettext, newstyle=True)
     env.filters.update(number=_f_number, filesize=_f_filesize, datetime=_f_datetime, date=_f_date,
-                       percent=_f_percent, when=_f_when)
+                       percent=_f_percent, when=_f_when, failure=_f_failure)
     env.globals.update(LANGUAGES=LANGUAGES)

@@ -121,6 +121,9 @@ class Run(Base):
     # seconds each stage took: {"queued", "download", "adapt", "publish", "gallery"} (the run report)
     stage_times: Mapped[dict[str, float]] = mapped_column(JSON, default=dict, server_default="{}")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the error as {"msgid", "params"} (English msgid, see worker/domainstudio/errors.py), so
+    # that pages show it in the reader's language; ``error`` keeps the English text
+    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -157,6 +160,9 @@ class Gallery(Base):
     steps: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="queued")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the error as {"msgid", "params"} (English msgid, see worker/domainstudio/errors.py), so
+    # that pages show it in the reader's language; ``error`` keeps the English text
+    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
@@ -207,6 +213,9 @@ class Pack(Base):
     key: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the error as {"msgid", "params"} (English msgid, see worker/domainstudio/errors.py), so
+    # that pages show it in the reader's language; ``error`` keeps the English text
+    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()

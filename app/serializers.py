@@ -1,6 +1,7 @@
 """Rows to JSON for the API (and for the pages' JavaScript)."""
 from __future__ import annotations
 
+from app import i18n
 from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run
 from app.services.runs import STAGES, total_seconds
 from app.setting_labels import describe_settings
@@ -35,14 +36,15 @@ def checkpoint(c: Checkpoint) -> dict:
     }
 
 
-def run(r: Run, galleries: list[Gallery] | None = None) -> dict:
+def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None) -> dict:
+    """``lang``: the language of the error text (None: the stored English)."""
     out = {
         "id": str(r.id), "photo_set_id": str(r.photo_set_id), "preset": r.preset, "base_model": r.base_model,
         "settings": r.settings, "gallery_size": r.gallery_size, "status": r.status, "stage": r.stage or "",
         "cancel_requested": r.cancel_requested, "step": r.step, "total_steps": r.total_steps,
         "progress": round(r.step / r.total_steps, 4) if r.total_steps else 0.0, "losses": r.losses or {},
         "eta_seconds": r.eta_seconds, "elapsed_seconds": r.elapsed_seconds, "warnings": r.warnings or [],
-        "error": r.error,
+        "error": i18n.stored_error(lang, r),
         "previews": [f"/runs/{r.id}/previews/{i}?v={r.preview_step}" for i in range(r.preview_count)],
         "preview_step": r.preview_step, "stage_times": r.stage_times or {}, "created_at": r.created_at.isoformat(),
         "started_at": r.started_at.isoformat() if r.started_at else None,
@@ -51,25 +53,25 @@ def run(r: Run, galleries: list[Gallery] | None = None) -> dict:
     if "checkpoint" in r.__dict__:  # only when eagerly loaded
         out["checkpoint"] = checkpoint(r.checkpoint) if r.checkpoint else None
     if galleries is not None:
-        out["galleries"] = [gallery(g) for g in galleries]
+        out["galleries"] = [gallery(g, lang=lang) for g in galleries]
     return out
 
 
-def run_report(r: Run, galleries: list[Gallery]) -> dict:
+def run_report(r: Run, galleries: list[Gallery], lang: str | None = None) -> dict:
     """Everything the run report shows: settings with readable names (the resolved ones
     once the checkpoint holds them), the loss curves, each gallery's diversity and the
     time each stage took."""
     values = r.checkpoint.settings if r.checkpoint is not None and r.checkpoint.settings else r.settings
     times = r.stage_times or {}
     return {
-        "run": run(r),
+        "run": run(r, lang=lang),
         "settings": describe_settings(values, chosen=r.settings),
         "loss_history": r.loss_history or [],
         "loss_terms": sorted({t for p in r.loss_history or [] for t in p.get("terms", {})}),
         "stage_times": [{"stage": s, "seconds": times.get(s)} for s in STAGES]
         + [{"stage": s, "seconds": v} for s, v in times.items() if s not in STAGES],
         "total_seconds": total_seconds(times),
-        "galleries": [{**gallery(g), "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold,
+        "galleries": [{**gallery(g, lang=lang), "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold,
                        "diversity": g.diversity} for g in galleries],
     }
 
@@ -83,10 +85,10 @@ def image(i: Image) -> dict:
     }
 
 
-def gallery(g: Gallery, images: list[Image] | None = None) -> dict:
+def gallery(g: Gallery, images: list[Image] | None = None, lang: str | None = None) -> dict:
     out = {
         "id": str(g.id), "run_id": str(g.run_id), "size": g.size, "prompt": g.prompt, "steps": g.steps,
-        "status": g.status, "error": g.error, "cancel_requested": bool(g.cancel_requested),
+        "status": g.status, "error": i18n.stored_error(lang, g), "cancel_requested": bool(g.cancel_requested),
         "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold, "diversity": g.diversity,
         "created_at": g.created_at.isoformat(),
     }
@@ -96,13 +98,13 @@ def gallery(g: Gallery, images: list[Image] | None = None) -> dict:
     return out
 
 
-def pack(p: Pack) -> dict:
+def pack(p: Pack, lang: str | None = None) -> dict:
     return {
         "id": str(p.id), "gallery_id": str(p.gallery_id), "selection": p.selection, "format": p.format,
         "size": p.size, "sizes": p.size.split(","), "exclude_near_copies": bool(p.exclude_near_copies),
         "image_count": len(p.image_ids), "status": p.status, "size_bytes": p.size_bytes,
         "estimated_bytes": p.estimated_bytes, "progress": p.progress or 0.0,
         "cancel_requested": bool(p.cancel_requested),
-        "error": p.error, "download_url": f"/packs/{p.id}/download" if p.status == "succeeded" else None,
+        "error": i18n.stored_error(lang, p), "download_url": f"/packs/{p.id}/download" if p.status == "succeeded" else None,
         "created_at": p.created_at.isoformat(),
     }

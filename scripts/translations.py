@@ -24,9 +24,12 @@ from babel.messages.pofile import read_po, write_po
 ROOT = Path(__file__).resolve().parent.parent
 LOCALES = ROOT / "locales"
 POT = LOCALES / "messages.pot"
-# a service error's (and a Message's) first argument is its English msgid (app/errors.py)
+# a service error's (and a Message's, and a core error's) first argument is its English msgid
+# (app/errors.py, worker/domainstudio/errors.py)
 ERROR_CLASSES = ("Message", "PhotoRejected", "ServiceError", "BadInput", "NotFound", "Conflict", "Unavailable", "TooManyRequests",
-                 "Unprocessable")
+                 "Unprocessable",
+                 # the core's and the copy guard's (worker/domainstudio/errors.py): msgid, then params
+                 "DomainStudioError", "InputError", "ModelError", "Canceled", "CopyGuardError")
 TRANSLATION_KEYWORDS = {**DEFAULT_KEYWORDS, **{name: None for name in ERROR_CLASSES},
                         "t": (2,), "tn": (2, 3)}  # app.i18n.t(lang, msgid), tn(lang, singular, plural, n)
 

@@ -57,6 +57,10 @@ PRETRAINED_THRESHOLDS = {"clip": 0.05, "dino": 0.10}
 class CopyGuardError(Exception):
     """The configured feature network could not be loaded (a user-fixable setting)."""
 
+    def __init__(self, msgid: str = "", **params):
+        self.msgid, self.params = msgid, params
+        super().__init__(msgid % params if params else msgid)
+
 
 def unit(features: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit length (a zero row stays zero)."""
@@ -143,11 +147,13 @@ class PretrainedFeatures(FeatureNetwork):
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
         if not Path(folder).is_dir():
-            raise CopyGuardError(f"the copy guard model folder {folder} does not exist (DOMAINSTUDIO_COPY_GUARD_MODEL)")
+            raise CopyGuardError("the copy guard model folder %(folder)s does not exist "
+                                 "(DOMAINSTUDIO_COPY_GUARD_MODEL)", folder=str(folder))
         try:
             from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPModel
         except ImportError as exc:  # pragma: no cover - transformers is a dependency
-            raise CopyGuardError(f"the copy guard model needs the transformers package ({exc})") from exc
+            raise CopyGuardError("the copy guard model needs the transformers package (%(detail)s)",
+                                 detail=str(exc)) from exc
         folder = Path(folder)
         try:
             config = AutoConfig.from_pretrained(folder, local_files_only=True)
@@ -155,7 +161,8 @@ class PretrainedFeatures(FeatureNetwork):
             cls = CLIPModel if config.model_type == "clip" else AutoModel
             self.model = cls.from_pretrained(folder, local_files_only=True).to(device).eval()
         except (OSError, ValueError, KeyError) as exc:
-            raise CopyGuardError(f"the copy guard model at {folder} could not be loaded: {str(exc)[:300]}") from exc
+            raise CopyGuardError("the copy guard model at %(folder)s could not be loaded: %(detail)s",
+                                 folder=str(folder), detail=str(exc)[:300]) from exc
         self.device = device
         self.is_clip = config.model_type == "clip"
         self.kind = "clip" if self.is_clip else "dino"

@@ -27,6 +27,7 @@ from sqlalchemy import and_, or_, select, update
 
 from app import repositories as repo
 from app.db import make_engine, make_sessionmaker
+from app.errors import Message, error_values, message_of, set_error
 from app.imagecheck import make_thumbnail
 from app.jobs import ADAPT_RUN, BUILD_PACK, SAMPLE_GALLERY, JobQueue
 from app.models import Checkpoint, Gallery, Image, Pack, Run
@@ -317,11 +318,12 @@ def _mark_started(e: Env, run_id) -> None:
             db.commit()
 
 
-def _finish_run(e: Env, run_id, status: str, error: str | None = None) -> None:
+def _finish_run(e: Env, run_id, status: str, error: Message | None = None) -> None:
     with e.sessions() as db:
-        db.execute(update(Run).where(Run.id == run_id).values(status=status, error=error, finished_at=_now()))
+        db.execute(update(Run).where(Run.id == run_id).values(status=status, finished_at=_now(),
+                                                               **error_values(error)))
         db.commit()
-    log.info(f"run.{status}", extra={"run": str(run_id), "error": error})
+    log.info(f"run.{status}", extra={"run": str(run_id), "error": error.render() if error else None})
 
 
 def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
@@ -349,7 +351,7 @@ def _adapt_claimed(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
 
     reporter = RunReporter(e, run, work / "output", heartbeat)
 
-    def end(status: str, error: str | None = None) -> str:
+    def end(status: str, error: Message | None = None) -> str:
         if heartbeat.superseded:  # another delivery owns the run now: leave its row alone
             return "superseded"
         _finish_run(e, run_id, status, error)
@@ -375,17 +377,26 @@ def _adapt_claimed(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
         _drop_state(e, run)
         return end("canceled")
     except DomainStudioError as exc:
-        return end("failed", str(exc))
+        return end("failed", message_of(exc))
     except SoftTimeLimitExceeded:
         reporter.sync_state()  # the core saved the state on its way out
-        return end("failed", "the run reached its time limit; its training state was saved")
+        return end("failed", Message("the run reached its time limit; its training state was saved"))
     except StorageError as exc:
-        return end("failed", f"the object store failed: {exc}")
+        return end("failed", _storage_failed(exc))
     except Exception as exc:
         log.exception("run.crashed", extra={"run": str(run_id)})
-        return end("failed", f"the run stopped on an unexpected error ({type(exc).__name__}: {str(exc)[:300]}); "
-                             "the worker log has the details")
+        return end("failed", Message("the run stopped on an unexpected error (%(kind)s: %(detail)s); "
+                                     "the worker log has the details",
+                                     {"kind": type(exc).__name__, "detail": str(exc)[:300]}))
     return "succeeded"
+
+
+def _storage_failed(exc: StorageError) -> Message:
+    return Message("the object store failed: %(detail)s", {"detail": str(exc)})
+
+
+def _internal_error(exc: Exception) -> Message:
+    return Message("internal error (%(kind)s)", {"kind": type(exc).__name__})
 
 
 def _drop_state(e: Env, run: Run) -> None:
@@ -443,7 +454,8 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         ck.settings = {k: v for k, v in config.items() if k != "photos"}
         db.add(ck)
         row.status, row.step, row.total_steps, row.finished_at = "succeeded", result.steps, result.steps, _now()
-        row.warnings, row.error = list(result.warnings or []), None
+        row.warnings = list(result.warnings or [])
+        set_error(row, None)
         row.stage_times = with_stage_time(row.stage_times, "publish", time.monotonic() - started)
         gallery = repo.galleries_of_run(db, run.id)
         gallery = gallery[0] if gallery else new_gallery(db, e.settings, row, prompt)
@@ -492,7 +504,7 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
         ck = repo.checkpoint_of_run(db, gallery.run_id)
         missing = sorted(set(range(gallery.size)) - repo.image_seeds(db, gallery.id))
         if ck is None:
-            _set_gallery(e, gallery_id, status="failed", error="the run has no checkpoint")
+            _set_gallery(e, gallery_id, status="failed", **error_values(Message("the run has no checkpoint")))
             return "failed"
         if not missing and gallery.status in ("queued", "running"):
             _set_gallery(e, gallery_id, status="succeeded")
@@ -500,7 +512,7 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
     attempt = claim(e, Gallery, gallery_id)
     if attempt is None:
         return "skipped"
-    _set_gallery(e, gallery_id, error=None)
+    _set_gallery(e, gallery_id, **error_values(None))
     started = time.monotonic()
     with Heartbeat(e, Gallery, gallery_id, attempt) as heartbeat:
         outcome = _sample_claimed(e, gallery, ck, missing, heartbeat)
@@ -551,17 +563,17 @@ def _sample_claimed(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int]
         log.info("gallery.canceled", extra={"gallery": str(gallery_id)})
         return "canceled"
     except DomainStudioError as exc:
-        _set_gallery(e, gallery_id, status="failed", error=str(exc))
+        _set_gallery(e, gallery_id, status="failed", **error_values(message_of(exc)))
         return "failed"
     except CopyGuardError as exc:
-        _set_gallery(e, gallery_id, status="failed", error=str(exc))
+        _set_gallery(e, gallery_id, status="failed", **error_values(exc.message))
         return "failed"
     except StorageError as exc:
-        _set_gallery(e, gallery_id, status="failed", error=f"the object store failed: {exc}")
+        _set_gallery(e, gallery_id, status="failed", **error_values(_storage_failed(exc)))
         return "failed"
     except Exception as exc:
         log.exception("gallery.crashed", extra={"gallery": str(gallery_id)})
-        _set_gallery(e, gallery_id, status="failed", error=f"internal error ({type(exc).__name__})")
+        _set_gallery(e, gallery_id, status="failed", **error_values(_internal_error(exc)))
         return "failed"
     _set_gallery(e, gallery_id, status="succeeded")
     log.info("gallery.succeeded", extra={"gallery": str(gallery_id)})
@@ -605,6 +617,10 @@ class CopyGuardError(Exception):
     the gallery fails with the reason. worker.copyguard's own error is raised again as this
     one, because that module (and torch) is only imported once a gallery is sampled."""
 
+    def __init__(self, message: Message):
+        super().__init__(message.render())
+        self.message = message
+
 
 DIVERSITY_SAMPLE = 256  # images the diversity figures are computed on (pairwise: O(n^2))
 
@@ -625,7 +641,7 @@ def _copy_guard(e: Env, gallery: Gallery):
             device = str(resolve_device(e.settings.device))
         network = copyguard.feature_network(gallery.run.base_model, e.settings.copy_guard_model, device)
     except copyguard.CopyGuardError as exc:
-        raise CopyGuardError(str(exc)) from exc
+        raise CopyGuardError(message_of(exc)) from exc
     guard = copyguard.CopyGuard(network, [_open_image(p) for p in paths], [p.id for p in photos],
                                 e.settings.near_copy_threshold)
     _set_gallery(e, gallery.id, feature_network=network.name, near_copy_threshold=guard.threshold)
@@ -722,7 +738,7 @@ def build_pack_zip(e: Env, pack_id: uuid.UUID) -> str:
     attempt = claim(e, Pack, pack_id)
     if attempt is None:
         return "skipped"
-    _set_pack(e, pack_id, error=None)
+    _set_pack(e, pack_id, **error_values(None))
     with Heartbeat(e, Pack, pack_id, attempt) as heartbeat:
         return _build_claimed(e, pack, images, source, heartbeat)
 
@@ -751,11 +767,11 @@ def _build_claimed(e: Env, pack: Pack, images, source: PackSource, heartbeat: He
         log.info("pack.canceled", extra={"pack": str(pack_id)})
         return "canceled"
     except StorageError as exc:
-        _set_pack(e, pack_id, status="failed", error=f"the object store failed: {exc}", finished_at=_now())
+        _set_pack(e, pack_id, status="failed", finished_at=_now(), **error_values(_storage_failed(exc)))
         return "failed"
     except Exception as exc:
         log.exception("pack.crashed", extra={"pack": str(pack_id)})
-        _set_pack(e, pack_id, status="failed", error=f"internal error ({type(exc).__name__})", finished_at=_now())
+        _set_pack(e, pack_id, status="failed", finished_at=_now(), **error_values(_internal_error(exc)))
         return "failed"
     _set_pack(e, pack_id, status="succeeded", size_bytes=size, progress=1.0, finished_at=_now())
     log.info("pack.succeeded", extra={"pack": str(pack_id), "images": len(images)})

@@ -173,20 +173,20 @@ def delete_photo(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
 @router.get("/photo-sets/{photo_set_id}/runs")
 def list_runs(photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     photosets.get_photo_set(c.db, c.team_id, photo_set_id)
-    return {"runs": [ser.run(r) for r in repo.runs(c.db, c.team_id, photo_set_id)]}
+    return {"runs": [ser.run(r, lang=c.lang) for r in repo.runs(c.db, c.team_id, photo_set_id)]}
 
 
 @router.post("/photo-sets/{photo_set_id}/runs", status_code=201)
 def start_run(photo_set_id: uuid.UUID, body: RunIn, c: Ctx = Depends(ctx)):
     run = runs.start_run(c.db, c.queue, c.settings, c.team_id, photo_set_id, preset=body.preset,
                          base_model=body.base_model, expert=body.settings, gallery_size=body.gallery_size)
-    return ser.run(run)
+    return ser.run(run, lang=c.lang)
 
 
 @router.get("/runs/{run_id}")
 def get_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
-    return ser.run(run, galleries=list(repo.galleries_of_run(c.db, run.id)))
+    return ser.run(run, galleries=list(repo.galleries_of_run(c.db, run.id)), lang=c.lang)
 
 
 @router.delete("/runs/{run_id}")
@@ -203,7 +203,7 @@ def delete_gallery(gallery_id: uuid.UUID, c: Ctx = Depends(ctx)):
 
 @router.post("/runs/{run_id}/cancel")
 def cancel_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
-    return ser.run(runs.cancel_run(c.db, c.team_id, run_id))
+    return ser.run(runs.cancel_run(c.db, c.team_id, run_id), lang=c.lang)
 
 
 @router.get("/runs/{run_id}/checkpoint")
@@ -219,19 +219,19 @@ def get_gallery(gallery_id: uuid.UUID, review: str | None = None, c: Ctx = Depen
     g = galleries.get_gallery(c.db, c.team_id, gallery_id)
     if review is not None and review not in galleries.REVIEWS:
         raise BadInput("review must be one of: new, approved, rejected")
-    out = ser.gallery(g, images=list(repo.images_of_gallery(c.db, g.id, review)))
-    out["packs"] = [ser.pack(p) for p in repo.packs_of_gallery(c.db, g.id)]
+    out = ser.gallery(g, images=list(repo.images_of_gallery(c.db, g.id, review)), lang=c.lang)
+    out["packs"] = [ser.pack(p, lang=c.lang) for p in repo.packs_of_gallery(c.db, g.id)]
     return out
 
 
 @router.post("/galleries/{gallery_id}/more")
 def generate_more(gallery_id: uuid.UUID, body: MoreIn, c: Ctx = Depends(ctx)):
-    return ser.gallery(galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, body.n))
+    return ser.gallery(galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, body.n), lang=c.lang)
 
 
 @router.post("/galleries/{gallery_id}/cancel")
 def cancel_gallery(gallery_id: uuid.UUID, c: Ctx = Depends(ctx)):
-    return ser.gallery(galleries.cancel_gallery(c.db, c.team_id, gallery_id))
+    return ser.gallery(galleries.cancel_gallery(c.db, c.team_id, gallery_id), lang=c.lang)
 
 
 @router.post("/images/{image_id}/review")
@@ -251,14 +251,14 @@ def get_image(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
 def create_pack(gallery_id: uuid.UUID, body: PackIn, c: Ctx = Depends(ctx)):
     return ser.pack(packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=body.selection,
                                        format=body.format, size=body.size, image_ids=body.image_ids,
-                                       exclude_near_copies=body.exclude_near_copies, storage=c.storage))
+                                       exclude_near_copies=body.exclude_near_copies, storage=c.storage), lang=c.lang)
 
 
 @router.get("/packs/{pack_id}")
 def get_pack(pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
-    return ser.pack(packs.get_pack(c.db, c.team_id, pack_id))
+    return ser.pack(packs.get_pack(c.db, c.team_id, pack_id), lang=c.lang)
 
 
 @router.post("/packs/{pack_id}/cancel")
 def cancel_pack(pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
-    return ser.pack(packs.cancel_pack(c.db, c.team_id, pack_id))
+    return ser.pack(packs.cancel_pack(c.db, c.team_id, pack_id), lang=c.lang)

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import SQLAlchemyError
@@ -56,13 +57,14 @@ def _event(name: str, data: dict, event_id: int | None = None) -> str:
     return f"{head}event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _snapshot(sessions: sessionmaker[Session], team_id, run_id) -> tuple[dict, list[dict]] | None:
-    """The run as the API shows it, and its loss history; None once the run is deleted."""
+def _snapshot(sessions: sessionmaker[Session], team_id, run_id, lang: str) -> tuple[dict, list[dict]] | None:
+    """The run as the API shows it (its error in ``lang``), and its loss history; None
+    once the run is deleted."""
     with session_scope(sessions) as db:
         run = repo.run(db, team_id, run_id)
         if run is None:
             return None
-        return ser.run(run), list(run.loss_history or [])
+        return ser.run(run, lang=lang), list(run.loss_history or [])
 
 
 def _seen_step(request: Request, after: int) -> int:
@@ -72,7 +74,7 @@ def _seen_step(request: Request, after: int) -> int:
     return int(raw) if raw.lstrip("-").isdigit() else after
 
 
-async def _run_events(sessions: sessionmaker[Session], team_id, run_id, seen: int) -> AsyncIterator[str]:
+async def _run_events(sessions: sessionmaker[Session], team_id, run_id, seen: int, lang: str) -> AsyncIterator[str]:
     started = last_write = time.monotonic()
     sent = None
     reason = "ended"
@@ -80,7 +82,7 @@ async def _run_events(sessions: sessionmaker[Session], team_id, run_id, seen: in
     try:
         while True:
             try:
-                snap = await run_in_threadpool(_snapshot, sessions, team_id, run_id)
+                snap = await run_in_threadpool(_snapshot, sessions, team_id, run_id, lang)
             except SQLAlchemyError as exc:  # the database is unreachable: the browser asks again in RETRY_MS
                 reason = f"database error: {type(exc).__name__}"
                 return
@@ -117,6 +119,20 @@ async def _run_events(sessions: sessionmaker[Session], team_id, run_id, seen: in
                                              "seconds": round(time.monotonic() - started, 1)})
 
 
+class EventStream(StreamingResponse):
+    """A StreamingResponse that closes its generator when it stops. Starlette abandons the
+    body iterator when the client goes away while a chunk is being sent (the send is
+    cancelled, the generator stays suspended at its ``yield``): its cleanup and its
+    "closed" log line would wait for garbage collection or the server's shutdown."""
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):  # we may be here because of a cancellation
+                await self.body_iterator.aclose()
+
+
 @router.get("/api/runs/{run_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 def run_events(run_id: uuid.UUID, request: Request, after: int = -1, c: Ctx = Depends(ctx)) -> StreamingResponse:
@@ -124,15 +140,15 @@ def run_events(run_id: uuid.UUID, request: Request, after: int = -1, c: Ctx = De
     it changes, ``end`` when it is finished; heartbeat comments in between."""
     run = runs.get_run(c.db, c.team_id, run_id)  # another team's run is a 404, as everywhere
     close_session(c.db)  # the stream opens its own short sessions: don't hold a connection for its lifetime
-    stream = _run_events(request.app.state.sessionmaker, c.team_id, run.id, _seen_step(request, after))
-    return StreamingResponse(stream, media_type="text/event-stream",
+    stream = _run_events(request.app.state.sessionmaker, c.team_id, run.id, _seen_step(request, after), c.lang)
+    return EventStream(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/api/runs/{run_id}/report")
 def run_report_json(run_id: uuid.UUID, c: Ctx = Depends(ctx)) -> dict:
     """Settings with readable names, loss curves, gallery diversity and stage times."""
-    return ser.run_report(*runs.run_report(c.db, c.team_id, run_id))
+    return ser.run_report(*runs.run_report(c.db, c.team_id, run_id), lang=c.lang)
 
 
 @router.get("/runs/{run_id}/report", include_in_schema=False)
@@ -140,5 +156,5 @@ def run_report_page(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run, galleries = runs.run_report(c.db, c.team_id, run_id)
     lang = i18n.request_locale(request)
     # the copy guard's built-in feature networks have names in each language (as on the gallery page)
-    return render(request, "run_report.html", user=c.user, run=run, report=ser.run_report(run, galleries),
+    return render(request, "run_report.html", user=c.user, run=run, report=ser.run_report(run, galleries, lang=c.lang),
                   network_name=lambda name: i18n.t(lang, name))

@@ -8,7 +8,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import N_, BadInput, Conflict, NotFound, Unavailable
+from app.errors import N_, BadInput, Conflict, Message, NotFound, Unavailable, set_error
 from app.jobs import SAMPLE_GALLERY, JobQueue
 from app.models import Gallery, Image, Photo, Run
 from app.settings import Settings
@@ -57,12 +57,14 @@ def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n) -> Galle
     if gallery.status in ("queued", "running"):
         raise Conflict("this gallery is still being generated; wait until it is done")
     gallery.size += n
-    gallery.status, gallery.error, gallery.cancel_requested = "queued", None, False
+    gallery.status, gallery.cancel_requested = "queued", False
+    set_error(gallery, None)
     db.commit()
     try:
         queue.send(SAMPLE_GALLERY, gallery.id)
     except Unavailable:
-        gallery.status, gallery.error = "failed", "the job queue was unreachable; ask for more images again"
+        gallery.status = "failed"
+        set_error(gallery, Message("the job queue was unreachable; ask for more images again"))
         db.commit()
         raise
     return gallery

@@ -14,7 +14,7 @@ from PIL import ImageOps
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import N_, BadInput, Message, NotFound, Unavailable
+from app.errors import N_, BadInput, Message, NotFound, Unavailable, set_error
 from app.jobs import BUILD_PACK, JobQueue
 from app.models import Gallery, Image, Pack
 from app.storage import Storage, StorageError, pack_key
@@ -110,7 +110,8 @@ def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection
     try:
         queue.send(BUILD_PACK, pack.id)
     except Unavailable:
-        pack.status, pack.error = "failed", "the job queue was unreachable; build the pack again"
+        pack.status = "failed"
+        set_error(pack, Message("the job queue was unreachable; build the pack again"))
         db.commit()
         raise
     return pack

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import BadInput, NotFound, Unavailable
+from app.errors import BadInput, Message, NotFound, Unavailable, set_error
 from app.jobs import ADAPT_RUN, JobQueue
 from app.models import Gallery, Run
 from app.presets import SettingsError, build_settings
@@ -61,7 +61,8 @@ def start_run(
     try:
         queue.send(ADAPT_RUN, run.id)
     except Unavailable:
-        run.status, run.error, run.finished_at = "failed", "the job queue was unreachable; start the run again", _now()
+        run.status, run.finished_at = "failed", _now()
+        set_error(run, Message("the job queue was unreachable; start the run again"))
         db.commit()
         raise
     log.info("run.queued", extra={"run": str(run.id), "preset": preset, "base_model": base_model})

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 
 from fastapi.routing import APIRoute
 
-from web_helpers import new_photo_set, seed_team_objects, sign_up
+from web_helpers import new_photo_set, seed_failures, seed_team_objects, sign_up
 
 NOT_PAGES = ("/api/", "/static/", "/docs", "/redoc", "/openapi", "/health")
 
@@ -61,6 +61,10 @@ def build_site(make_client, settings, lang: str) -> Site:
     me = sign_up(client)
     ids = seed_team_objects(client)
     pages = crawl(client, ids, headers)
+    # what failed, with the reason the worker wrote (shown in the reader's language)
+    failed = seed_failures(client, ids)
+    pages["(failed) run"] = client.get(f"/runs/{failed['run_id']}", headers=headers).text
+    pages["(failed) gallery and pack"] = client.get(f"/galleries/{failed['gallery_id']}", headers=headers).text
 
     # the empty states: a gallery view that shows nothing, a new team's start page, a photo
     # set without photos

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import zipfile
 
 import httpx
 import pytest
 from PIL import Image
 
+from app import i18n
 from web_helpers import new_photo_set, poll, sign_up
 
 pytestmark = pytest.mark.slow
@@ -146,6 +148,16 @@ def test_failure_is_reported_in_plain_words(make_client, pg_settings, celery_wor
     run = poll(client, f"/api/runs/{run['id']}", lambda r: r["status"] not in ("queued", "running"), 120, "the run")
     assert run["status"] == "failed" and "lora mode is for text-to-image models" in run["error"]
     assert "lora mode is for text-to-image models" in client.get(f"/runs/{run['id']}").text
+
+    # a Japanese reader gets the core's reason in Japanese: the page, the API and the live stream
+    ja = {"Accept-Language": "ja"}
+    reason = i18n.t("ja", "lora mode is for text-to-image models; use mode full for an unconditional model")
+    assert "lora mode" not in reason
+    assert client.get(f"/api/runs/{run['id']}", headers=ja).json()["error"] == reason
+    assert reason in client.get(f"/runs/{run['id']}", headers=ja).text
+    stream = client.get(f"/api/runs/{run['id']}/events", headers=ja).text
+    sent = [json.loads(line[len("data: "):]) for line in stream.splitlines() if line.startswith("data: ")]
+    assert [e["error"] for e in sent if "error" in e] == [reason]
 
 
 def test_text_to_image_run_gives_lora_and_prompted_gallery(make_client, pg_settings, celery_worker):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app import i18n
-from app.errors import BadInput
+from app.errors import BadInput, Message, message_of, set_error
 from page_crawl import crawled_site, parse
 from web_helpers import sign_up
 
@@ -226,3 +226,37 @@ def test_templates_format_with_the_page_language():
     # |when: the same text in a <time> element that app.js shows in the reader's time zone
     assert templates.env.from_string("{{ d|when }}").render(locale="ja", d=d) == (
         '<time datetime="2026-01-02T03:04:00Z" data-local="medium">2026/01/02 3:04 UTC</time>')
+
+
+def test_a_stored_failure_is_shown_in_the_readers_language():
+    """The worker stores a failure as English text plus msgid and params; each reader sees
+    it in their language, older rows (text only) as they were written."""
+    class Row:
+        error = error_detail = None
+
+    row = Row()
+    set_error(row, Message("the object store failed: %(detail)s", {"detail": "timeout"}))
+    assert row.error == "the object store failed: timeout"
+    assert row.error_detail == {"msgid": "the object store failed: %(detail)s", "params": {"detail": "timeout"}}
+    ja = i18n.stored_error("ja", row)
+    assert ja == i18n.t("ja", "the object store failed: %(detail)s", detail="timeout")
+    assert ja != row.error and "timeout" in ja
+    assert i18n.stored_error(None, row) == i18n.stored_error("en", row) == row.error
+
+    old = Row()
+    old.error = "written before error details were kept"
+    assert i18n.stored_error("ja", old) == old.error
+
+    set_error(row, None)
+    assert row.error is None and row.error_detail is None and i18n.stored_error("ja", row) is None
+
+
+def test_core_errors_keep_their_msgid_and_params():
+    from worker.domainstudio.errors import InputError
+
+    exc = InputError("steps must be between %(low)s and %(high)s, got %(value)s", low=1, high=10, value=0)
+    message = message_of(exc)
+    assert (message.msgid, message.params) == (exc.msgid, {"low": 1, "high": 10, "value": 0})
+    assert message.render() == str(exc) == "steps must be between 1 and 10, got 0"
+    other = message_of(RuntimeError("disk full"))  # not a core error: its English text
+    assert other.render() == "disk full" and other.params == {}

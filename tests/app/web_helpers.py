@@ -198,3 +198,35 @@ def seed_team_objects(client) -> dict:
     return ids
 
 
+def seed_failures(client, ids: dict) -> dict:
+    """A failed run, gallery and pack for the seeded team, their errors stored the way the
+    worker stores them (English text plus msgid and params): the run with the core's own
+    refusal (LoRA asked for an unconditional model), the gallery and its pack with the
+    worker's and the service's messages. Returns the failed objects' ids."""
+    from app.errors import Message, message_of, set_error
+    from worker.domainstudio.config import AdaptConfig
+    from worker.domainstudio.errors import InputError
+
+    try:
+        AdaptConfig.from_dict({"base_model": "builtin:tiny-ddpm", "mode": "lora"}).resolved("unconditional", 10, 32)
+        raise AssertionError("the core accepted LoRA for an unconditional model")
+    except InputError as exc:
+        refusal = message_of(exc)
+    team = client.get("/api/me").json()["user"]["team_id"]
+    now = datetime.now(timezone.utc)
+    with client.app.state.sessionmaker() as db:
+        run = Run(team_id=team, photo_set_id=ids["photo_set_id"], preset="quick", base_model="builtin:tiny-ddpm",
+                  settings={"mode": "lora"}, gallery_size=1, status="failed", finished_at=now)
+        set_error(run, refusal)
+        gallery = Gallery(team_id=team, run_id=ids["run_id"], size=4, steps=2, status="failed")
+        set_error(gallery, Message("the run has no checkpoint"))
+        db.add_all([run, gallery])
+        db.flush()
+        pack = Pack(team_id=team, gallery_id=gallery.id, selection="approved", image_ids=[], format="png",
+                    size="original", status="failed", key=f"teams/{team}/packs/failed.zip", finished_at=now)
+        set_error(pack, Message("the job queue was unreachable; build the pack again"))
+        db.add(pack)
+        db.commit()
+        return {"run_id": str(run.id), "gallery_id": str(gallery.id), "pack_id": str(pack.id)}
+
+

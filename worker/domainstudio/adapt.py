@@ -103,31 +103,36 @@ def _resume_state(out: Path, cfg: AdaptConfig, base: BaseModel, resume: bool) ->
     if not out.exists():
         return None
     if not out.is_dir():
-        raise InputError(f"output {out} is a file; give a folder")
+        raise InputError("output %(path)s is a file; give a folder", path=str(out))
     state_path = out / STATE_FILE
     if not resume:
         if any(out.iterdir()):
-            raise InputError(f"output folder {out} is not empty; choose a new folder, or resume the run in it")
+            raise InputError("output folder %(folder)s is not empty; choose a new folder, or resume the run in it",
+                             folder=str(out))
         return None
     if not state_path.is_file():
         if any(p for p in out.iterdir() if p.name not in (CONFIG_FILE, "class_images", "previews")):
-            raise InputError(f"output folder {out} holds other files and no run to resume; choose a new folder")
+            raise InputError("output folder %(folder)s holds other files and no run to resume; choose a new folder",
+                             folder=str(out))
         return None
     state = load_state(state_path)
     _check_compatible(state["meta"], cfg, base, out)
     if state["step"] > cfg.steps:
-        raise InputError(f"{out} is already at step {state['step']}, beyond the {cfg.steps} steps asked for")
+        raise InputError("%(folder)s is already at step %(step)s, beyond the %(steps)s steps asked for",
+                         folder=str(out), step=state["step"], steps=cfg.steps)
     return state
 
 
 def _check_compatible(meta: dict, cfg: AdaptConfig, base: BaseModel, out: Path) -> None:
     if meta.get("base_fingerprint") != base.fingerprint:
         raise ModelError(
-            f"{out} holds a run adapted from another base model ({meta.get('base_model')}); "
-            f"resume it with that model, or choose a new output folder"
+            "%(folder)s holds a run adapted from another base model (%(base)s); "
+            "resume it with that model, or choose a new output folder",
+            folder=str(out), base=str(meta.get("base_model")),
         )
     if meta.get("mode") != cfg.mode:
-        raise InputError(f"{out} holds a {meta.get('mode')} run; it cannot resume in {cfg.mode} mode")
+        raise InputError("%(folder)s holds a %(mode)s run; it cannot resume in %(requested)s mode",
+                         folder=str(out), mode=str(meta.get("mode")), requested=str(cfg.mode))
 
 
 def _make_trainer(base, cfg, photos: Photos, device, amp, out: Path, progress):
@@ -165,7 +170,7 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
     try:
         for step in range(start, cfg.steps):
             if should_stop is not None and should_stop():
-                raise Canceled(f"the run was canceled at step {step} of {cfg.steps}")
+                raise Canceled("the run was canceled at step %(step)s of %(steps)s", step=step, steps=cfg.steps)
             index = torch.randperm(n_photos, generator=generator)[: cfg.batch_size]
             terms = _step(trainer, optimizer, scaler, index, generator, step)
             completed, rng_done = step + 1, rng_state(generator)
@@ -189,8 +194,9 @@ def _step(trainer, optimizer, scaler, index, generator, step: int) -> dict[str, 
     total = terms["total"]
     if not torch.isfinite(total):
         raise ModelError(
-            f"training diverged at step {step} (loss {total.item()}): lower the learning rate "
-            f"or the DomainStudio weights, or keep ds_max_timestep small"
+            "training diverged at step %(step)s (loss %(loss)s): lower the learning rate "
+            "or the DomainStudio weights, or keep ds_max_timestep small",
+            step=step, loss=total.item(),
         )
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()

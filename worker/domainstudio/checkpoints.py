@@ -41,9 +41,10 @@ def read_checkpoint(folder: Path) -> dict | None:
     try:
         info = json.loads(path.read_text())
     except ValueError as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc})") from exc
+        raise ModelError("%(path)s is not valid JSON (%(detail)s)", path=str(path), detail=str(exc)) from exc
     if info.get("format") != FORMAT:
-        raise ModelError(f"{path} is not a DomainStudio checkpoint (format {info.get('format')!r})")
+        raise ModelError("%(path)s is not a DomainStudio checkpoint (format %(format)s)",
+                         path=str(path), format=repr(info.get("format")))
     return info
 
 
@@ -77,7 +78,8 @@ def load_for_sampling(model: str | Path, device: torch.device | str = "cpu") -> 
         return base
     model_dir = path / "model"
     if not model_dir.is_dir():
-        raise ModelError(f"{path} says it holds a full model, but {model_dir} is missing")
+        raise ModelError("%(path)s says it holds a full model, but %(folder)s is missing",
+                         path=str(path), folder=str(model_dir))
     adapted = load_local_folder(model_dir)
     adapted.spec, adapted.fingerprint = str(path), info.get("base_fingerprint", "")
     return adapted.to(device)
@@ -86,8 +88,10 @@ def load_for_sampling(model: str | Path, device: torch.device | str = "cpu") -> 
 def _check_same_base(base: BaseModel, info: dict, path: Path) -> None:
     if info.get("base_fingerprint") and base.fingerprint != info["base_fingerprint"]:
         raise ModelError(
-            f"{path} was adapted from a different base model than the one now at {info['base_model']} "
-            f"(fingerprint {info['base_fingerprint']} vs {base.fingerprint}); give the original base model"
+            "%(path)s was adapted from a different base model than the one now at %(base)s "
+            "(fingerprint %(expected)s vs %(actual)s); give the original base model",
+            path=str(path), base=str(info["base_model"]), expected=str(info["base_fingerprint"]),
+            actual=str(base.fingerprint),
         )
 
 

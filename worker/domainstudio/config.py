@@ -60,11 +60,12 @@ class AdaptConfig:
     def from_dict(cls, data: dict[str, Any]) -> "AdaptConfig":
         """Build from a plain dict (JSON, a web form), rejecting unknown names and bad values."""
         if not isinstance(data, dict):
-            raise InputError(f"settings must be a JSON object, got {type(data).__name__}")
+            raise InputError("settings must be a JSON object, got %(type)s", type=type(data).__name__)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise InputError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+            raise InputError("unknown setting(s): %(names)s; known: %(known)s",
+                             names=", ".join(unknown), known=", ".join(sorted(names)))
         values = {k: _coerce(cls, k, v) for k, v in data.items()}
         config = cls(**values)
         config.validate()
@@ -98,7 +99,8 @@ class AdaptConfig:
             choices = f.metadata["choices"]
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise InputError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+                raise InputError("%(name)s must be one of %(choices)s, got %(value)s",
+                                 name=f.name, choices=", ".join(choices), value=repr(value))
         _positive(self, "steps", 1, 1_000_000)
         _positive(self, "batch_size", 1, 4096)
         _positive(self, "resolution", 8, 4096)
@@ -109,7 +111,7 @@ class AdaptConfig:
             raise InputError("num_similarity_samples must be at least 2: the pairwise terms compare samples")
         for name in ("ds_max_timestep", "pairwise_max_timestep"):
             if not 1 <= getattr(self, name) <= 1000:
-                raise InputError(f"{name} must be between 1 and 1000")
+                raise InputError("%(name)s must be between 1 and 1000", name=name)
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise InputError("learning_rate must be between 0 and 1")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
@@ -117,7 +119,7 @@ class AdaptConfig:
         for name in ("l_img", "l_hf", "l_hfmse", "prior_weight"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1e6:
-                raise InputError(f"{name} must be between 0 and 1e6, got {value}")
+                raise InputError("%(name)s must be between 0 and 1e6, got %(value)s", name=name, value=value)
         if self.preview_every < 0 or self.num_previews < 0:
             raise InputError("preview_every and num_previews must not be negative")
 
@@ -155,7 +157,8 @@ class AdaptConfig:
 def _positive(config: AdaptConfig, name: str, low: int, high: int) -> None:
     value = getattr(config, name)
     if value is not None and not low <= value <= high:
-        raise InputError(f"{name} must be between {low} and {high}, got {value}")
+        raise InputError("%(name)s must be between %(low)s and %(high)s, got %(value)s",
+                         name=name, low=low, high=high, value=value)
 
 
 def _base_type(annotation: Any) -> str:
@@ -195,4 +198,5 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             raise ValueError
         return value
     except (TypeError, ValueError):
-        raise InputError(f"{name} must be a {kind}, got {value!r}") from None
+        raise InputError("%(name)s must be a %(kind)s, got %(value)s",
+                         name=name, kind=kind, value=repr(value)) from None

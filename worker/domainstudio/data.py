@@ -31,7 +31,7 @@ class Photos:
 
 def list_photo_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise InputError(f"photo folder {folder} does not exist")
+        raise InputError("photo folder %(folder)s does not exist", folder=str(folder))
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
@@ -65,10 +65,15 @@ def load_photos(
     for w in warnings:
         log.warning("data.photo.skipped %s", w)
     if len(tensors) < MIN_PHOTOS:
-        detail = f" ({'; '.join(warnings)})" if warnings else ""
+        if warnings:
+            raise InputError(
+                "adaptation needs at least %(needed)s usable photos, found %(found)s "
+                "of %(total)s (%(detail)s)",
+                needed=MIN_PHOTOS, found=len(tensors), total=len(items), detail="; ".join(warnings),
+            )
         raise InputError(
-            f"adaptation needs at least {MIN_PHOTOS} usable photos, found {len(tensors)} "
-            f"of {len(items)}{detail}"
+            "adaptation needs at least %(needed)s usable photos, found %(found)s of %(total)s",
+            needed=MIN_PHOTOS, found=len(tensors), total=len(items),
         )
     return Photos(torch.stack(tensors), names, warnings)
 
@@ -81,7 +86,7 @@ def _open(item: str | Path | Image.Image) -> Image.Image:
             image.load()  # decode fully now: a truncated file fails here, not mid-training
             return ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"not a readable image ({type(exc).__name__})") from None
+        raise InputError("not a readable image (%(error)s)", error=type(exc).__name__) from None
 
 
 def square_resize(image: Image.Image, resolution: int) -> Image.Image:

@@ -1,8 +1,21 @@
-"""Errors the core raises. Messages are written for the person who gave the input."""
+"""Errors the core raises. Messages are written for the person who gave the input.
+
+A message is an English msgid with %(name)s placeholders plus its params, kept apart so
+that the web app can show it in the reader's language (its catalogs extract these msgids,
+see babel.cfg); the CLI and the logs see the English text, ``str(exc)``."""
 
 
 class DomainStudioError(Exception):
-    """Base class: the message says what went wrong and how to fix it."""
+    """Base class: the message says what went wrong and how to fix it.
+
+        raise InputError("steps must be between %(low)s and %(high)s, got %(value)s",
+                         low=1, high=1000, value=steps)
+
+    Params are plain values (str, int, float) so that they can be stored as JSON."""
+
+    def __init__(self, msgid: str = "", **params):
+        self.msgid, self.params = msgid, params
+        super().__init__(msgid % params if params else msgid)
 
 
 class InputError(DomainStudioError, ValueError):

@@ -90,13 +90,15 @@ def _fmnist_ddpm() -> BaseModel:
     try:
         from .pretrain import load_fmnist_ddpm
     except ImportError as exc:  # the demo model's module is part of the package
-        raise ModelError(f"builtin:fmnist-ddpm-32 is not available in this installation ({exc})") from exc
+        raise ModelError("builtin:fmnist-ddpm-32 is not available in this installation (%(detail)s)",
+                         detail=str(exc)) from exc
     try:
         unet, scheduler = load_fmnist_ddpm()
     except FileNotFoundError as exc:
         raise ModelError(
-            f"builtin:fmnist-ddpm-32's weights are missing from this installation ({exc}); "
-            f"reinstall DomainStudio, or train them with `domainstudio pretrain`"
+            "builtin:fmnist-ddpm-32's weights are missing from this installation (%(detail)s); "
+            "reinstall DomainStudio, or train them with `domainstudio pretrain`",
+            detail=str(exc),
         ) from exc
     return BaseModel("builtin:fmnist-ddpm-32", UNCONDITIONAL, unet, scheduler, 32, 1,
                      fingerprint="builtin:fmnist-ddpm-32", description=BUILTINS["fmnist-ddpm-32"].description)
@@ -129,8 +131,9 @@ def load_base_model(spec: str, device: str | torch.device = "cpu") -> BaseModel:
         model = _load_from_hub(spec)
     else:
         raise ModelError(
-            f"base model {spec!r} is neither a builtin name, an existing folder, nor a hub id. "
-            f"Builtin models: {', '.join(list_builtin_models())}"
+            "base model %(spec)s is neither a builtin name, an existing folder, nor a hub id. "
+            "Builtin models: %(choices)s",
+            spec=repr(spec), choices=", ".join(list_builtin_models()),
         )
     for module in (model.unet, model.vae, model.text_encoder):
         if module is not None:
@@ -140,20 +143,22 @@ def load_base_model(spec: str, device: str | torch.device = "cpu") -> BaseModel:
 
 def _load_builtin(name: str) -> BaseModel:
     if name not in BUILTINS:
-        raise ModelError(f"unknown builtin model 'builtin:{name}'; available: {', '.join(list_builtin_models())}")
+        raise ModelError("unknown builtin model 'builtin:%(name)s'; available: %(choices)s",
+                         name=name, choices=", ".join(list_builtin_models()))
     return BUILTINS[name].build()
 
 
 def load_local_folder(folder: Path) -> BaseModel:
     """A diffusers folder: a Stable Diffusion or DDPM pipeline, or a bare UNet2DModel."""
     if not folder.is_dir():
-        raise ModelError(f"{folder} is a file; give the folder of a diffusers model (with model_index.json)")
+        raise ModelError("%(path)s is a file; give the folder of a diffusers model (with model_index.json)",
+                         path=str(folder))
     index = folder / "model_index.json"
     if index.is_file():
         info = _read_json(index)
         pipeline_class = str(info.get("_class_name", ""))
         if "unet" not in info:
-            raise ModelError(f"{index} lists no unet; DomainStudio adapts UNet diffusion models")
+            raise ModelError("%(path)s lists no unet; DomainStudio adapts UNet diffusion models", path=str(index))
         if "text_encoder" in info and "vae" in info:
             return _load_sd_folder(folder, pipeline_class)
         return _load_ddpm_folder(folder, folder / "unet", pipeline_class)
@@ -161,8 +166,9 @@ def load_local_folder(folder: Path) -> BaseModel:
     if config.is_file() and _read_json(config).get("_class_name") == "UNet2DModel":
         return _load_ddpm_folder(folder, folder, "UNet2DModel")
     raise ModelError(
-        f"{folder} is not a diffusers model folder: expected model_index.json (a pipeline saved with "
-        f"save_pretrained) or config.json of a UNet2DModel"
+        "%(folder)s is not a diffusers model folder: expected model_index.json (a pipeline saved with "
+        "save_pretrained) or config.json of a UNet2DModel",
+        folder=str(folder),
     )
 
 
@@ -172,7 +178,8 @@ def _load_sd_folder(folder: Path, pipeline_class: str) -> BaseModel:
 
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (folder / sub).is_dir():
-            raise ModelError(f"{folder} lacks the {sub}/ folder that a {pipeline_class or 'Stable Diffusion'} model needs")
+            raise ModelError("%(folder)s lacks the %(sub)s/ folder that a %(pipeline)s model needs",
+                             folder=str(folder), sub=sub, pipeline=pipeline_class or "Stable Diffusion")
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
@@ -180,7 +187,8 @@ def _load_sd_folder(folder: Path, pipeline_class: str) -> BaseModel:
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"could not read the model in {folder}: {exc}") from exc
+        raise ModelError("could not read the model in %(folder)s: %(detail)s",
+                         folder=str(folder), detail=str(exc)) from exc
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     return BaseModel(str(folder), TEXT_TO_IMAGE, unet, scheduler, int(unet.config.sample_size) * scale, 3,
                      vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -198,7 +206,8 @@ def _load_ddpm_folder(folder: Path, unet_folder: Path, pipeline_class: str) -> B
         else:
             scheduler = DDPMScheduler(num_train_timesteps=1000)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"could not read the model in {folder}: {exc}") from exc
+        raise ModelError("could not read the model in %(folder)s: %(detail)s",
+                         folder=str(folder), detail=str(exc)) from exc
     size = unet.config.sample_size
     size = size[0] if isinstance(size, (list, tuple)) else size
     return BaseModel(str(folder), UNCONDITIONAL, unet, scheduler, int(size), int(unet.config.in_channels),
@@ -216,16 +225,21 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{path} is not valid JSON: {exc}") from exc
+        raise ModelError("%(path)s is not valid JSON: %(detail)s", path=str(path), detail=str(exc)) from exc
     if not isinstance(data, dict):
-        raise ModelError(f"{path} does not hold a JSON object")
+        raise ModelError("%(path)s does not hold a JSON object", path=str(path))
     return data
 
 
 def _load_from_hub(repo_id: str) -> BaseModel:
     """Download a pipeline folder from the hub (where one is reachable), then load it locally."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise ModelError(_offline_message(repo_id, "HF_HUB_OFFLINE is set"))
+        raise ModelError(
+            "could not fetch %(repo)s from the model hub (HF_HUB_OFFLINE is set). This machine may be offline: "
+            "download the model on a connected machine (diffusers layout, save_pretrained) and give "
+            "the local folder's path instead, or use a builtin model: %(choices)s",
+            repo=repr(repo_id), choices=", ".join(list_builtin_models()),
+        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -233,15 +247,14 @@ def _load_from_hub(repo_id: str) -> BaseModel:
         os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
         folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"])
     except Exception as exc:  # any network or hub error: the answer is the same
-        raise ModelError(_offline_message(repo_id, f"{type(exc).__name__}: {str(exc)[:200]}")) from exc
+        raise ModelError(
+            "could not fetch %(repo)s from the model hub (%(error)s: %(detail)s). This machine may be offline: "
+            "download the model on a connected machine (diffusers layout, save_pretrained) and give "
+            "the local folder's path instead, or use a builtin model: %(choices)s",
+            repo=repr(repo_id), error=type(exc).__name__, detail=str(exc)[:200],
+            choices=", ".join(list_builtin_models()),
+        ) from exc
     model = load_local_folder(Path(folder))
     model.spec, model.fingerprint = repo_id, repo_id
     return model
 
-
-def _offline_message(repo_id: str, reason: str) -> str:
-    return (
-        f"could not fetch {repo_id!r} from the model hub ({reason}). This machine may be offline: "
-        f"download the model on a connected machine (diffusers layout, save_pretrained) and give "
-        f"the local folder's path instead, or use a builtin model: {', '.join(list_builtin_models())}"
-    )

@@ -41,7 +41,8 @@ def make_scheduler(name: str, config):
         return DDIMScheduler.from_config(config)
     if name == "ddpm":
         return DDPMScheduler.from_config(config)
-    raise InputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    raise InputError("unknown scheduler %(name)s; choose one of %(choices)s",
+                     name=repr(name), choices=", ".join(SCHEDULERS))
 
 
 def sample(
@@ -74,17 +75,19 @@ def sample(
 
 def _check(n: int, steps: int, batch_size: int, scheduler: str, prompts: list | None, base: BaseModel) -> None:
     if not 1 <= n <= 100_000:
-        raise InputError(f"n must be between 1 and 100000, got {n}")
+        raise InputError("n must be between 1 and 100000, got %(value)s", value=n)
     if not 1 <= steps <= 1000:
-        raise InputError(f"steps must be between 1 and 1000, got {steps}")
+        raise InputError("steps must be between 1 and 1000, got %(value)s", value=steps)
     if not 1 <= batch_size <= 1024:
-        raise InputError(f"batch_size must be between 1 and 1024, got {batch_size}")
+        raise InputError("batch_size must be between 1 and 1024, got %(value)s", value=batch_size)
     if scheduler not in SCHEDULERS:
-        raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        raise InputError("unknown scheduler %(name)s; choose one of %(choices)s",
+                         name=repr(scheduler), choices=", ".join(SCHEDULERS))
     if base.is_text_to_image and not prompts:
         raise InputError("a text-to-image model needs a prompt")
     if prompts is not None and len(prompts) != n:
-        raise InputError(f"got {len(prompts)} prompts for {n} images: give one prompt, or one per image")
+        raise InputError("got %(count)s prompts for %(n)s images: give one prompt, or one per image",
+                         count=len(prompts), n=n)
 
 
 def sample_with(

@@ -22,8 +22,9 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(
-            f"device {name} was requested but torch sees no CUDA GPU (torch {torch.__version__}). "
-            f"Use --device cpu, or install the CUDA build of torch on this worker (README: GPU workers)."
+            "device %(device)s was requested but torch sees no CUDA GPU (torch %(version)s). "
+            "Use --device cpu, or install the CUDA build of torch on this worker (README: GPU workers).",
+            device=name, version=str(torch.__version__),
         )
     return device
 
@@ -136,4 +137,5 @@ def load_state(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError) as exc:
-        raise ModelError(f"the training state {path} is unreadable ({exc}); delete it to start over") from exc
+        raise ModelError("the training state %(path)s is unreadable (%(detail)s); delete it to start over",
+                         path=str(path), detail=str(exc)) from exc
