@@ -160,9 +160,7 @@ class Gallery(Base):
     steps: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="queued")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # the error as {"msgid", "params"} (English msgid, see worker/domainstudio/errors.py), so
-    # that pages show it in the reader's language; ``error`` keeps the English text
-    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # as Run.error_detail
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
@@ -213,9 +211,7 @@ class Pack(Base):
     key: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # the error as {"msgid", "params"} (English msgid, see worker/domainstudio/errors.py), so
-    # that pages show it in the reader's language; ``error`` keeps the English text
-    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # as Run.error_detail
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()

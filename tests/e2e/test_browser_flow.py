@@ -52,6 +52,7 @@ def test_whole_flow_in_the_browser(browser, app_server, output_dir):
         reviews = review_with_keyboard(page, shots)
         zip_path = build_and_download_pack(page, shots, gallery_path, output_dir)
         check_pack_zip(page, zip_path, gallery_path, reviews)
+        bulk_reject_a_shift_click_range(page, shots, gallery_path)
 
         image_path = "/images/" + next(iter(reviews))
         signed_in = dict(base_url=app_server.url, storage_state=context.storage_state())
@@ -250,6 +251,26 @@ def build_and_download_pack(page, shots: Screenshots, gallery_url: str, output_d
     download.value.save_as(path)
     assert zipfile.is_zipfile(path), path
     return path
+
+
+def bulk_reject_a_shift_click_range(page, shots: Screenshots, gallery_url: str) -> None:
+    """Bulk review on the grid: click the 6th image's checkbox, shift-click the 8th (the
+    three the keyboard pass left new), reject them with one click; the counts and the
+    marks change in place and survive a reload."""
+    page.goto(gallery_url)
+    picks = page.locator("#image-grid input.pick")
+    expect(picks).to_have_count(8)
+    picks.nth(5).click()
+    picks.nth(7).click(modifiers=["Shift"])
+    assert [picks.nth(i).is_checked() for i in range(8)] == [False] * 5 + [True] * 3
+    expect(page.locator("#selected-count")).to_contain_text("3")
+    shots.take(page, "gallery-shift-click-range")
+    page.get_by_role("button", name="Reject selected", exact=True).click()
+    expect(page.locator('[data-count="rejected"]').first).to_have_text("4")
+    expect(page.locator("#image-grid li.review-rejected")).to_have_count(4)
+    page.reload()
+    expect(page.locator('[data-count="rejected"]').first).to_have_text("4")
+    expect(page.locator('[data-count="new"]').first).to_have_text("1")
 
 
 def check_pack_zip(page, zip_path, gallery_url: str, reviews: dict[str, str]) -> None:
