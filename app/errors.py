@@ -38,8 +38,8 @@ class Message:
 
 
 def message_of(exc: BaseException) -> Message:
-    """A core error (worker/domainstudio/errors.py keeps msgid and params apart) as a
-    Message; any other exception as its English text."""
+    """A core error or notice (worker/domainstudio/errors.py keeps msgid and params apart)
+    as a Message; any other exception or text as its English text."""
     msgid = getattr(exc, "msgid", "")
     return Message(msgid, dict(getattr(exc, "params", {}) or {})) if msgid else Message(str(exc))
 
@@ -55,6 +55,13 @@ def set_error(row, message: Message | None) -> None:
 def error_values(message: Message | None) -> dict:
     """The same two columns for an UPDATE statement."""
     return {"error": message.render() if message is not None else None, "error_detail": error_detail(message)}
+
+
+def set_warnings(row, warnings) -> None:
+    """A run's warnings (the core's Notices: str with msgid and params) as English text in
+    ``warnings`` and as msgids with params in ``warning_details``."""
+    row.warnings = [str(w) for w in warnings]
+    row.warning_details = [error_detail(message_of(w)) for w in warnings]
 
 
 def error_detail(message: Message | None) -> dict | None:

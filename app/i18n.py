@@ -149,6 +149,16 @@ def stored_error(lang: str | None, row) -> str | None:
     return translate(lang, Message(detail["msgid"], detail.get("params") or {}))
 
 
+def stored_warnings(lang: str | None, run) -> list[str]:
+    """A run's warnings in ``lang`` (as stored_error)."""
+    details = getattr(run, "warning_details", None) or []
+    texts = list(run.warnings or [])
+    if lang is None or len(details) != len(texts):
+        return texts
+    return [translate(lang, Message(d["msgid"], d.get("params") or {})) if d and d.get("msgid") else text
+            for d, text in zip(details, texts)]
+
+
 def error_message(lang: str, exc) -> str:
     """A ServiceError's message in ``lang``."""
     return translate(lang, Message(exc.msgid, exc.params))
@@ -283,6 +293,11 @@ def _f_failure(context: Context, row) -> str | None:
     return stored_error(context_locale(context), row)
 
 
+@pass_context
+def _f_warnings(context: Context, run) -> list[str]:
+    return stored_warnings(context_locale(context), run)
+
+
 def install(env: Environment) -> None:
     """Adds gettext (newstyle: ``_("%(n)s left", n=3)`` escapes and fills) and the
     locale-aware filters to a Jinja environment. The callables look up each render's
@@ -290,5 +305,6 @@ def install(env: Environment) -> None:
     env.add_extension("jinja2.ext.i18n")
     env.install_gettext_callables(_t_gettext, _t_ngettext, newstyle=True)
     env.filters.update(number=_f_number, filesize=_f_filesize, datetime=_f_datetime, date=_f_date,
-                       percent=_f_percent, when=_f_when, failure=_f_failure)
+                       percent=_f_percent, when=_f_when, failure=_f_failure,
+                       warnings=_f_warnings)
     env.globals.update(LANGUAGES=LANGUAGES)

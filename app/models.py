@@ -116,6 +116,7 @@ class Run(Base):
     preview_count: Mapped[int] = mapped_column(Integer, default=0)
     preview_step: Mapped[int] = mapped_column(Integer, default=0)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    warning_details: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)  # as error_detail
     # one entry per progress event: {"step", "elapsed", "terms": {name: value}} (the loss chart)
     loss_history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     # seconds each stage took: {"queued", "download", "adapt", "publish", "gallery"} (the run report)

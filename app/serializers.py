@@ -43,7 +43,7 @@ def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None)
         "settings": r.settings, "gallery_size": r.gallery_size, "status": r.status, "stage": r.stage or "",
         "cancel_requested": r.cancel_requested, "step": r.step, "total_steps": r.total_steps,
         "progress": round(r.step / r.total_steps, 4) if r.total_steps else 0.0, "losses": r.losses or {},
-        "eta_seconds": r.eta_seconds, "elapsed_seconds": r.elapsed_seconds, "warnings": r.warnings or [],
+        "eta_seconds": r.eta_seconds, "elapsed_seconds": r.elapsed_seconds, "warnings": i18n.stored_warnings(lang, r),
         "error": i18n.stored_error(lang, r),
         "previews": [f"/runs/{r.id}/previews/{i}?v={r.preview_step}" for i in range(r.preview_count)],
         "preview_step": r.preview_step, "stage_times": r.stage_times or {}, "created_at": r.created_at.isoformat(),

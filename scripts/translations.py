@@ -29,7 +29,7 @@ POT = LOCALES / "messages.pot"
 ERROR_CLASSES = ("Message", "PhotoRejected", "ServiceError", "BadInput", "NotFound", "Conflict", "Unavailable", "TooManyRequests",
                  "Unprocessable",
                  # the core's and the copy guard's (worker/domainstudio/errors.py): msgid, then params
-                 "DomainStudioError", "InputError", "ModelError", "Canceled", "CopyGuardError")
+                 "DomainStudioError", "InputError", "ModelError", "Canceled", "CopyGuardError", "Notice")
 TRANSLATION_KEYWORDS = {**DEFAULT_KEYWORDS, **{name: None for name in ERROR_CLASSES},
                         "t": (2,), "tn": (2, 3)}  # app.i18n.t(lang, msgid), tn(lang, singular, plural, n)
 

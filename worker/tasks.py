@@ -27,7 +27,7 @@ from sqlalchemy import and_, or_, select, update
 
 from app import repositories as repo
 from app.db import make_engine, make_sessionmaker
-from app.errors import Message, error_values, message_of, set_error
+from app.errors import Message, error_values, message_of, set_error, set_warnings
 from app.imagecheck import make_thumbnail
 from app.jobs import ADAPT_RUN, BUILD_PACK, SAMPLE_GALLERY, JobQueue
 from app.models import Checkpoint, Gallery, Image, Pack, Run
@@ -454,7 +454,7 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         ck.settings = {k: v for k, v in config.items() if k != "photos"}
         db.add(ck)
         row.status, row.step, row.total_steps, row.finished_at = "succeeded", result.steps, result.steps, _now()
-        row.warnings = list(result.warnings or [])
+        set_warnings(row, result.warnings or [])
         set_error(row, None)
         row.stage_times = with_stage_time(row.stage_times, "publish", time.monotonic() - started)
         gallery = repo.galleries_of_run(db, run.id)

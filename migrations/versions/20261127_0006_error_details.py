@@ -1,5 +1,5 @@
-"""error details of runs, galleries and packs: the failure's msgid and params, so that the
-pages can show the reason in the reader's language
+"""error details of runs, galleries and packs, warning details of runs: msgids and params,
+so that the pages can show the reason in the reader's language
 
 Revision ID: 0006
 Revises: 0005
@@ -21,9 +21,13 @@ def upgrade() -> None:
     for table in TABLES:
         with op.batch_alter_table(table) as b:
             b.add_column(sa.Column('error_detail', sa.JSON(), nullable=True))
+    with op.batch_alter_table('runs') as b:
+        b.add_column(sa.Column('warning_details', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('runs') as b:
+        b.drop_column('warning_details')
     for table in reversed(TABLES):
         with op.batch_alter_table(table) as b:
             b.drop_column('error_detail')

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app import i18n
-from app.errors import BadInput, Message, message_of, set_error
+from app.errors import BadInput, Message, message_of, set_error, set_warnings
 from page_crawl import crawled_site, parse
 from web_helpers import sign_up
 
@@ -35,6 +35,7 @@ DATA_PATTERNS = [
     r"DOMAINSTUDIO_\w+",  # setting names of the server
     r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",  # emails
     r"「[^」]*」",  # a value the user types or picks, quoted as Japanese does ("auto", a prompt)
+    r"\b[A-Z]\w*(?:Error|Exception)\b",  # an exception's class name: a technical detail in a reason
 ]
 SKIP_TAGS = {"script", "style", "code", "kbd", "samp"}  # code is code in any language
 TEXT_ATTRS = ("title", "alt", "placeholder", "aria-label")
@@ -260,3 +261,19 @@ def test_core_errors_keep_their_msgid_and_params():
     assert message.render() == str(exc) == "steps must be between 1 and 10, got 0"
     other = message_of(RuntimeError("disk full"))  # not a core error: its English text
     assert other.render() == "disk full" and other.params == {}
+
+
+def test_a_runs_warnings_are_shown_in_the_readers_language():
+    from worker.domainstudio.errors import Notice
+
+    class Run:
+        warnings = warning_details = None
+
+    run = Run()
+    msgid = "skipped %(name)s: not a readable image (%(error)s)"
+    set_warnings(run, [Notice(msgid, name="a.png", error="OSError"), "a warning without a msgid"])
+    assert run.warnings == ["skipped a.png: not a readable image (OSError)", "a warning without a msgid"]
+    ja = i18n.stored_warnings("ja", run)
+    assert ja[0] == i18n.t("ja", msgid, name="a.png", error="OSError") and "a.png" in ja[0] and ja[0] != run.warnings[0]
+    assert ja[1] == "a warning without a msgid"
+    assert i18n.stored_warnings(None, run) == run.warnings

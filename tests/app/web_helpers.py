@@ -203,8 +203,11 @@ def seed_failures(client, ids: dict) -> dict:
     worker stores them (English text plus msgid and params): the run with the core's own
     refusal (LoRA asked for an unconditional model), the gallery and its pack with the
     worker's and the service's messages. Returns the failed objects' ids."""
-    from app.errors import Message, message_of, set_error
+    import tempfile
+
+    from app.errors import Message, message_of, set_error, set_warnings
     from worker.domainstudio.config import AdaptConfig
+    from worker.domainstudio.data import load_photos
     from worker.domainstudio.errors import InputError
 
     try:
@@ -212,12 +215,19 @@ def seed_failures(client, ids: dict) -> dict:
         raise AssertionError("the core accepted LoRA for an unconditional model")
     except InputError as exc:
         refusal = message_of(exc)
+    with tempfile.TemporaryDirectory() as folder:  # the core's warnings about skipped photos
+        for name, side in (("a.png", 64), ("b.png", 64), ("small.png", 16)):
+            Image.new("RGB", (side, side)).save(f"{folder}/{name}")
+        (Path(folder) / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+        skipped = load_photos(Path(folder), 32, 3).warnings
+    assert len(skipped) == 2, skipped
     team = client.get("/api/me").json()["user"]["team_id"]
     now = datetime.now(timezone.utc)
     with client.app.state.sessionmaker() as db:
         run = Run(team_id=team, photo_set_id=ids["photo_set_id"], preset="quick", base_model="builtin:tiny-ddpm",
                   settings={"mode": "lora"}, gallery_size=1, status="failed", finished_at=now)
         set_error(run, refusal)
+        set_warnings(run, skipped)
         gallery = Gallery(team_id=team, run_id=ids["run_id"], size=4, steps=2, status="failed")
         set_error(gallery, Message("the run has no checkpoint"))
         db.add_all([run, gallery])

@@ -15,7 +15,7 @@ from worker.domainstudio.sampling import sample_with
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
 SOURCES = sorted((WORKER / "domainstudio").rglob("*.py")) + [WORKER / "copyguard.py"]
-ERROR_CLASSES = {"DomainStudioError", "InputError", "ModelError", "Canceled", "CopyGuardError"}
+ERROR_CLASSES = {"DomainStudioError", "InputError", "ModelError", "Canceled", "CopyGuardError", "Notice"}
 
 
 def _error_calls(tree: ast.AST):

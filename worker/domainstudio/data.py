@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, Notice
 
 log = logging.getLogger("domainstudio.data")
 
@@ -26,7 +26,7 @@ MIN_PHOTOS = 2
 class Photos:
     pixels: torch.Tensor  # [N, C, R, R] in [-1, 1]
     names: list[str]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # Notices: English text, msgid and params
 
 
 def list_photo_files(folder: Path) -> list[Path]:
@@ -48,17 +48,19 @@ def load_photos(
     items = list_photo_files(Path(photos)) if isinstance(photos, (str, Path)) else list(photos)
     tensors, names, warnings = [], [], []
     for index, item in enumerate(items):
-        name = str(item) if not isinstance(item, Image.Image) else f"image #{index}"
+        # the file's name (the folder is the one the caller gave), or the image's place in the list
+        name = Path(item).name if not isinstance(item, Image.Image) else f"#{index + 1}"
         try:
             image = _open(item)
-        except InputError as exc:
-            warnings.append(f"skipped {name}: {exc}")
+        except InputError as exc:  # _open's reason: the decoder's error
+            warnings.append(Notice("skipped %(name)s: not a readable image (%(error)s)", name=name,
+                                   error=exc.params["error"]))
             continue
         if min(image.size) < resolution:
-            warnings.append(
-                f"skipped {name}: {image.size[0]}x{image.size[1]} is smaller than the model's "
-                f"{resolution}x{resolution}"
-            )
+            warnings.append(Notice(
+                "skipped %(name)s: %(width)sx%(height)s is smaller than the model's %(size)sx%(size)s",
+                name=name, width=image.size[0], height=image.size[1], size=resolution,
+            ))
             continue
         tensors.append(to_tensor(square_resize(image, resolution), channels))
         names.append(name)

@@ -18,6 +18,22 @@ class DomainStudioError(Exception):
         super().__init__(msgid % params if params else msgid)
 
 
+class Notice(str):
+    """A warning for the person (a photo that was skipped): its English text, with msgid
+    and params kept apart as in DomainStudioError, so that the web app can translate it.
+
+        Notice("skipped %(name)s: not a readable image (%(error)s)", name=name, error=kind)
+    """
+
+    msgid: str
+    params: dict
+
+    def __new__(cls, msgid: str, **params):
+        notice = super().__new__(cls, msgid % params if params else msgid)
+        notice.msgid, notice.params = msgid, params
+        return notice
+
+
 class InputError(DomainStudioError, ValueError):
     """Bad photos or settings."""
 
