@@ -1,16 +1,17 @@
 """Database engine, session factory and the declarative base shared by every model."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import logging
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+log = logging.getLogger("domainstudio.db")
 
 # Constraint names Alembic can rely on, identical on SQLite and Postgres.
 NAMING_CONVENTION = {
@@ -47,9 +48,6 @@ def make_engine(url: str) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
-
-
-log = logging.getLogger("domainstudio.db")
 
 
 def close_session(session: Session) -> None:

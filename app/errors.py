@@ -48,8 +48,8 @@ def set_error(row, message: Message | None) -> None:
     """Store a failure on a run, gallery or pack: the English text in ``error`` (API
     clients, logs) and the msgid with its params in ``error_detail``, so that each reader
     sees it in their language (app.i18n.stored_error); None clears both."""
-    row.error = message.render() if message is not None else None
-    row.error_detail = error_detail(message)
+    for column, value in error_values(message).items():
+        setattr(row, column, value)
 
 
 def error_values(message: Message | None) -> dict:

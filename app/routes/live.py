@@ -142,7 +142,7 @@ def run_events(run_id: uuid.UUID, request: Request, after: int = -1, c: Ctx = De
     close_session(c.db)  # the stream opens its own short sessions: don't hold a connection for its lifetime
     stream = _run_events(request.app.state.sessionmaker, c.team_id, run.id, _seen_step(request, after), c.lang)
     return EventStream(stream, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/api/runs/{run_id}/report")
