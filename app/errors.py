@@ -5,6 +5,7 @@ that the error handler can translate them for each request (app/i18n.py); ``mess
 the English text, for logs and for callers that do not translate."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 
@@ -67,10 +68,17 @@ def set_warnings(row, warnings) -> None:
 def error_detail(message: Message | None) -> dict | None:
     if message is None:
         return None
-    # params are plain values already; anything else is stored as its text
-    params = {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(render_value(v))
-              for k, v in message.params.items()}
-    return {"msgid": message.msgid, "params": params}
+    return {"msgid": message.msgid, "params": {k: _json_param(v) for k, v in message.params.items()}}
+
+
+def _json_param(value):
+    """A param as JSON can hold it: plain values as they are; a loss of NaN or inf (training
+    diverged), which Postgres' JSON refuses, and anything else as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(render_value(value))
 
 
 def render_value(value, gettext: Callable[[str], str] = _same):

@@ -251,6 +251,10 @@ def test_a_stored_failure_is_shown_in_the_readers_language():
     set_error(row, None)
     assert row.error is None and row.error_detail is None and i18n.stored_error("ja", row) is None
 
+    # training diverged: a NaN loss is stored as text (Postgres' JSON refuses NaN)
+    set_error(row, Message("training diverged at step %(step)s (loss %(loss)s)", {"step": 3, "loss": float("nan")}))
+    assert row.error_detail["params"] == {"step": 3, "loss": "nan"} and row.error.endswith("(loss nan)")
+
 
 def test_core_errors_keep_their_msgid_and_params():
     from worker.domainstudio.errors import InputError
