@@ -170,7 +170,9 @@ def test_event_stream_follows_a_run_until_it_succeeds(make_client, local_pg_sett
 
 
 def test_event_stream_has_a_bounded_lifetime_and_is_team_scoped(make_client, local_pg_settings, fast_stream, monkeypatch):
-    monkeypatch.setattr(live, "STREAM_SECONDS", 0.5)
+    # several heartbeat periods (0.2 s), so that a slow first read on a busy machine still
+    # leaves time for one
+    monkeypatch.setattr(live, "STREAM_SECONDS", 1.5)
     owner = make_client(local_pg_settings)
     sign_up(owner)
     run_id = add_run(owner, new_photo_set(owner, n_photos=0), status="queued")
