@@ -40,14 +40,16 @@ SETTING_TEXTS: dict[str, SettingText] = {
     "prior_weight": SettingText(N_("Class prior weight"), N_(
         "Weight of the class-prior preservation loss (text-to-image).")),
     "num_similarity_samples": SettingText(N_("Similarity samples"), N_(
-        "Samples S compared by the pairwise terms (at least 2; default 4 unconditional, S more noisy photos "
-        "per step; 3 text-to-image, S of the batch).")),
+        "Samples S compared by the pairwise terms, S more noisy photos per step (at least 3: with 2 the "
+        "comparison is always equal; default 4 unconditional, 3 text-to-image).")),
     "ds_max_timestep": SettingText(N_("Largest timestep of the high-frequency MSE term"), N_(
-        "The high-frequency MSE term sees only noisy samples with t below this (text-to-image: all "
-        "DomainStudio terms; 1000 = every t, as the official code).")),
+        "The high-frequency MSE term sees only noisy samples with t below this (default 200 unconditional, "
+        "500 text-to-image; 1000 = every t, as the official code).")),
     "pairwise_max_timestep": SettingText(N_("Largest timestep of the pairwise terms"), N_(
-        "Unconditional models: the pairwise-similarity terms (img, hf) see t below this, on S more noisy photos "
-        "per step that share one t (1000 = every t).")),
+        "The pairwise-similarity terms (img, hf) see t below this, on S more noisy photos per step that share "
+        "one t (default 300 unconditional, 1000 = every t text-to-image).")),
+    "max_grad_norm": SettingText(N_("Gradient clipping"), N_(
+        "Clip the gradient norm of each step to this (0 = no clipping).")),
     "ema_decay": SettingText(N_("EMA decay"), N_(
         "EMA decay of the weights used for sampling (default 0.995 unconditional, 0 = off for text-to-image).")),
     "source": SettingText(N_("Source side"), N_(

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(100 * 1024 * 1024, ge=1024 * 1024)
 
     # comma-separated list of builtin specs and local diffusers folders users may choose
-    base_models: str = "builtin:fmnist-ddpm-32"
+    base_models: str = "builtin:fmnist-sd-32,builtin:fmnist-ddpm-32"
     device: str = "auto"
     work_dir: Path | None = None  # default: <data_dir>/work (worker scratch space)
 

@@ -8,7 +8,7 @@ the threshold is a *near copy*. The same features give the gallery's diversity.
 
 Which feature network measures it (its name is stored with the gallery and shown):
 
-* ``builtin:fmnist-ddpm-32`` (the demo model): the shipped Fashion-MNIST classifier's
+* ``builtin:fmnist-ddpm-32`` and ``builtin:fmnist-sd-32`` (the demo models): the shipped Fashion-MNIST classifier's
   last conv stage (4x4x128, flattened), on images converted to 32x32 grayscale as the model sees them;
 * a local CLIP or DINO folder in transformers format (``DOMAINSTUDIO_COPY_GUARD_MODEL``),
   loaded offline, for every model;
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-FMNIST_MODEL = "builtin:fmnist-ddpm-32"
+FMNIST_MODELS = ("builtin:fmnist-ddpm-32", "builtin:fmnist-sd-32")  # both draw Fashion-MNIST
 SIDE = 32  # the demo model's resolution, and the pixel descriptor's
 
 # Default thresholds (cosine distance), calibrated on Fashion-MNIST's test split (10 classes
@@ -190,7 +190,7 @@ def feature_network(base_model: str, configured: str = "", device: str = "cpu") 
     """The network that measures galleries of ``base_model`` (see the module docstring)."""
     if configured:
         return PretrainedFeatures(configured, device)
-    if base_model == FMNIST_MODEL:
+    if base_model in FMNIST_MODELS:
         return ClassifierFeatures()
     return PixelFeatures()
 

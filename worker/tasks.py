@@ -446,6 +446,8 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
     if result.kind == "text-to-image":
         prompt = (config.get("instance_prompt") or "a photo of {token} {class}").replace(
             "{token}", config.get("instance_token", "sks")).replace("{class}", config.get("class_word", ""))
+        # several prompts (the demo model's caption templates) are kept one per line
+        prompt = "\n".join(config.get("gallery_prompts") or [prompt])
     with e.sessions() as db:
         row = db.get(Run, run.id)
         ck = repo.checkpoint_of_run(db, run.id) or Checkpoint(team_id=run.team_id, run_id=run.id)
@@ -529,6 +531,15 @@ def _canceled(e: Env, model, obj_id) -> bool:
         return False
 
 
+def seed_prompts(prompts: str | None, first_seed: int, n: int) -> list[str] | None:
+    """The prompt of each image: a gallery's prompts (one per line) taken in turn by seed, so
+    an image's prompt depends only on its seed ("generate more" continues the cycle)."""
+    if not prompts:
+        return None
+    lines = prompts.split("\n")
+    return [lines[seed % len(lines)] for seed in range(first_seed, first_seed + n)]
+
+
 def _sample_claimed(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int], heartbeat: Heartbeat) -> str:
     gallery_id = gallery.id
     from worker.domainstudio import Canceled, DomainStudioError, sample
@@ -547,7 +558,8 @@ def _sample_claimed(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int]
             for run_start, run_len in _consecutive(seeds):
                 if should_stop():
                     raise Canceled("sampling was canceled")
-                images = sample(model, run_len, prompt=gallery.prompt, seed=run_start, steps=gallery.steps,
+                images = sample(model, run_len, prompt=seed_prompts(gallery.prompt, run_start, run_len),
+                                seed=run_start, steps=gallery.steps,
                                 batch_size=batch, device=e.settings.device, should_stop=should_stop)
                 heartbeat.check()
                 _save_images(e, gallery, images, guard)
@@ -668,7 +680,7 @@ def _measure_gallery(e: Env, gallery: Gallery, guard, should_stop) -> None:
     """After sampling: measures the images that were never measured with this network
     (earlier galleries, another configured network), re-applies the threshold in force to
     all, and writes the gallery's diversity on a sample of its images."""
-    from worker.copyguard import FMNIST_MODEL, ClassifierFeatures
+    from worker.copyguard import FMNIST_MODELS, ClassifierFeatures
 
     same_network = gallery.feature_network in (None, guard.network.name)
     with e.sessions() as db:
@@ -691,7 +703,7 @@ def _measure_gallery(e: Env, gallery: Gallery, guard, should_stop) -> None:
         db.commit()
     step = max(1, -(-len(rows) // DIVERSITY_SAMPLE))
     sample = [_open_image(BytesIO(e.storage.get_bytes(r.key))) for r in rows[::step]]
-    fits = gallery.run.base_model == FMNIST_MODEL and isinstance(guard.network, ClassifierFeatures)
+    fits = gallery.run.base_model in FMNIST_MODELS and isinstance(guard.network, ClassifierFeatures)
     _set_gallery(e, gallery.id, diversity=guard.diversity(sample, proxy_lpips=fits))
     log.info("gallery.measured", extra={"gallery": str(gallery.id), "network": guard.network.name,
                                         "threshold": guard.threshold})

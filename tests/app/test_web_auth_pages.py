@@ -122,10 +122,11 @@ def test_broker_down_on_packs_and_more_images_leaves_no_job_hanging(make_client,
 
 
 def test_run_form_explains_the_demo_model_only_when_it_is_offered(make_client, local_pg_settings):
-    demo = make_client(local_pg_settings.model_copy(update={"base_models": "builtin:fmnist-ddpm-32,builtin:tiny-sd"}))
+    demo = make_client(local_pg_settings.model_copy(update={"base_models": "builtin:fmnist-sd-32,builtin:tiny-sd"}))
     sign_up(demo)
     page = demo.get(f"/photo-sets/{new_photo_set(demo, n_photos=0)}").text
-    assert 'id="demo-model-note"' in page and "32×32 grayscale" in page and "Stable-Diffusion-family" in page
+    assert 'id="demo-model-note"' in page and "32×32 grey" in page and "Stable Diffusion model" in page
+    assert "ankle boot, shoe" in page and "draws without a prompt" not in page  # only the offered model
     plain = make_client(local_pg_settings.model_copy(update={"base_models": "builtin:tiny-sd"}))
     sign_up(plain)
     assert 'id="demo-model-note"' not in plain.get(f"/photo-sets/{new_photo_set(plain, n_photos=0)}").text

@@ -70,7 +70,8 @@ def test_settings_from_a_form_are_coerced_and_checked():
         ({"steps": 2.5}, "steps must be a int"),
         ({"l_img": float("nan")}, "l_img must be a float"),
         ({"mode": "half"}, "mode must be one of"),
-        ({"num_similarity_samples": 1}, "at least 2"),
+        ({"num_similarity_samples": 2}, "between 3 and 64: .* always equal"),
+        ({"max_grad_norm": -1}, "max_grad_norm must be between"),
         ({"colour": "red"}, "unknown setting"),
     ]:
         with pytest.raises(InputError, match=message):
@@ -86,3 +87,6 @@ def test_defaults_depend_on_the_kind_of_model():
     assert (t2i.mode, t2i.l_img, t2i.l_hfmse, t2i.batch_size, t2i.steps) == ("lora", 100.0, 0.1, 3, 800)
     full = AdaptConfig(base_model="x", mode="full").resolved("text-to-image", 10, 512)
     assert full.learning_rate == 5e-6
+    # the DomainStudio terms' timestep gates differ by kind (README: why)
+    assert (unconditional.ds_max_timestep, unconditional.pairwise_max_timestep) == (200, 300)
+    assert (t2i.ds_max_timestep, t2i.pairwise_max_timestep, t2i.num_similarity_samples) == (500, 1000, 3)

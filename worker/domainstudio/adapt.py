@@ -8,6 +8,7 @@ fails before the first saved state, and files are written under temporary names 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -21,7 +22,7 @@ from PIL import Image
 from .checkpoints import CONFIG_FILE, publish, read_checkpoint, write_json_atomic
 from .config import AdaptConfig
 from .data import Photos, load_photos
-from .errors import Canceled, InputError, ModelError
+from .errors import Canceled, InputError, ModelError, Notice
 from .models import BaseModel, load_base_model
 from .sampling import sample_with
 from .training import (STATE_FILE, autocast_dtype, load_state, resolve_device, rng_state, save_atomic,
@@ -75,18 +76,46 @@ def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptRes
     base = load_base_model(config.base_model)
     loaded = load_photos(photos, config.resolution or base.resolution, base.channels)
     cfg = config.resolved(base.kind, len(loaded.names), base.resolution)
+    cfg, notices = known_class_word(cfg, base)
     done = _finished(out, cfg, base) if resume else None
     if done is not None:
         return done
     state = _resume_state(out, cfg, base, resume)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CONFIG_FILE, {**cfg.to_dict(), "base_fingerprint": base.fingerprint,
-                                          "photos": loaded.names})
+                                          "photos": loaded.names, "gallery_prompts": gallery_prompts(cfg, base)})
     amp = autocast_dtype(cfg.mixed_precision, device)
     trainer = _make_trainer(base, cfg, loaded, device, amp, out, progress)
     result = _train(trainer, base, cfg, len(loaded.names), out, device, amp, state, progress, should_stop)
-    result.warnings = loaded.warnings
+    result.warnings = loaded.warnings + notices
     return result
+
+
+def known_class_word(cfg: AdaptConfig, base: BaseModel) -> tuple[AdaptConfig, list[Notice]]:
+    """A model that knows only a few words (the demo model) gets one of them: its alias of the
+    photo set's word ("sneaker" -> "shoe"), or the word as it is, with a notice that the model
+    has never read it (the instance prompt still teaches it; the class images will not fit)."""
+    words = base.extra.get("class_words")
+    if not base.is_text_to_image or not words or cfg.class_word in words:
+        return cfg, []
+    alias = base.extra.get("class_word_aliases", {}).get(cfg.class_word.strip().lower())
+    if alias:
+        note = Notice("%(model)s does not know the word %(word)s; its prompts use its own word %(alias)s",
+                      model=base.spec, word=repr(cfg.class_word), alias=repr(alias))
+        return dataclasses.replace(cfg, class_word=alias), [note]
+    note = Notice("%(model)s does not know the word %(word)s (it knows: %(words)s); the class images "
+                  "for prior preservation will not show your kind of product",
+                  model=base.spec, word=repr(cfg.class_word), words=", ".join(words))
+    return cfg, [note]
+
+
+def gallery_prompts(cfg: AdaptConfig, base: BaseModel) -> list[str] | None:
+    """The prompts a gallery cycles through (image i takes prompt i mod n): the instance prompt,
+    or for a model that knows only its captions' templates, each of them with the trigger word."""
+    if not base.is_text_to_image:
+        return None
+    templates = base.extra.get("prompt_templates") or [cfg.instance_prompt]
+    return [cfg.prompt(t) for t in templates]
 
 
 def _finished(out: Path, cfg: AdaptConfig, base: BaseModel) -> AdaptResult | None:
@@ -172,7 +201,7 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
             if should_stop is not None and should_stop():
                 raise Canceled("the run was canceled at step %(step)s of %(steps)s", step=step, steps=cfg.steps)
             index = torch.randperm(n_photos, generator=generator)[: cfg.batch_size]
-            terms = _step(trainer, optimizer, scaler, index, generator, step)
+            terms = _step(trainer, optimizer, scaler, index, generator, step, cfg.max_grad_norm)
             completed, rng_done = step + 1, rng_state(generator)
             if completed % cfg.checkpoint_every == 0 or completed == cfg.steps:
                 _save(out, completed, trainer, optimizer, scaler, rng_done, meta)
@@ -189,7 +218,7 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
     return _publish(trainer, cfg, out, meta, terms, start, clock)
 
 
-def _step(trainer, optimizer, scaler, index, generator, step: int) -> dict[str, float]:
+def _step(trainer, optimizer, scaler, index, generator, step: int, max_grad_norm: float = 0.0) -> dict[str, float]:
     terms = trainer.losses(index, generator)
     total = terms["total"]
     if not torch.isfinite(total):
@@ -200,6 +229,11 @@ def _step(trainer, optimizer, scaler, index, generator, step: int) -> dict[str, 
         )
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
+    if max_grad_norm:
+        # the DomainStudio weights (100 / 100 / 0.1 for text-to-image) make rare steps with
+        # huge gradients; clipping keeps one such step from undoing the adaptation
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     trainer.after_step()

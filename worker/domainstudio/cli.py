@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import AdaptConfig
 from .errors import DomainStudioError
 
-EPILOG = "Base models: builtin:tiny-ddpm, builtin:tiny-sd, builtin:fmnist-ddpm-32, or a local diffusers folder."
+EPILOG = "Base models: builtin:fmnist-sd-32 (text-to-image demo), builtin:fmnist-ddpm-32 (unconditional demo), builtin:tiny-sd, builtin:tiny-ddpm (tests), or a local diffusers folder."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,11 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the builtin base models")
     models.set_defaults(func=cmd_models)
     try:
-        from . import pretrain
+        from . import pretrain, pretrain_sd
     except ImportError:
-        pretrain = None
-    if pretrain is not None and hasattr(pretrain, "add_cli"):
+        pretrain = pretrain_sd = None
+    if pretrain is not None:
         pretrain.add_cli(sub)
+        pretrain_sd.add_cli(sub)
     return parser
 
 

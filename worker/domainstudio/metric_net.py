@@ -130,3 +130,16 @@ def _save(net: MetricNet, out: Path, report: dict) -> None:
     save_file(tensors, str(out), metadata={"model": "fmnist-classifier"})
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB), test accuracy {report['test_accuracy']:.4f}")
+
+
+# A sample the classifier gives less than this probability is "unsure": 6% of real test images
+# are (benchmarks/results/fmnist-source.md), so a higher share in samples means malformed ones.
+UNSURE_BELOW = 0.6
+
+
+@torch.no_grad()
+def classify(net: MetricNet, x: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class [N], its probability [N]) of images [N, 1, 32, 32] in [-1, 1]."""
+    probs = torch.cat([net(x[i:i + batch]).softmax(-1) for i in range(0, len(x), batch)])
+    confidence, label = probs.max(-1)
+    return label, confidence

@@ -104,10 +104,28 @@ def _fmnist_ddpm() -> BaseModel:
                      fingerprint="builtin:fmnist-ddpm-32", description=BUILTINS["fmnist-ddpm-32"].description)
 
 
+def _fmnist_sd() -> BaseModel:
+    from .pretrain_sd import DEFAULT_FOLDER, demo_vocabulary
+
+    if not (DEFAULT_FOLDER / "model_index.json").is_file():
+        raise ModelError(
+            "builtin:fmnist-sd-32's weights are missing from this installation (no %(path)s); "
+            "reinstall DomainStudio, or train them with `domainstudio pretrain-sd`",
+            path=str(DEFAULT_FOLDER / "model_index.json"),
+        )
+    model = load_local_folder(DEFAULT_FOLDER)
+    model.spec = model.fingerprint = "builtin:fmnist-sd-32"
+    model.description = BUILTINS["fmnist-sd-32"].description
+    model.extra.update(demo_vocabulary())
+    return model
+
+
 BUILTINS: dict[str, Builtin] = {
     "tiny-ddpm": Builtin("Unconditional DDPM, 32x32 RGB, random weights (tests and smoke runs).", _tiny_ddpm),
     "tiny-sd": Builtin("Stable-Diffusion-shaped text-to-image model, 32 px, random weights (tests and smoke runs).", _tiny_sd),
     "fmnist-ddpm-32": Builtin("Demo model: unconditional DDPM, 32x32 grayscale, trained on Fashion-MNIST clothing and bags (no footwear).", _fmnist_ddpm),
+    "fmnist-sd-32": Builtin("Demo model: Stable-Diffusion-shaped text-to-image model, 32x32 (grey on RGB), trained on Fashion-MNIST "
+                            "with captions: t-shirt, trousers, pullover, dress, coat, shirt, bag, sandal, ankle boot, shoe (never a sneaker).", _fmnist_sd),
 }
 
 

@@ -60,6 +60,14 @@ class PretrainConfig:
     checkpoint_every: int = 250
     log_every: int = 50
     classes: tuple = field(default_factory=lambda: fmnist.NON_FOOTWEAR_CLASSES)
+    # Share of each batch whose t is drawn below small_t_max instead of from all 1,000: the
+    # first 3,000 steps left the small-t noise prediction undertrained (speckled samples,
+    # benchmarks/results/fmnist-source.md), and the last sampler steps are all small t.
+    small_t_share: float = 0.0
+    small_t_max: int = 250
+    # exported weights to start from when the state folder has no checkpoint (fine-tuning
+    # the shipped model further without its original training state)
+    init_from: str = ""
 
 
 def build_unet() -> UNet2DModel:
@@ -211,6 +219,9 @@ def _train_step(unet, sched, opt, data, gen, config: PretrainConfig) -> float:
     x0 = data[idx]
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+    small = round(config.small_t_share * len(t))
+    if small:
+        t[:small] = torch.randint(config.small_t_max, (small,), generator=gen)
     loss = F.mse_loss(unet(sched.add_noise(x0, noise, t), t).sample, noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -243,6 +254,9 @@ def pretrain(config: PretrainConfig | None = None, state_dir: str | Path = DEFAU
         unet.load_state_dict(ckpt["model"]); opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]); gen.set_state(ckpt["data_rng"])
         _log(f"resumed from {state_dir / 'checkpoint.pt'} at step {step}")
+    elif config.init_from:
+        unet.load_state_dict({k: v.float() for k, v in load_file(config.init_from).items()})
+        _log(f"starting from the exported weights {config.init_from}")
     data = torch.cat([fmnist.class_images(config.classes, ("train",))])
     _log(f"pretrain: {len(data)} images of classes {list(config.classes)}, "
          f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, "
@@ -285,7 +299,14 @@ def export_from_checkpoint(state_dir: str | Path = DEFAULT_STATE_DIR,
     recipe = dict(ckpt["config"], steps_done=ckpt["step"],
                   train_seconds=round(ckpt["elapsed_seconds"]),
                   threads=torch.get_num_threads(), data="Fashion-MNIST train, non-footwear classes",
-                  objective="epsilon MSE, t ~ U{0..999}", ema="exported, bias-corrected")
+                  objective="epsilon MSE, t ~ U{0..999}" + (
+                      f", {ckpt['config'].get('small_t_share', 0):.0%} of each batch t ~ U{{0..{ckpt['config'].get('small_t_max', 250) - 1}}}"
+                      if ckpt["config"].get("small_t_share") else ""),
+                  ema="exported, bias-corrected")
+    if ckpt["config"].get("init_from"):
+        previous = Path(ckpt["config"]["init_from"]).with_suffix(".json")
+        if previous.is_file():  # the recipe of the weights this run started from
+            recipe["started_from"] = json.loads(previous.read_text()).get("recipe")
     weights = ema_weights(ckpt["ema"], ckpt["config"]["ema_decay"], ckpt["step"])
     path = export_weights(weights, Path(out), recipe)
     _log(f"exported EMA weights at step {ckpt['step']} to {path} "
@@ -309,7 +330,9 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     else:
         config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                 ema_decay=args.ema_decay, seed=args.seed,
-                                checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+                                checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                                small_t_share=args.small_t_share, small_t_max=args.small_t_max,
+                                init_from=str(args.init_from or ""))
         pretrain(config, state_dir=args.state_dir, out=args.out, resume=not args.no_resume)
     if args.grid:
         _log(f"sample grid written to {save_sample_grid(args.grid, args.out)}")
@@ -336,6 +359,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--small-t-share", type=float, default=d.small_t_share,
+                   help="share of each batch with t drawn below --small-t-max")
+    p.add_argument("--small-t-max", type=int, default=d.small_t_max)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="exported weights to start from when --state-dir holds no checkpoint")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="checkpoint folder")
     p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="exported .safetensors path")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

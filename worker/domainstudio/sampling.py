@@ -150,9 +150,14 @@ def _unconditional_batch(base: BaseModel, seeds: list[int], steps: int, schedule
     x = _noise(seeds, (base.channels, base.resolution, base.resolution), device, dtype)
     x = x * scheduler.init_noise_sigma
     generators = [torch.Generator(device=device).manual_seed(s + 1) for s in seeds]
+    # A model that learns its variance outputs 2C channels: DDPM's "learned_range" variance
+    # reads the second C, the other samplers take the prediction alone (DPM-Solver's own
+    # slicing assumes 3 channels, so they are given just the first C).
+    learned = scheduler_name == "ddpm" and base.scheduler.config.get("variance_type") in ("learned", "learned_range")
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(x, t)
-        out = unet(model_in, t).sample[:, : base.channels]
+        out = unet(model_in, t).sample
+        out = out[:, : 2 * base.channels] if learned else out[:, : base.channels]
         x = scheduler.step(out, t, x, generator=generators).prev_sample
     unet.train(was_training)
     return to_pil(x)

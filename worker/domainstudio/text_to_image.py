@@ -1,16 +1,19 @@
 """DomainStudio adaptation of Stable-Diffusion-family models, in latent space.
 
 DreamBooth with class-prior preservation, plus the DomainStudio terms on VAE-decoded
-one-step predictions (METHOD.md). Where the official code is expensive we are not:
-- one UNet forward per step serves the DreamBooth losses and the DomainStudio terms
-  (instance and class halves of one batch; the official code runs the UNet twice);
-- photo latents and prompt embeddings are computed once, not every step;
-- the VAE decodes only the S samples the pairwise terms use, only on steps whose t is
-  below ``ds_max_timestep``, with gradient checkpointing, and only the adapted side
-  keeps a graph;
-- mixed precision on a GPU.
-Bugs of the official code that we fix: the HF pairwise KL compares source to adapted in
-the right order, and the HF-MSE compares with the same photos the predictions came from.
+one-step predictions (METHOD.md). How each part sees timesteps:
+- the DreamBooth and prior losses draw t per sample, as diffusers' DreamBooth trainer and
+  the official code's DreamBooth MSE do (one t for the whole batch made both gradients noisier);
+- the DomainStudio terms get S (>= 3) noisy photo latents of their own on every step, sharing
+  one t below ``pairwise_max_timestep``, as the unconditional path does: gated inside the
+  training batch they ran on one step in five, at small t, where they barely act. The
+  HF-MSE uses the same S predictions when that t is below ``ds_max_timestep``.
+Where the official code is expensive we are not: photo latents and prompt embeddings are
+computed once; the VAE decodes only the S samples, with gradient checkpointing, and only
+the adapted side keeps a graph; mixed precision on a GPU. Both of our pairwise KLs compute
+KL(source || adapted), like the official code (whose HF pair renames its variables and swaps
+its call arguments); we fix its HF-MSE target (the photos the predictions came from) and its
+missing division by the VAE's scaling factor.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 from .config import AdaptConfig
 from .data import load_photos
 from .diffusion import predicted_clean, training_target
-from .losses import domainstudio_terms, loss_terms
+from .losses import haar_high_frequency, high_frequency_mse, loss_terms, pairwise_similarity_loss
 from .models import BaseModel
 from .training import EMA, TrainableWeights, autocast
 
@@ -96,9 +99,7 @@ class TextToImageTrainer(TrainableWeights):
         latents = torch.cat([self._latents(self.instance_latents, index, generator),
                              self._latents(self.class_latents, class_index, generator)])
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        # One t for the whole batch, as the official code: then a step either runs the
-        # DomainStudio terms on all its samples or skips their decode entirely.
-        t = torch.randint(0, len(self.alphas_cumprod), (1,), generator=generator).to(self.device).expand(2 * b)
+        t = torch.randint(0, len(self.alphas_cumprod), (2 * b,), generator=generator).to(self.device)
         x_t = self.scheduler.add_noise(latents, noise, t)
         prompts = torch.cat([self.instance_embedding.expand(b, -1, -1), self.class_embedding.expand(b, -1, -1)])
         with autocast(self.device, self.amp_dtype):
@@ -106,35 +107,51 @@ class TextToImageTrainer(TrainableWeights):
         target = training_target(self.scheduler, latents, noise, t).float()
         simple = F.mse_loss(pred[:b], target[:b])
         prior = F.mse_loss(pred[b:], target[b:])
-        ds = {}
-        if self.uses_ds and int(t[0]) < self.cfg.ds_max_timestep and b >= 1:
-            ds = self._domainstudio(index, pred, x_t, t, b, generator)
+        ds = self._domainstudio(generator) if self.uses_ds else {}
         return loss_terms(simple=simple, prior=prior, l_img=self.cfg.l_img, l_hf=self.cfg.l_hf,
                           l_hfmse=self.cfg.l_hfmse, prior_weight=self.cfg.prior_weight, **ds)
 
-    def _domainstudio(self, index, pred, x_t, t, b, generator) -> dict:
-        s = min(self.cfg.num_similarity_samples, b)
-        pick = torch.randperm(b, generator=generator)[:s].to(self.device)
-        abar = self.alphas_cumprod[t[:s]]
-        x0_adapted = predicted_clean(pred[:b][pick], x_t[:b][pick], abar, self.prediction_type)
-        with torch.no_grad():
-            x0_source = self._source_prediction(pred, x_t, t, b, pick, abar)
+    def _domainstudio(self, generator: torch.Generator) -> dict:
+        """L_img, L_hf (and L_hfmse below its gate) on S noisy photo latents of their own."""
+        s = self.cfg.num_similarity_samples
+        n = len(self.instance_latents)
+        pick = torch.randperm(n, generator=generator)[:s] if n >= s else torch.randint(0, n, (s,), generator=generator)
+        latents = self._latents(self.instance_latents, pick, generator)
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        t = torch.randint(0, self.cfg.pairwise_max_timestep, (1,), generator=generator).expand(s).to(self.device)
+        x_t = self.scheduler.add_noise(latents, noise, t)
+        abar = self.alphas_cumprod[t]
         with autocast(self.device, self.amp_dtype):
-            adapted_pixels = self._decode(x0_adapted)
+            pred = self.unet(x_t, t, encoder_hidden_states=self.instance_embedding.expand(s, -1, -1)).sample.float()
+        x0_adapted = predicted_clean(pred, x_t, abar, self.prediction_type)
+        with torch.no_grad():
+            x0_source = self._source_prediction(x_t, t, abar, generator)
+        with autocast(self.device, self.amp_dtype):
+            adapted_pixels = self._decode(x0_adapted).float()
             with torch.no_grad():
-                source_pixels = self._decode(x0_source)
-        photos = self.pixels[index.to(self.device)[pick]]
-        return domainstudio_terms(adapted_pixels.float(), source_pixels.float(), photos, None, generator)
+                source_pixels = self._decode(x0_source).float()
+        terms = {"img": pairwise_similarity_loss(adapted_pixels, source_pixels),
+                 "hf": pairwise_similarity_loss(haar_high_frequency(adapted_pixels),
+                                                haar_high_frequency(source_pixels))}
+        if int(t[0]) < self.cfg.ds_max_timestep:
+            terms["hfmse"] = high_frequency_mse(adapted_pixels, self.pixels[pick.to(self.device)])
+        return terms
 
-    def _source_prediction(self, pred, x_t, t, b, pick, abar) -> torch.Tensor:
+    def _source_prediction(self, x_t, t, abar, generator) -> torch.Tensor:
+        """x0 of the source side: unpaired (official), the class prompt on class images' own
+        noisy latents at the same t; paired, the frozen base UNet on the same noisy latents."""
+        s = len(t)
+        prompt = self.class_embedding.expand(s, -1, -1)
         if self.cfg.source == "unpaired":
-            # Official semantics: the class half of the same forward, on its own latents.
-            return predicted_clean(pred[b:][pick].detach(), x_t[b:][pick], abar, self.prediction_type)
-        noisy = x_t[:b][pick]
-        prompt = self.class_embedding.expand(len(pick), -1, -1)
+            pick = torch.randint(0, len(self.class_latents), (s,), generator=generator)
+            latents = self._latents(self.class_latents, pick, generator)
+            x_t = self.scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator).to(self.device), t)
+            with autocast(self.device, self.amp_dtype):
+                out = self.unet(x_t, t, encoder_hidden_states=prompt).sample.float()
+            return predicted_clean(out, x_t, abar, self.prediction_type)
         with autocast(self.device, self.amp_dtype), self._frozen_source() as source:
-            out = source(noisy, t[: len(pick)], encoder_hidden_states=prompt).sample.float()
-        return predicted_clean(out, noisy, abar, self.prediction_type)
+            out = source(x_t, t, encoder_hidden_states=prompt).sample.float()
+        return predicted_clean(out, x_t, abar, self.prediction_type)
 
     @contextlib.contextmanager
     def _frozen_source(self):
