@@ -24,8 +24,9 @@ from .data import Photos, load_photos
 from .errors import Canceled, InputError, ModelError
 from .models import BaseModel, load_base_model
 from .sampling import sample_with
-from .training import (STATE_FILE, autocast_dtype, load_state, resolve_device, rng_state, save_atomic,
-                       set_rng_state)
+from .training import (STATE_FILE, autocast_dtype, check_optimizer, compile_module, load_state, make_optimizer,
+                       resolve_device, rng_state, sampling_dtype, save_atomic, set_attention, set_rng_state,
+                       warmup_learning_rate)
 
 log = logging.getLogger("domainstudio.adapt")
 
@@ -72,7 +73,9 @@ def adapt(config: AdaptConfig, photos, output_dir: str | Path, progress: Progres
 
 def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptResult:
     device = resolve_device(config.device)
+    check_optimizer(config.optimizer, device)
     base = load_base_model(config.base_model)
+    set_attention((base.unet, base.vae), config.attention)
     loaded = load_photos(photos, config.resolution or base.resolution, base.channels)
     cfg = config.resolved(base.kind, len(loaded.names), base.resolution)
     done = _finished(out, cfg, base) if resume else None
@@ -84,6 +87,8 @@ def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptRes
                                           "photos": loaded.names})
     amp = autocast_dtype(cfg.mixed_precision, device)
     trainer = _make_trainer(base, cfg, loaded, device, amp, out, progress)
+    if cfg.torch_compile:
+        compile_module(trainer.unet)
     result = _train(trainer, base, cfg, len(loaded.names), out, device, amp, state, progress, should_stop)
     result.warnings = loaded.warnings
     return result
@@ -156,7 +161,7 @@ def _class_image_progress(progress: Progress) -> Callable[[int, int], None]:
 
 def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, should_stop) -> AdaptResult:
     params = [p for _, p in trainer.named_params]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    optimizer = make_optimizer(params, cfg.optimizer, cfg.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     generator = torch.Generator().manual_seed(cfg.seed)
     start = 0
@@ -171,8 +176,10 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
         for step in range(start, cfg.steps):
             if should_stop is not None and should_stop():
                 raise Canceled("the run was canceled at step %(step)s of %(steps)s", step=step, steps=cfg.steps)
-            index = torch.randperm(n_photos, generator=generator)[: cfg.batch_size]
-            terms = _step(trainer, optimizer, scaler, index, generator, step)
+            batches = [torch.randperm(n_photos, generator=generator)[: cfg.batch_size]
+                       for _ in range(cfg.gradient_accumulation_steps)]
+            lr = warmup_learning_rate(cfg.learning_rate, cfg.lr_warmup_steps, step)
+            terms = _step(trainer, optimizer, scaler, batches, generator, step, lr)
             completed, rng_done = step + 1, rng_state(generator)
             if completed % cfg.checkpoint_every == 0 or completed == cfg.steps:
                 _save(out, completed, trainer, optimizer, scaler, rng_done, meta)
@@ -189,21 +196,29 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
     return _publish(trainer, cfg, out, meta, terms, start, clock)
 
 
-def _step(trainer, optimizer, scaler, index, generator, step: int) -> dict[str, float]:
-    terms = trainer.losses(index, generator)
-    total = terms["total"]
-    if not torch.isfinite(total):
-        raise ModelError(
-            "training diverged at step %(step)s (loss %(loss)s): lower the learning rate "
-            "or the DomainStudio weights, or keep ds_max_timestep small",
-            step=step, loss=total.item(),
-        )
+def _step(trainer, optimizer, scaler, batches, generator, step: int, lr: float) -> dict[str, float]:
+    """One optimizer step over ``batches`` (gradient accumulation: their mean gradient);
+    returns the terms averaged over them."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
+    averaged: dict[str, float] = {}
+    for index in batches:
+        terms = trainer.losses(index, generator)
+        total = terms["total"]
+        if not torch.isfinite(total):
+            raise ModelError(
+                "training diverged at step %(step)s (loss %(loss)s): lower the learning rate "
+                "or the DomainStudio weights, or keep ds_max_timestep small",
+                step=step, loss=total.item(),
+            )
+        scaler.scale(total / len(batches)).backward()
+        for name, value in terms.items():
+            averaged[name] = averaged.get(name, 0.0) + float(value.detach()) / len(batches)
     scaler.step(optimizer)
     scaler.update()
     trainer.after_step()
-    return {name: float(value.detach()) for name, value in terms.items()}
+    return averaged
 
 
 def _restore(state, trainer, optimizer, scaler, generator) -> int:
@@ -233,7 +248,8 @@ def _previews(trainer, base, cfg, device, completed: int) -> list[Image.Image] |
     prompt = cfg.prompt(cfg.instance_prompt) if base.is_text_to_image else None
     with trainer.sampling_weights():
         images = sample_with(base, cfg.num_previews, prompt=prompt, seed=cfg.seed, device=device,
-                             batch_size=cfg.num_previews, resolution=cfg.resolution)
+                             batch_size=cfg.num_previews, resolution=cfg.resolution,
+                             precision=sampling_dtype(cfg.sampling_precision, device))
     return [g.image for g in images]
 
 
