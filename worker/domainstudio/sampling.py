@@ -76,7 +76,10 @@ def sample(
     else:
         base = load_for_sampling(model, dev)
         if dtype is not None:
-            base.to(dev, dtype)  # weights of our own copy: half the memory traffic of autocast
+            # Weights of our own copy: cast once, then no autocast (it would re-cast fp32
+            # weights on every call, twice the memory traffic).
+            base.to(dev, dtype)
+            dtype = None
     return sample_with(base, n, prompt=prompt, seed=seed, steps=steps, scheduler=scheduler,
                        guidance_scale=guidance_scale, batch_size=batch_size, device=dev,
                        negative_prompt=negative_prompt, progress=progress, should_stop=should_stop,
