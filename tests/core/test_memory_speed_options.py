@@ -4,6 +4,8 @@ accumulation, learning-rate warmup, the attention kernel, torch.compile and the 
 decode. 8-bit Adam needs bitsandbytes and a CUDA GPU: here only its refusal is tested."""
 import importlib
 import importlib.util
+import sys
+import types
 
 import pytest
 import torch
@@ -47,6 +49,34 @@ def test_bf16_training_and_sampling_run_under_autocast_on_the_cpu(photos, tmp_pa
     assert (tmp_path / "run" / LORA_FILE).is_file()
 
 
+def test_lora_under_mixed_precision_holds_the_frozen_weights_in_half(photos, tmp_path, monkeypatch):
+    """As diffusers' scripts: frozen UNet and text encoder in the autocast dtype, LoRA in fp32;
+    previews (autocast, whatever sampling_precision says) and the saved file work."""
+    from safetensors.torch import load_file
+
+    held = {}
+    prepare = adapt_module.prepare_for_training
+
+    def prepare_and_look(trainer, cfg, amp):
+        prepare(trainer, cfg, amp)
+        for name, p in trainer.unet.named_parameters():
+            held.setdefault((p.requires_grad, p.dtype), name)
+        held["text"] = {p.dtype for p in trainer.base.text_encoder.parameters()}
+        held["vae"] = {p.dtype for p in trainer.vae.parameters()}
+    monkeypatch.setattr(adapt_module, "prepare_for_training", prepare_and_look)
+    events = []
+    adapt(tiny_sd(mixed_precision="bf16", sampling_precision="no", preview_every=1, num_previews=2),
+          photos, tmp_path / "run", progress=events.append)
+    assert {k for k in held if isinstance(k, tuple)} == {(False, torch.bfloat16), (True, torch.float32)}
+    assert held["text"] == {torch.bfloat16} and held["vae"] == {torch.float32}
+    assert [len(e.previews) for e in events if e.stage == "training"] == [2, 2]
+    assert {t.dtype for t in load_file(tmp_path / "run" / LORA_FILE).values()} == {torch.float32}
+    # full fine-tuning trains every weight: nothing is frozen, nothing is cast
+    held.clear()
+    adapt(tiny_sd(mixed_precision="bf16", mode="full"), photos, tmp_path / "full")
+    assert {k for k in held if isinstance(k, tuple)} == {(True, torch.float32)}
+
+
 def test_full_precision_is_the_cpu_default(photos, tmp_path, unet_output_dtypes):
     adapt(tiny_sd(), photos, tmp_path / "run")
     assert set(unet_output_dtypes) == {torch.float32}
@@ -59,12 +89,14 @@ def test_fp16_training_scales_the_loss(photos, tmp_path):
     assert 0 < state["scaler"]["scale"] <= 2.0 ** 16
 
 
-def test_adamw8bit_is_refused_before_any_work_where_it_cannot_run(photos, tmp_path):
-    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+@pytest.mark.parametrize("installed", [False, True])
+def test_adamw8bit_is_refused_before_any_work_where_it_cannot_run(photos, tmp_path, monkeypatch, installed):
+    # bitsandbytes present or absent, whatever this machine has
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes") if installed else None)
     with pytest.raises(ModelError) as caught:
         adapt(tiny_sd(optimizer="adamw8bit", device="cpu"), photos, tmp_path / "run")
-    assert ("CUDA GPUs only" if has_bnb else "needs the bitsandbytes package") in str(caught.value)
-    assert "optimizer adamw" in str(caught.value)
+    assert ("CUDA GPUs only" if installed else "needs the bitsandbytes package") in str(caught.value)
+    assert "use optimizer adamw" in str(caught.value)
     assert not (tmp_path / "run").exists()
 
 

@@ -24,9 +24,9 @@ from .data import Photos, load_photos
 from .errors import Canceled, InputError, ModelError
 from .models import BaseModel, load_base_model
 from .sampling import sample_with
-from .training import (STATE_FILE, autocast_dtype, check_optimizer, compile_module, load_state, make_optimizer,
-                       resolve_device, rng_state, sampling_dtype, save_atomic, set_attention, set_rng_state,
-                       warmup_learning_rate)
+from .training import (STATE_FILE, autocast_dtype, check_optimizer, compile_module, hold_frozen_weights_in,
+                       load_state, make_optimizer, resolve_device, rng_state, sampling_dtype, save_atomic,
+                       set_attention, set_rng_state, warmup_learning_rate)
 
 log = logging.getLogger("domainstudio.adapt")
 
@@ -87,8 +87,7 @@ def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptRes
                                           "photos": loaded.names})
     amp = autocast_dtype(cfg.mixed_precision, device)
     trainer = _make_trainer(base, cfg, loaded, device, amp, out, progress)
-    if cfg.torch_compile:
-        compile_module(trainer.unet)
+    prepare_for_training(trainer, cfg, amp)
     result = _train(trainer, base, cfg, len(loaded.names), out, device, amp, state, progress, should_stop)
     result.warnings = loaded.warnings
     return result
@@ -153,6 +152,19 @@ def _make_trainer(base, cfg, photos: Photos, device, amp, out: Path, progress):
     return UnconditionalTrainer(base, cfg, device, photos.pixels)
 
 
+def prepare_for_training(trainer, cfg: AdaptConfig, amp: torch.dtype | None) -> None:
+    """The memory and speed options that act on a built trainer (benchmarks/gpu.py calls this too)."""
+    if frozen_in_half(cfg, amp):
+        hold_frozen_weights_in((trainer.unet, trainer.base.text_encoder), amp)
+    if cfg.torch_compile:
+        compile_module(trainer.unet)
+
+
+def frozen_in_half(cfg: AdaptConfig, amp: torch.dtype | None) -> bool:
+    """LoRA text-to-image runs under mixed precision hold the frozen weights in its dtype."""
+    return cfg.mode == "lora" and amp is not None
+
+
 def _class_image_progress(progress: Progress) -> Callable[[int, int], None]:
     def report(done: int, total: int) -> None:
         progress(ProgressEvent(done, total, {}, None, 0.0, stage="class_images"))
@@ -183,7 +195,7 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
             completed, rng_done = step + 1, rng_state(generator)
             if completed % cfg.checkpoint_every == 0 or completed == cfg.steps:
                 _save(out, completed, trainer, optimizer, scaler, rng_done, meta)
-            previews = _previews(trainer, base, cfg, device, completed)
+            previews = _previews(trainer, base, cfg, device, amp, completed)
             if progress is not None:
                 progress(ProgressEvent(completed, cfg.steps, terms, clock.eta(completed), clock.elapsed(), previews))
     except Canceled:
@@ -240,16 +252,17 @@ def _save(out, step, trainer, optimizer, scaler, rng, meta) -> None:
     log.info("run.checkpoint.saved step=%d", step)
 
 
-def _previews(trainer, base, cfg, device, completed: int) -> list[Image.Image] | None:
+def _previews(trainer, base, cfg, device, amp, completed: int) -> list[Image.Image] | None:
     if not cfg.preview_every or not cfg.num_previews:
         return None
     if completed % cfg.preview_every and completed != cfg.steps:
         return None
     prompt = cfg.prompt(cfg.instance_prompt) if base.is_text_to_image else None
+    # half-precision frozen weights beside fp32 LoRA weights need autocast, whatever was asked
+    precision = sampling_dtype(cfg.sampling_precision, device) or (amp if frozen_in_half(cfg, amp) else None)
     with trainer.sampling_weights():
         images = sample_with(base, cfg.num_previews, prompt=prompt, seed=cfg.seed, device=device,
-                             batch_size=cfg.num_previews, resolution=cfg.resolution,
-                             precision=sampling_dtype(cfg.sampling_precision, device))
+                             batch_size=cfg.num_previews, resolution=cfg.resolution, precision=precision)
     return [g.image for g in images]
 
 

@@ -97,6 +97,16 @@ def set_attention(modules: Iterable, kind: str) -> None:
             module.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
 
 
+def hold_frozen_weights_in(modules: Iterable, dtype: torch.dtype) -> None:
+    """Frozen weights in the autocast dtype, trained ones (LoRA) in fp32, as diffusers'
+    training scripts hold them: half the memory of the frozen UNet, and autocast computes in
+    that dtype anyway. The VAE stays in fp32 (SDXL's overflows in fp16)."""
+    for module in modules:
+        for p in module.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(dtype)
+
+
 def compile_module(module: torch.nn.Module) -> None:
     """torch.compile in place (nn.Module.compile): parameter names and state_dict keys stay
     as they are, so checkpoints and LoRA files do not change."""
