@@ -13,6 +13,7 @@ import argparse
 import copy
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -32,6 +33,16 @@ OPTIONS = {
     "gradient_accumulation_steps=2 (batch 1)": {"gradient_accumulation_steps": 2},
     "defaults, again (the noise of this table)": {},
 }
+
+
+def seconds(fn, device: torch.device) -> float:
+    """Wall time on a GPU; on the CPU the process's CPU time, which other processes on a
+    shared machine disturb far less than the wall clock (run with OMP_NUM_THREADS=1)."""
+    if device.type != "cpu":
+        return timed(fn, device)
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
 
 
 def build(c, device, pool, name: str):
@@ -62,9 +73,10 @@ def main(argv=None) -> int:
     times = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, variant in steps.items():
-            times[name].append(timed(lambda: variant.step(batch_of[name]), device))
+            times[name].append(seconds(lambda: variant.step(batch_of[name]), device))
     print(f"DomainStudio LoRA step, '{args.size}' shapes ({c['resolution']} px), batch {args.batch}+{args.batch}, "
-          f"{device}, torch threads {torch.get_num_threads()}, median of {args.rounds} interleaved rounds")
+          f"{device}, torch threads {torch.get_num_threads()}, median of {args.rounds} interleaved rounds, "
+          f"{'seconds of CPU time' if device.type == 'cpu' else 'wall seconds'}")
     print(f"{'option':42s} {'s/step':>8s} {'x time':>7s} {'step peak MiB':>14s} {'held MiB':>9s}")
     base = statistics.median(times["defaults"])
     for name, variant in steps.items():
@@ -87,9 +99,9 @@ def sampling(c, device, args) -> None:
     times = {name: [] for name in bases}
     for round_ in range(args.rounds + 1):
         for name, base in bases.items():
-            seconds = timed(lambda: sample_with(base, n, prompt=PROMPT, steps=steps, batch_size=n, device=device), device)
+            spent = seconds(lambda: sample_with(base, n, prompt=PROMPT, steps=steps, batch_size=n, device=device), device)
             if round_:  # the first round warms up
-                times[name].append(seconds)
+                times[name].append(spent)
     print(f"sampling, {n} images per call, {steps} steps: " + ", ".join(
         f"{name} {n / statistics.median(t):.2f} images/s" for name, t in times.items()))
 
