@@ -100,6 +100,15 @@ def test_adamw8bit_is_refused_before_any_work_where_it_cannot_run(photos, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_resumes_only_with_the_optimizer_it_was_trained_with(photos, tmp_path, monkeypatch):
+    adapt(tiny_sd(steps=2, checkpoint_every=1), photos, tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))
+    monkeypatch.setattr(adapt_module, "check_optimizer", lambda name, device: None)  # as on a GPU worker
+    with pytest.raises(InputError) as caught:
+        adapt(tiny_sd(steps=3, optimizer="adamw8bit"), photos, tmp_path / "run")
+    assert "trained with optimizer adamw" in str(caught.value)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
                     reason="8-bit Adam runs on CUDA GPUs with bitsandbytes installed (benchmarks/gpu.py measures it)")
 def test_adamw8bit_trains_on_a_gpu(photos, tmp_path):

@@ -121,6 +121,9 @@ def _resume_state(out: Path, cfg: AdaptConfig, base: BaseModel, resume: bool) ->
         return None
     state = load_state(state_path)
     _check_compatible(state["meta"], cfg, base, out)
+    if state["meta"].get("optimizer", "adamw") != cfg.optimizer:  # their saved states differ
+        raise InputError("%(folder)s holds a run trained with optimizer %(saved)s; resume it with that optimizer",
+                         folder=str(out), saved=str(state["meta"].get("optimizer", "adamw")))
     if state["step"] > cfg.steps:
         raise InputError("%(folder)s is already at step %(step)s, beyond the %(steps)s steps asked for",
                          folder=str(out), step=state["step"], steps=cfg.steps)
@@ -180,7 +183,8 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
     if state is not None:
         start = _restore(state, trainer, optimizer, scaler, generator)
         log.info("run.resumed step=%d output=%s", start, out)
-    meta = {"base_model": cfg.base_model, "base_fingerprint": base.fingerprint, "mode": cfg.mode}
+    meta = {"base_model": cfg.base_model, "base_fingerprint": base.fingerprint, "mode": cfg.mode,
+            "optimizer": cfg.optimizer}
     clock = _Clock(start, cfg.steps)
     # RNG as of the last completed step: a crash mid-step resumes exactly where it left off.
     completed, rng_done, terms = start, rng_state(generator), {}
