@@ -27,10 +27,13 @@ SDXL: rows (b)-(d) and our sampler run on the SDXL components through ``core_sdx
 where the core has no SDXL path yet, the table says "not measured" with the core's error.
 
 Usage:
-  python benchmarks/gpu.py                 # on a CUDA GPU: the table, in under 8 minutes on one modern GPU
+  python benchmarks/gpu.py                 # on a CUDA GPU: the table (sized for under 8 minutes on one modern GPU)
   python benchmarks/gpu.py --smoke         # the same code on the CPU at tiny shapes (the suite runs this)
   python benchmarks/gpu.py --only sd15     # one model family
-Writes benchmarks/results/gpu-<device>.md and .json (or into --out).
+Writes benchmarks/results/gpu-<device>.md and .json (or into --out). Every row holds its own
+copy of the weights: SD-1.5 needs about 40 GB of GPU memory in all; SDXL about 30 GB while
+the core has no SDXL path, and 100+ GB once rows (b)-(d) run (an H100 80 GB: --only sd15,
+then --only sdxl, and (d) may not fit: it says so).
 """
 from __future__ import annotations
 
@@ -379,10 +382,13 @@ def step_variants(c: dict, device: torch.device, amp, plan: Plan, checkpointing:
             built[name] = CoreStep(copy.deepcopy(c), device, pool, max_batch, **settings)
             built[name].step(1)  # a core without this model's path fails here, not mid-table
         except Exception as exc:  # noqa: BLE001 - reported in the table, not hidden
-            if not c["sdxl"] or is_out_of_memory(exc):
+            out_of_memory = is_out_of_memory(exc)
+            if not (out_of_memory or c["sdxl"]):
                 raise
             built.pop(name, None)
-            skipped[name] = f"not measured: the core has no SDXL path yet ({type(exc).__name__}: {first_line(exc)})"
+            skipped[name] = ("not measured: out of device memory beside the other rows (run it with --only)"
+                             if out_of_memory else
+                             f"not measured: the core has no SDXL path yet ({type(exc).__name__}: {first_line(exc)})")
             free(device)
     for variant in built.values():
         variant.enable_checkpointing(checkpointing)
