@@ -24,7 +24,7 @@ import translations  # noqa: E402  (scripts/translations.py)
 ALLOWED = {
     "domainstudio", "zip", "jpeg", "png", "webp", "csv", "json", "lora", "px", "b", "kb", "mb", "gb", "tb", "gpu",
     "cpu", "ema", "mse", "adamw", "unet", "vae", "ddpm", "fp", "bf", "fashion", "mnist", "stable", "diffusion", "clip",
-    "dino", "id", "api", "url", "cuda", "diffusers", "lpips", "intra", "utc",
+    "dino", "id", "api", "url", "cuda", "diffusers", "lpips", "intra", "utc", "sdpa",
 }
 # text a user typed, ids and file names: not the interface's words
 DATA_PATTERNS = [

@@ -50,6 +50,13 @@ class AdaptConfig:
     lora_rank: int = _f(8, "LoRA rank (lora mode).")
     gradient_checkpointing: bool = _f(True, "Recompute UNet/VAE activations in the backward pass to save memory (text-to-image).")
     mixed_precision: str = _f("auto", "Mixed precision: auto (bf16 on a CUDA GPU that has it, else fp16 on GPU, none on CPU), no, fp16 or bf16.", ("auto", "no", "fp16", "bf16"))
+    sampling_precision: str = _f("auto", "Precision of the class images and previews: auto (fp16 on a GPU, none on CPU), no, fp16 or bf16.", ("auto", "no", "fp16", "bf16"))
+    optimizer: str = _f("adamw", "Optimizer: adamw, or adamw8bit (bitsandbytes, CUDA GPUs: its state takes a quarter of the memory).", ("adamw", "adamw8bit"))
+    gradient_accumulation_steps: int = _f(1, "Batches whose gradients are averaged into each optimizer step (a larger batch in the same memory, at the time of N steps).")
+    lr_warmup_steps: int = _f(0, "Steps over which the learning rate rises linearly to its value (0 = off).")
+    attention: str = _f("sdpa", "Attention kernel: sdpa (PyTorch scaled_dot_product_attention, memory-efficient) or classic (the attention matrix in full, as diffusers before PyTorch 2).", ("sdpa", "classic"))
+    torch_compile: bool = _f(False, "Compile the UNet with torch.compile: a few minutes at the start, then faster steps on a GPU.")
+    vae_decode_chunk: int = _f(1, "Samples the VAE decodes at once for the DomainStudio terms (text-to-image): 1 keeps peak memory lowest; more can be faster on a GPU.")
     checkpoint_every: int = _f(200, "Save the training state (for resume) every N steps.")
     preview_every: int = _f(100, "Report preview images every N steps (0 = never).")
     num_previews: int = _f(4, "Preview images per report.")
@@ -108,6 +115,9 @@ class AdaptConfig:
         _positive(self, "lora_rank", 1, 1024)
         _positive(self, "checkpoint_every", 1, 10_000_000)
         _positive(self, "num_class_images", 1, 100_000)
+        _positive(self, "gradient_accumulation_steps", 1, 1024)
+        _positive(self, "lr_warmup_steps", 0, 1_000_000)
+        _positive(self, "vae_decode_chunk", 1, 64)
         if self.num_similarity_samples is not None and not 3 <= self.num_similarity_samples <= 64:
             raise InputError("num_similarity_samples must be between 3 and 64: the pairwise terms compare each "
                              "sample with the others, and with 2 that comparison is always equal (a zero loss)")

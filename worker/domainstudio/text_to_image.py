@@ -31,7 +31,7 @@ from .data import load_photos
 from .diffusion import predicted_clean, training_target
 from .losses import haar_high_frequency, high_frequency_mse, loss_terms, pairwise_similarity_loss
 from .models import BaseModel
-from .training import EMA, TrainableWeights, autocast
+from .training import EMA, TrainableWeights, autocast, sampling_dtype
 
 log = logging.getLogger("domainstudio.text_to_image")
 
@@ -165,9 +165,11 @@ class TextToImageTrainer(TrainableWeights):
             self.unet.enable_adapters()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        # One sample at a time: the decoder's full-resolution activations are the peak of a
-        # DomainStudio step, and they scale with the number decoded at once.
-        return torch.cat([self.vae.decode(z / self.scaling).sample for z in latents.split(1)])
+        # vae_decode_chunk samples at a time (default 1): the decoder's full-resolution
+        # activations are the peak of a DomainStudio step, and they scale with the number
+        # decoded at once.
+        return torch.cat([self.vae.decode(z / self.scaling).sample
+                          for z in latents.split(self.cfg.vae_decode_chunk)])
 
     def save_model(self, folder: Path) -> None:
         """LoRA: one safetensors file that diffusers' load_lora_weights reads; full: a pipeline folder."""
@@ -207,8 +209,8 @@ def class_images(base: BaseModel, cfg: AdaptConfig, folder: Path, device: torch.
     if missing > 0:
         log.info("run.class_images.generate count=%d folder=%s", missing, folder)
         images = sample_with(base, missing, prompt=cfg.prompt(cfg.class_prompt), seed=10_000 + len(have),
-                             resolution=cfg.resolution,
-                             device=device, progress=progress)
+                             resolution=cfg.resolution, device=device, progress=progress,
+                             precision=sampling_dtype(cfg.sampling_precision, device))
         for i, generated in enumerate(images, start=len(have)):
             tmp = folder / f".class-{i:05d}.png"
             generated.image.save(tmp)
