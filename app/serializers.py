@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from app import i18n
+from app.errors import N_
 from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run
 from app.services.runs import STAGES, total_seconds
 from app.setting_labels import describe_settings
@@ -33,7 +34,32 @@ def checkpoint(c: Checkpoint) -> dict:
         "id": str(c.id), "run_id": str(c.run_id), "kind": c.kind, "base_model": c.base_model,
         "size_bytes": c.size_bytes, "files": c.files, "settings": c.settings, "download_name": c.download_name,
         "download_url": f"/runs/{c.run_id}/checkpoint/download", "created_at": c.created_at.isoformat(),
+        "downloads": checkpoint_downloads(c),
     }
+
+
+# Which LoRA file each tool takes (the diffusers file is the checkpoint's main download).
+KOHYA_FILE = "lora_kohya.safetensors"
+LORA_TOOLS = {
+    "diffusers": N_("diffusers: pipe.load_lora_weights(file)"),
+    "kohya": N_("ComfyUI (LoraLoader), AUTOMATIC1111 / Forge (models/Lora), SD.Next, InvokeAI"),
+}
+
+
+def checkpoint_downloads(c: Checkpoint) -> list[dict]:
+    """The checkpoint's files to download: a LoRA run has its diffusers file and, beside it,
+    the same adapter in kohya's layout; each with the tools that take it."""
+    main = {"format": "diffusers" if c.kind == "lora" else "model", "name": c.download_name,
+            "url": f"/runs/{c.run_id}/checkpoint/download", "tools": LORA_TOOLS["diffusers"] if c.kind == "lora" else None}
+    out = [main]
+    if c.kind == "lora" and KOHYA_FILE in (c.files or []):
+        out.append({"format": "kohya", "name": kohya_download_name(c),
+                    "url": f"/runs/{c.run_id}/checkpoint/download?format=kohya", "tools": LORA_TOOLS["kohya"]})
+    return out
+
+
+def kohya_download_name(c: Checkpoint) -> str:
+    return c.download_name.replace(".safetensors", "") + "-kohya.safetensors"
 
 
 def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None) -> dict:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app import i18n
 from app import repositories as repo
+from app import serializers as ser
 from app.deps import Ctx, check_csrf, ctx, get_db
 from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
@@ -238,7 +239,8 @@ async def start_run(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(
 def run_page(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
     return render(request, "run.html", user=c.user, run=run, galleries=repo.galleries_of_run(c.db, run.id),
-                  setting_texts=SETTING_TEXTS, run_seconds=runs.run_seconds(run))
+                  setting_texts=SETTING_TEXTS, run_seconds=runs.run_seconds(run),
+                  checkpoint_downloads=ser.checkpoint_downloads(run.checkpoint) if run.checkpoint else [])
 
 
 @router.post("/runs/{run_id}/cancel")

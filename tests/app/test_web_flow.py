@@ -174,6 +174,12 @@ def test_text_to_image_run_gives_lora_and_prompted_gallery(make_client, pg_setti
     ck = client.get(f"/api/runs/{run['id']}/checkpoint").json()
     assert ck["kind"] == "lora" and ck["download_name"].endswith(".safetensors")
     assert len(fetch_download(client, ck["download_url"])) == ck["size_bytes"]
+    # beside it, the same LoRA in kohya's layout for ComfyUI and A1111/Forge
+    kohya = next(d for d in ck["downloads"] if d["format"] == "kohya")
+    assert b"lora_unet_" in fetch_download(client, kohya["url"])[:20_000]
+    assert "ComfyUI" in kohya["tools"] and kohya["name"].endswith("-kohya.safetensors")
+    page = client.get(f"/runs/{run['id']}").text
+    assert kohya["url"].replace("&", "&amp;") in page and "ComfyUI" in page
     gallery = poll(client, f"/api/galleries/{run['galleries'][0]['id']}",
                    lambda g: g["status"] in ("succeeded", "failed"), 180, "the gallery")
     assert gallery["status"] == "succeeded", gallery

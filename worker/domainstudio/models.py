@@ -1,8 +1,11 @@
-"""One way in for every base model: builtin names, local diffusers folders, hub ids.
+"""One way in for every base model: builtin names, local diffusers folders, single-file
+checkpoints, hub ids.
 
 ``load_base_model(spec)`` returns a :class:`BaseModel` holding the diffusers components
-(UNet, scheduler and, for text-to-image, VAE, text encoder and tokenizer). Training and
-sampling code only ever sees that object.
+(UNet, scheduler and, for text-to-image, VAE, text encoder(s) and tokenizer(s)). Training
+and sampling code only ever sees that object. Families: ``ddpm`` (unconditional
+UNet2DModel), ``sd`` (Stable Diffusion 1.x/2.x) and ``sdxl`` (two text encoders, added
+time ids).
 """
 from __future__ import annotations
 
@@ -20,6 +23,17 @@ from .config import TEXT_TO_IMAGE, UNCONDITIONAL
 from .errors import ModelError
 
 BUILTIN_PREFIX = "builtin:"
+DDPM, SD, SDXL = "ddpm", "sd", "sdxl"
+SUPPORTED_KINDS = ("unconditional DDPM (UNet2DModel), Stable Diffusion 1.x and 2.x, and SDXL: "
+                   "diffusers folders, or single .safetensors/.ckpt checkpoint files of SD 1.x, 2.x and SDXL")
+# Pipelines DomainStudio does not adapt: transformer (DiT/MMDiT) models instead of a UNet.
+UNSUPPORTED_PIPELINES = {
+    "FluxPipeline": "Flux", "FluxKontextPipeline": "Flux", "StableDiffusion3Pipeline": "Stable Diffusion 3",
+    "PixArtAlphaPipeline": "PixArt", "PixArtSigmaPipeline": "PixArt", "SanaPipeline": "Sana",
+    "AuraFlowPipeline": "AuraFlow", "HunyuanDiTPipeline": "Hunyuan-DiT", "LuminaText2ImgPipeline": "Lumina",
+    "StableDiffusionXLRefinerPipeline": "SDXL refiner", "StableCascadeCombinedPipeline": "Stable Cascade",
+    "KandinskyV22Pipeline": "Kandinsky", "QwenImagePipeline": "Qwen-Image", "CogView4Pipeline": "CogView",
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -35,24 +49,46 @@ class BaseModel:
     text_encoder: Any = None
     tokenizer: Any = None
     fingerprint: str = ""
+    family: str = ""  # DDPM, SD or SDXL; set from kind when not given
+    text_encoder_2: Any = None  # SDXL: the OpenCLIP bigG encoder (with projection)
+    tokenizer_2: Any = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            self.family = SD if self.kind == TEXT_TO_IMAGE else DDPM
 
     @property
     def is_text_to_image(self) -> bool:
         return self.kind == TEXT_TO_IMAGE
 
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == SDXL
+
+    @property
+    def modules(self) -> list:
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "BaseModel":
-        for module in (self.unet, self.vae, self.text_encoder):
-            if module is not None:
-                module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
+        for module in self.modules:
+            module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
         return self
 
     def pipeline(self, unet: Any = None):
-        """A plain diffusers pipeline over these components (DDPMPipeline or StableDiffusionPipeline)."""
-        from diffusers import DDPMPipeline, StableDiffusionPipeline
+        """A plain diffusers pipeline over these components (DDPMPipeline, StableDiffusionPipeline
+        or StableDiffusionXLPipeline)."""
+        from diffusers import DDPMPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
         unet = unet if unet is not None else self.unet
+        if self.is_sdxl:
+            # No invisible watermark: it needs a package of its own and alters every image.
+            return StableDiffusionXLPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
+                tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=unet,
+                scheduler=self.scheduler, add_watermarker=False,
+            )
         if self.is_text_to_image:
             return StableDiffusionPipeline(
                 vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
@@ -86,6 +122,16 @@ def _tiny_sd() -> BaseModel:
                      fingerprint="builtin:tiny-sd", description=BUILTINS["tiny-sd"].description)
 
 
+def _tiny_sdxl() -> BaseModel:
+    from .tiny import sdxl_components
+
+    c = sdxl_components()
+    return BaseModel("builtin:tiny-sdxl", TEXT_TO_IMAGE, c["unet"], c["scheduler"], c["resolution"], 3,
+                     vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
+                     text_encoder_2=c["text_encoder_2"], tokenizer_2=c["tokenizer_2"], family=SDXL,
+                     fingerprint="builtin:tiny-sdxl", description=BUILTINS["tiny-sdxl"].description)
+
+
 def _fmnist_ddpm() -> BaseModel:
     try:
         from .pretrain import load_fmnist_ddpm
@@ -107,6 +153,7 @@ def _fmnist_ddpm() -> BaseModel:
 BUILTINS: dict[str, Builtin] = {
     "tiny-ddpm": Builtin("Unconditional DDPM, 32x32 RGB, random weights (tests and smoke runs).", _tiny_ddpm),
     "tiny-sd": Builtin("Stable-Diffusion-shaped text-to-image model, 32 px, random weights (tests and smoke runs).", _tiny_sd),
+    "tiny-sdxl": Builtin("SDXL-shaped text-to-image model (two text encoders, added time ids), 32 px, random weights (tests and smoke runs).", _tiny_sdxl),
     "fmnist-ddpm-32": Builtin("Demo model: unconditional DDPM, 32x32 grayscale, trained on Fashion-MNIST clothing and bags (no footwear).", _fmnist_ddpm),
 }
 
@@ -135,10 +182,7 @@ def load_base_model(spec: str, device: str | torch.device = "cpu") -> BaseModel:
             "Builtin models: %(choices)s",
             spec=repr(spec), choices=", ".join(list_builtin_models()),
         )
-    for module in (model.unet, model.vae, model.text_encoder):
-        if module is not None:
-            module.to(device)
-    return model
+    return model.to(device)
 
 
 def _load_builtin(name: str) -> BaseModel:
@@ -157,10 +201,9 @@ def load_local_folder(folder: Path) -> BaseModel:
     if index.is_file():
         info = _read_json(index)
         pipeline_class = str(info.get("_class_name", ""))
-        if "unet" not in info:
-            raise ModelError("%(path)s lists no unet; DomainStudio adapts UNet diffusion models", path=str(index))
+        _refuse_unsupported(info, pipeline_class, index)
         if "text_encoder" in info and "vae" in info:
-            return _load_sd_folder(folder, pipeline_class)
+            return _load_sd_folder(folder, pipeline_class, sdxl="text_encoder_2" in info)
         return _load_ddpm_folder(folder, folder / "unet", pipeline_class)
     config = folder / "config.json"
     if config.is_file() and _read_json(config).get("_class_name") == "UNet2DModel":
@@ -172,28 +215,56 @@ def load_local_folder(folder: Path) -> BaseModel:
     )
 
 
-def _load_sd_folder(folder: Path, pipeline_class: str) -> BaseModel:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def _refuse_unsupported(info: dict, pipeline_class: str, index: Path) -> None:
+    """Flux, SD3 and other transformer models: say so, and say what is supported."""
+    name = UNSUPPORTED_PIPELINES.get(pipeline_class)
+    if name is None and "unet" in info:
+        return
+    raise ModelError(
+        "%(path)s is a %(model)s model, which DomainStudio does not adapt (it has no UNet). "
+        "Supported kinds: %(supported)s",
+        path=str(index.parent), model=name or pipeline_class or "diffusers", supported=SUPPORTED_KINDS,
+    )
 
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+
+def _load_sd_folder(folder: Path, pipeline_class: str, sdxl: bool) -> BaseModel:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    subs = ("unet", "vae", "text_encoder", "tokenizer", "scheduler") + (("text_encoder_2", "tokenizer_2") if sdxl else ())
+    for sub in subs:
         if not (folder / sub).is_dir():
             raise ModelError("%(folder)s lacks the %(sub)s/ folder that a %(pipeline)s model needs",
                              folder=str(folder), sub=sub, pipeline=pipeline_class or "Stable Diffusion")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+        parts = dict(
+            unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
+            text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+            # Training adds noise the DDPM way whatever sampler the folder names.
+            scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        )
+        if sdxl:
+            parts.update(text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2"),
+                         tokenizer_2=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError("could not read the model in %(folder)s: %(detail)s",
                          folder=str(folder), detail=str(exc)) from exc
+    name = pipeline_class or ("Stable Diffusion XL" if sdxl else "Stable Diffusion")
+    return text_to_image_model(str(folder), parts, _folder_fingerprint(folder / "unet"), f"{name} from {folder}")
+
+
+def text_to_image_model(spec: str, parts: dict, fingerprint: str, description: str) -> BaseModel:
+    """A BaseModel over loaded SD or SDXL components; the resolution is the UNet's latent size
+    times the VAE's downscaling (512 px for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL)."""
+    vae, unet = parts["vae"], parts["unet"]
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    return BaseModel(str(folder), TEXT_TO_IMAGE, unet, scheduler, int(unet.config.sample_size) * scale, 3,
-                     vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                     fingerprint=_folder_fingerprint(folder / "unet"),
-                     description=f"{pipeline_class or 'Stable Diffusion'} from {folder}")
+    sdxl = parts.get("text_encoder_2") is not None
+    return BaseModel(spec, TEXT_TO_IMAGE, unet, parts["scheduler"], int(unet.config.sample_size) * scale, 3,
+                     vae=vae, text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                     text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
+                     family=SDXL if sdxl else SD, fingerprint=fingerprint, description=description)
 
 
 def _load_ddpm_folder(folder: Path, unet_folder: Path, pipeline_class: str) -> BaseModel:

@@ -23,9 +23,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .conditioning import Conditioning, encode_prompts
 from .config import AdaptConfig
 from .data import load_photos
 from .diffusion import predicted_clean, training_target
+from .kohya import save_kohya_lora
 from .losses import domainstudio_terms, loss_terms
 from .models import BaseModel
 from .training import EMA, TrainableWeights, autocast
@@ -43,7 +45,9 @@ class TextToImageTrainer(TrainableWeights):
         self.scheduler = base.scheduler
         self.unet = base.unet.to(device)
         self.vae = base.vae.to(device).eval().requires_grad_(False)
-        base.text_encoder.to(device).eval().requires_grad_(False)
+        for encoder in (base.text_encoder, base.text_encoder_2):
+            if encoder is not None:
+                encoder.to(device).eval().requires_grad_(False)
         self.scaling = float(getattr(self.vae.config, "scaling_factor", 0.18215))
         self.uses_ds = any(w > 0 for w in (cfg.l_img, cfg.l_hf, cfg.l_hfmse))
         self.source = None
@@ -51,8 +55,8 @@ class TextToImageTrainer(TrainableWeights):
         self.pixels = pixels.to(device)
         self.instance_latents = self._encode(self.pixels)
         self.class_latents = self._encode(class_pixels.to(device))
-        self.instance_embedding = encode_prompt(base, cfg.prompt(cfg.instance_prompt), device)
-        self.class_embedding = encode_prompt(base, cfg.prompt(cfg.class_prompt), device)
+        self.instance_cond = encode_prompts(base, [cfg.prompt(cfg.instance_prompt)], device, cfg.resolution)
+        self.class_cond = encode_prompts(base, [cfg.prompt(cfg.class_prompt)], device, cfg.resolution)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         self.named_params = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
@@ -100,9 +104,9 @@ class TextToImageTrainer(TrainableWeights):
         # DomainStudio terms on all its samples or skips their decode entirely.
         t = torch.randint(0, len(self.alphas_cumprod), (1,), generator=generator).to(self.device).expand(2 * b)
         x_t = self.scheduler.add_noise(latents, noise, t)
-        prompts = torch.cat([self.instance_embedding.expand(b, -1, -1), self.class_embedding.expand(b, -1, -1)])
+        cond = Conditioning.cat([self.instance_cond.repeat(b), self.class_cond.repeat(b)])
         with autocast(self.device, self.amp_dtype):
-            pred = self.unet(x_t, t, encoder_hidden_states=prompts).sample.float()
+            pred = self.unet(x_t, t, **cond.unet_kwargs()).sample.float()
         target = training_target(self.scheduler, latents, noise, t).float()
         simple = F.mse_loss(pred[:b], target[:b])
         prior = F.mse_loss(pred[b:], target[b:])
@@ -131,9 +135,9 @@ class TextToImageTrainer(TrainableWeights):
             # Official semantics: the class half of the same forward, on its own latents.
             return predicted_clean(pred[b:][pick].detach(), x_t[b:][pick], abar, self.prediction_type)
         noisy = x_t[:b][pick]
-        prompt = self.class_embedding.expand(len(pick), -1, -1)
+        cond = self.class_cond.repeat(len(pick))
         with autocast(self.device, self.amp_dtype), self._frozen_source() as source:
-            out = source(noisy, t[: len(pick)], encoder_hidden_states=prompt).sample.float()
+            out = source(noisy, t[: len(pick)], **cond.unet_kwargs()).sample.float()
         return predicted_clean(out, noisy, abar, self.prediction_type)
 
     @contextlib.contextmanager
@@ -153,30 +157,25 @@ class TextToImageTrainer(TrainableWeights):
         return torch.cat([self.vae.decode(z / self.scaling).sample for z in latents.split(1)])
 
     def save_model(self, folder: Path) -> None:
-        """LoRA: one safetensors file that diffusers' load_lora_weights reads; full: a pipeline folder."""
+        """LoRA: a safetensors file that diffusers' load_lora_weights reads, and the same adapter in
+        kohya's layout for ComfyUI and A1111/Forge (kohya.py); full: a pipeline folder."""
         with self.sampling_weights():
             if self.cfg.mode == "lora":
-                save_lora(self.unet, folder)
+                save_lora(self.base, self.unet, folder)
+                save_kohya_lora(self.base, self.unet, self.cfg, folder)
             else:
                 self.base.pipeline(unet=self.unet).save_pretrained(folder / "model", safe_serialization=True)
 
 
-def save_lora(unet, folder: Path) -> None:
-    from diffusers import StableDiffusionPipeline
+def save_lora(base: BaseModel, unet, folder: Path) -> None:
+    """The UNet adapter in diffusers' layout, for the family's ``load_lora_weights``."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_FILE,
-                                              safe_serialization=True)
-
-
-@torch.no_grad()
-def encode_prompt(base: BaseModel, prompt: str, device: torch.device) -> torch.Tensor:
-    """CLIP hidden states of one prompt, [1, tokens, dim]."""
-    ids = base.tokenizer(prompt, padding="max_length", max_length=base.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids.to(device)
-    return base.text_encoder(ids)[0]
+    pipeline = StableDiffusionXLPipeline if base.is_sdxl else StableDiffusionPipeline
+    pipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_FILE, safe_serialization=True)
 
 
 def class_images(base: BaseModel, cfg: AdaptConfig, folder: Path, device: torch.device,
