@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app import i18n
 from app import repositories as repo
 from app import serializers as ser
+from app.basemodels import base_model_choices
 from app.deps import Ctx, check_csrf, ctx, get_db
 from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
@@ -170,7 +171,8 @@ def photo_set_page(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(c
     ps = photosets.get_photo_set(c.db, c.team_id, photo_set_id)
     return render(request, "photo_set.html", user=c.user, ps=ps, photos=list(ps.photos),
                   runs=repo.runs(c.db, c.team_id, ps.id), presets=PRESETS, expert_fields=EXPERT_FIELDS,
-                  setting_texts=SETTING_TEXTS, base_models=c.settings.base_model_list, settings=c.settings)
+                  setting_texts=SETTING_TEXTS, base_models=c.settings.base_model_list, settings=c.settings,
+                  base_model_choices=[m for m in base_model_choices(c.settings.base_model_list) if m.refused is None])
 
 
 @router.post("/photo-sets/{photo_set_id}/delete")

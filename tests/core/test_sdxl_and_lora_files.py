@@ -32,8 +32,8 @@ def test_sdxl_unet_receives_both_text_encoders_and_the_added_time_ids():
     base = load_base_model("builtin:tiny-sdxl")
     assert base.is_sdxl and base.text_encoder_2 is not None and base.resolution == 32
     cond = encode_prompts(base, [PROMPT, "a photo of bottle"], torch.device("cpu"), 32)
-    # hidden states of both encoders side by side (32 + 32), pooled from the second, six time ids
-    assert cond.hidden.shape == (2, 77, 64) and cond.pooled.shape == (2, 32)
+    # hidden states of both encoders side by side (32 + 48), pooled from the second, six time ids
+    assert cond.hidden.shape == (2, 77, 80) and cond.pooled.shape == (2, 48)
     assert cond.time_ids.tolist() == [[32, 32, 0, 0, 32, 32]] * 2
     assert set(cond.unet_kwargs()["added_cond_kwargs"]) == {"text_embeds", "time_ids"}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import AdaptConfig
+from .model_kinds import SD2, SDXL
 from .models import BaseModel
 
 KOHYA_FILE = "lora_kohya.safetensors"
@@ -38,13 +39,14 @@ def kohya_state_dict(unet) -> dict[str, torch.Tensor]:
 
 def kohya_metadata(base: BaseModel, cfg: AdaptConfig, steps: int) -> dict[str, str]:
     """kohya's training metadata (strings only, as safetensors requires)."""
-    architecture = "stable-diffusion-xl-v1-base" if base.is_sdxl else "stable-diffusion-v1"
+    architecture, version = {SDXL: ("stable-diffusion-xl-v1-base", "sdxl_base_v1-0"),
+                             SD2: ("stable-diffusion-v2", "sd_v2")}.get(base.family, ("stable-diffusion-v1", "sd_v1"))
     trigger = f"{cfg.instance_token} {cfg.class_word}"
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(cfg.lora_rank),
         "ss_network_alpha": str(float(cfg.lora_rank)),
-        "ss_base_model_version": "sdxl_base_v1-0" if base.is_sdxl else "sd_v1",
+        "ss_base_model_version": version,
         "ss_sd_model_name": cfg.base_model,
         "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
         "ss_max_train_steps": str(steps),

@@ -21,19 +21,9 @@ import torch
 
 from .config import TEXT_TO_IMAGE, UNCONDITIONAL
 from .errors import ModelError
+from .model_kinds import DDPM, SD1, SD2, SDXL, SUPPORTED_KINDS, refuse_unsupported  # noqa: F401
 
 BUILTIN_PREFIX = "builtin:"
-DDPM, SD, SDXL = "ddpm", "sd", "sdxl"
-SUPPORTED_KINDS = ("unconditional DDPM (UNet2DModel), Stable Diffusion 1.x and 2.x, and SDXL: "
-                   "diffusers folders, or single .safetensors/.ckpt checkpoint files of SD 1.x, 2.x and SDXL")
-# Pipelines DomainStudio does not adapt: transformer (DiT/MMDiT) models instead of a UNet.
-UNSUPPORTED_PIPELINES = {
-    "FluxPipeline": "Flux", "FluxKontextPipeline": "Flux", "StableDiffusion3Pipeline": "Stable Diffusion 3",
-    "PixArtAlphaPipeline": "PixArt", "PixArtSigmaPipeline": "PixArt", "SanaPipeline": "Sana",
-    "AuraFlowPipeline": "AuraFlow", "HunyuanDiTPipeline": "Hunyuan-DiT", "LuminaText2ImgPipeline": "Lumina",
-    "StableDiffusionXLRefinerPipeline": "SDXL refiner", "StableCascadeCombinedPipeline": "Stable Cascade",
-    "KandinskyV22Pipeline": "Kandinsky", "QwenImagePipeline": "Qwen-Image", "CogView4Pipeline": "CogView",
-}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -49,7 +39,7 @@ class BaseModel:
     text_encoder: Any = None
     tokenizer: Any = None
     fingerprint: str = ""
-    family: str = ""  # DDPM, SD or SDXL; set from kind when not given
+    family: str = ""  # model_kinds.DDPM, SD1, SD2 or SDXL; set from kind when not given
     text_encoder_2: Any = None  # SDXL: the OpenCLIP bigG encoder (with projection)
     tokenizer_2: Any = None
     description: str = ""
@@ -57,7 +47,7 @@ class BaseModel:
 
     def __post_init__(self) -> None:
         if not self.family:
-            self.family = SD if self.kind == TEXT_TO_IMAGE else DDPM
+            self.family = SD1 if self.kind == TEXT_TO_IMAGE else DDPM
 
     @property
     def is_text_to_image(self) -> bool:
@@ -165,13 +155,18 @@ def list_builtin_models() -> dict[str, str]:
 
 # -- loading --------------------------------------------------------------------------
 def load_base_model(spec: str, device: str | torch.device = "cpu") -> BaseModel:
-    """Load a base model from ``builtin:NAME``, a local diffusers folder, or a hub id.
+    """Load a base model from ``builtin:NAME``, a local diffusers folder, a single checkpoint
+    file (.safetensors/.ckpt of SD 1.x, 2.x, SDXL), or a hub id.
 
     Raises :class:`ModelError` with what to do when the model cannot be found or read.
     """
     spec = str(spec).strip()
     if spec.startswith(BUILTIN_PREFIX):
         model = _load_builtin(spec[len(BUILTIN_PREFIX):])
+    elif Path(spec).expanduser().is_file():
+        from .single_file import load_single_file
+
+        model = load_single_file(Path(spec).expanduser())
     elif Path(spec).expanduser().exists():
         model = load_local_folder(Path(spec).expanduser())
     elif _HUB_ID.match(spec):
@@ -201,7 +196,7 @@ def load_local_folder(folder: Path) -> BaseModel:
     if index.is_file():
         info = _read_json(index)
         pipeline_class = str(info.get("_class_name", ""))
-        _refuse_unsupported(info, pipeline_class, index)
+        refuse_unsupported(info, pipeline_class, folder)
         if "text_encoder" in info and "vae" in info:
             return _load_sd_folder(folder, pipeline_class, sdxl="text_encoder_2" in info)
         return _load_ddpm_folder(folder, folder / "unet", pipeline_class)
@@ -212,18 +207,6 @@ def load_local_folder(folder: Path) -> BaseModel:
         "%(folder)s is not a diffusers model folder: expected model_index.json (a pipeline saved with "
         "save_pretrained) or config.json of a UNet2DModel",
         folder=str(folder),
-    )
-
-
-def _refuse_unsupported(info: dict, pipeline_class: str, index: Path) -> None:
-    """Flux, SD3 and other transformer models: say so, and say what is supported."""
-    name = UNSUPPORTED_PIPELINES.get(pipeline_class)
-    if name is None and "unet" in info:
-        return
-    raise ModelError(
-        "%(path)s is a %(model)s model, which DomainStudio does not adapt (it has no UNet). "
-        "Supported kinds: %(supported)s",
-        path=str(index.parent), model=name or pipeline_class or "diffusers", supported=SUPPORTED_KINDS,
     )
 
 
@@ -260,11 +243,14 @@ def text_to_image_model(spec: str, parts: dict, fingerprint: str, description: s
     times the VAE's downscaling (512 px for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL)."""
     vae, unet = parts["vae"], parts["unet"]
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    sdxl = parts.get("text_encoder_2") is not None
+    if parts.get("text_encoder_2") is not None:
+        family = SDXL
+    else:  # SD 2.x: OpenCLIP ViT-H, 1024-wide hidden states
+        family = SD2 if parts["text_encoder"].config.hidden_size == 1024 else SD1
     return BaseModel(spec, TEXT_TO_IMAGE, unet, parts["scheduler"], int(unet.config.sample_size) * scale, 3,
                      vae=vae, text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
                      text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
-                     family=SDXL if sdxl else SD, fingerprint=fingerprint, description=description)
+                     family=family, fingerprint=fingerprint, description=description)
 
 
 def _load_ddpm_folder(folder: Path, unet_folder: Path, pipeline_class: str) -> BaseModel:

@@ -92,17 +92,22 @@ def sdxl_components():
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = tiny_tokenizer()
-    text = CLIPTextConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77, hidden_size=32,
-        intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
-    )
+
+    def text(hidden: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77, hidden_size=hidden,
+            intermediate_size=2 * hidden, num_attention_heads=4, num_hidden_layers=2, projection_dim=hidden,
+        )
+
     with _seeded():
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**_SDXL_UNET)
         vae = AutoencoderKL(**_SD_SHAPES["tiny"]["vae"])
-        text_encoder = CLIPTextModel(text)
-        text_encoder_2 = CLIPTextModelWithProjection(text)
+        # Two widths, as SDXL's CLIP-L (768) and OpenCLIP bigG (1280): single-file loading
+        # tells the encoders apart by their width.
+        text_encoder = CLIPTextModel(text(32))
+        text_encoder_2 = CLIPTextModelWithProjection(text(48))
     return {
         "unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
         "text_encoder_2": text_encoder_2, "tokenizer_2": tiny_tokenizer(),
@@ -116,9 +121,9 @@ _SDXL_UNET = dict(
     use_linear_projection=True, transformer_layers_per_block=(1, 2),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=64,  # the two text encoders' hidden states side by side (32 + 32)
+    cross_attention_dim=80,  # the two text encoders' hidden states side by side (32 + 48)
     addition_embed_type="text_time", addition_time_embed_dim=8,
-    projection_class_embeddings_input_dim=6 * 8 + 32,  # six time ids + the pooled text embedding
+    projection_class_embeddings_input_dim=6 * 8 + 48,  # six time ids + the pooled text embedding
 )
 
 

@@ -1,0 +1,52 @@
+"""The administrator's base models (DOMAINSTUDIO_BASE_MODELS) as users see them: each with
+its kind and resolution, read from its files without torch (the core's model_kinds), and
+the ones DomainStudio does not adapt (Flux, SD3, no UNet) refused with the reason."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.errors import BadInput, Message, message_of
+from worker.domainstudio.errors import ModelError
+from worker.domainstudio.model_kinds import LABELS, ModelKind, model_kind
+
+log = logging.getLogger("domainstudio.basemodels")
+
+
+@dataclass
+class BaseModelChoice:
+    spec: str
+    family: str = ""  # ddpm, sd1, sd2, sdxl; "" when only the worker can tell (a .ckpt, a hub id)
+    family_label: str = ""
+    source: str = ""  # builtin, folder, single file, hub
+    resolution: int = 0
+    refused: Message | None = None
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec, "family": self.family, "kind": self.family_label, "source": self.source,
+                "resolution": self.resolution or None,
+                "refused": self.refused.render() if self.refused is not None else None}
+
+
+def describe(spec: str) -> BaseModelChoice:
+    try:
+        kind: ModelKind = model_kind(spec)
+    except ModelError as exc:
+        return BaseModelChoice(spec, refused=message_of(exc))
+    return BaseModelChoice(spec, kind.family, LABELS.get(kind.family, ""), kind.source, kind.resolution)
+
+
+def base_model_choices(specs: list[str]) -> list[BaseModelChoice]:
+    """Every listed base model, described; refused ones are logged for the administrator."""
+    choices = [describe(spec) for spec in specs]
+    for c in choices:
+        if c.refused is not None:
+            log.error("basemodels.refused", extra={"spec": c.spec, "reason": c.refused.render()})
+    return choices
+
+
+def check_base_model(spec: str) -> None:
+    """A run cannot start on a model DomainStudio does not adapt: say why, and what is supported."""
+    choice = describe(spec)
+    if choice.refused is not None:
+        raise BadInput(choice.refused.msgid, params=choice.refused.params)
