@@ -142,10 +142,10 @@ def _make_trainer(base, cfg, photos: Photos, device, amp, out: Path, progress):
         folder = Path(cfg.class_images_dir) if cfg.class_images_dir else out / "class_images"
         report = _class_image_progress(progress) if progress is not None else None
         prior = class_images(base, cfg, folder, device, report)
-        return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp)
+        return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp, masks=photos.masks)
     from .unconditional import UnconditionalTrainer
 
-    return UnconditionalTrainer(base, cfg, device, photos.pixels)
+    return UnconditionalTrainer(base, cfg, device, photos.pixels, masks=photos.masks)
 
 
 def _class_image_progress(progress: Progress) -> Callable[[int, int], None]:

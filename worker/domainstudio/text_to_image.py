@@ -28,7 +28,7 @@ from .config import AdaptConfig
 from .data import load_photos
 from .diffusion import predicted_clean, training_target
 from .kohya import save_kohya_lora
-from .losses import domainstudio_terms, loss_terms
+from .losses import domainstudio_terms, latent_mask, loss_terms, masked_mse
 from .models import BaseModel
 from .training import EMA, TrainableWeights, autocast
 
@@ -40,7 +40,7 @@ LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 class TextToImageTrainer(TrainableWeights):
     def __init__(self, base: BaseModel, cfg: AdaptConfig, device: torch.device, pixels: torch.Tensor,
-                 class_pixels: torch.Tensor, amp_dtype: torch.dtype | None):
+                 class_pixels: torch.Tensor, amp_dtype: torch.dtype | None, masks: torch.Tensor | None = None):
         self.base, self.cfg, self.device, self.amp_dtype = base, cfg, device, amp_dtype
         self.scheduler = base.scheduler
         self.unet = base.unet.to(device)
@@ -54,6 +54,9 @@ class TextToImageTrainer(TrainableWeights):
         self._prepare_unet()
         self.pixels = pixels.to(device)
         self.instance_latents = self._encode(self.pixels)
+        # Padding and transparent areas stay out of the photo losses (data.fit_photo).
+        self.masks = None if masks is None else masks.to(device)
+        self.latent_masks = latent_mask(self.masks, tuple(self.instance_latents.shape[-2:]))
         self.class_latents = self._encode(class_pixels.to(device))
         self.instance_cond = encode_prompts(base, [cfg.prompt(cfg.instance_prompt)], device, cfg.resolution)
         self.class_cond = encode_prompts(base, [cfg.prompt(cfg.class_prompt)], device, cfg.resolution)
@@ -108,7 +111,7 @@ class TextToImageTrainer(TrainableWeights):
         with autocast(self.device, self.amp_dtype):
             pred = self.unet(x_t, t, **cond.unet_kwargs()).sample.float()
         target = training_target(self.scheduler, latents, noise, t).float()
-        simple = F.mse_loss(pred[:b], target[:b])
+        simple = masked_mse(pred[:b], target[:b], self._rows(self.latent_masks, index))
         prior = F.mse_loss(pred[b:], target[b:])
         ds = {}
         if self.uses_ds and int(t[0]) < self.cfg.ds_max_timestep and b >= 1:
@@ -128,7 +131,11 @@ class TextToImageTrainer(TrainableWeights):
             with torch.no_grad():
                 source_pixels = self._decode(x0_source)
         photos = self.pixels[index.to(self.device)[pick]]
-        return domainstudio_terms(adapted_pixels.float(), source_pixels.float(), photos, None, generator)
+        masks = self._rows(self.masks, index.to(self.device)[pick])
+        return domainstudio_terms(adapted_pixels.float(), source_pixels.float(), photos, None, generator, masks)
+
+    def _rows(self, masks: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+        return None if masks is None else masks[index.to(self.device)]
 
     def _source_prediction(self, pred, x_t, t, b, pick, abar) -> torch.Tensor:
         if self.cfg.source == "unpaired":
