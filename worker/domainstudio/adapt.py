@@ -8,6 +8,7 @@ fails before the first saved state, and files are written under temporary names 
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -51,6 +52,7 @@ class AdaptResult:
     warnings: list[str] = field(default_factory=list)
     resumed_from: int = 0
     elapsed_seconds: float = 0.0
+    prompts: dict[str, str] = field(default_factory=dict)  # text-to-image: photo name -> trained prompt
 
 
 Progress = Callable[[ProgressEvent], None]
@@ -80,13 +82,21 @@ def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptRes
         return done
     state = _resume_state(out, cfg, base, resume)
     out.mkdir(parents=True, exist_ok=True)
+    prompts = _trained_prompts(base, cfg, loaded)
     write_json_atomic(out / CONFIG_FILE, {**cfg.to_dict(), "base_fingerprint": base.fingerprint,
-                                          "photos": loaded.names})
+                                          "photos": loaded.names, "prompts": prompts})
     amp = autocast_dtype(cfg.mixed_precision, device)
     trainer = _make_trainer(base, cfg, loaded, device, amp, out, progress)
     result = _train(trainer, base, cfg, len(loaded.names), out, device, amp, state, progress, should_stop)
-    result.warnings = loaded.warnings
+    result.warnings, result.prompts = loaded.warnings, prompts
     return result
+
+
+def _trained_prompts(base: BaseModel, cfg: AdaptConfig, photos: Photos) -> dict[str, str]:
+    """Each photo's instance prompt: the trigger words, then its caption (text-to-image)."""
+    if not base.is_text_to_image:
+        return {}
+    return {name: cfg.photo_prompt(caption) for name, caption in zip(photos.names, photos.captions)}
 
 
 def _finished(out: Path, cfg: AdaptConfig, base: BaseModel) -> AdaptResult | None:
@@ -95,8 +105,9 @@ def _finished(out: Path, cfg: AdaptConfig, base: BaseModel) -> AdaptResult | Non
     if info is None or info.get("steps", 0) < cfg.steps:
         return None
     _check_compatible(info, cfg, base, out)
+    saved = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else {}
     return AdaptResult(out, info["steps"], info["kind"], info["mode"], info.get("losses", {}),
-                       resumed_from=info["steps"])
+                       resumed_from=info["steps"], prompts=saved.get("prompts") or {})
 
 
 def _resume_state(out: Path, cfg: AdaptConfig, base: BaseModel, resume: bool) -> dict | None:
@@ -142,7 +153,8 @@ def _make_trainer(base, cfg, photos: Photos, device, amp, out: Path, progress):
         folder = Path(cfg.class_images_dir) if cfg.class_images_dir else out / "class_images"
         report = _class_image_progress(progress) if progress is not None else None
         prior = class_images(base, cfg, folder, device, report)
-        return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp, masks=photos.masks)
+        return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp, masks=photos.masks,
+                                  captions=photos.captions)
     from .unconditional import UnconditionalTrainer
 
     return UnconditionalTrainer(base, cfg, device, photos.pixels, masks=photos.masks)

@@ -26,6 +26,8 @@ from .errors import InputError, Notice
 log = logging.getLogger("domainstudio.data")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CAPTION_SUFFIX = ".txt"  # photo.txt beside photo.jpg: that photo's caption (kohya's habit)
+MAX_CAPTION = 500
 MIN_PHOTOS = 2
 
 
@@ -37,12 +39,30 @@ class Photos:
     # [N, 1, R, R] in [0, 1]: 1 on the photo, 0 on padding and transparent areas (fractional
     # at anti-aliased edges); None when every photo fills the square and is opaque
     masks: torch.Tensor | None = None
+    captions: list[str] = field(default_factory=list)  # one per photo, "" when it has none
 
 
 def list_photo_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError("photo folder %(folder)s does not exist", folder=str(folder))
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != CAPTION_SUFFIX)
+
+
+def read_caption(photo: Path) -> str:
+    """The caption in ``photo.txt`` beside ``photo.jpg``, on one line; "" when there is none."""
+    path = photo.with_suffix(CAPTION_SUFFIX)
+    if not path.is_file():
+        return ""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return clean_caption(text)
+
+
+def clean_caption(text: str) -> str:
+    return " ".join(str(text).split())[:MAX_CAPTION]
 
 
 def load_photos(
@@ -56,7 +76,7 @@ def load_photos(
     upscale; raises :class:`InputError` when fewer than two usable photos remain.
     """
     items = list_photo_files(Path(photos)) if isinstance(photos, (str, Path)) else list(photos)
-    tensors, masks, names, warnings = [], [], [], []
+    tensors, masks, names, captions, warnings = [], [], [], [], []
     for index, item in enumerate(items):
         # the file's name (the folder is the one the caller gave), or the image's place in the list
         name = Path(item).name if not isinstance(item, Image.Image) else f"#{index + 1}"
@@ -76,6 +96,7 @@ def load_photos(
         tensors.append(to_tensor(fitted, channels))
         masks.append(mask)
         names.append(name)
+        captions.append(read_caption(Path(item)) if not isinstance(item, Image.Image) else "")
     for w in warnings:
         log.warning("data.photo.warning %s", w)
     if len(tensors) < MIN_PHOTOS:
@@ -90,7 +111,7 @@ def load_photos(
             needed=MIN_PHOTOS, found=len(tensors), total=len(items),
         )
     mask = torch.stack(masks)
-    return Photos(torch.stack(tensors), names, warnings, None if bool((mask == 1).all()) else mask)
+    return Photos(torch.stack(tensors), names, warnings, None if bool((mask == 1).all()) else mask, captions)
 
 
 def _open(item: str | Path | Image.Image) -> Image.Image:

@@ -40,7 +40,8 @@ LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 class TextToImageTrainer(TrainableWeights):
     def __init__(self, base: BaseModel, cfg: AdaptConfig, device: torch.device, pixels: torch.Tensor,
-                 class_pixels: torch.Tensor, amp_dtype: torch.dtype | None, masks: torch.Tensor | None = None):
+                 class_pixels: torch.Tensor, amp_dtype: torch.dtype | None, masks: torch.Tensor | None = None,
+                 captions: list[str] | None = None):
         self.base, self.cfg, self.device, self.amp_dtype = base, cfg, device, amp_dtype
         self.scheduler = base.scheduler
         self.unet = base.unet.to(device)
@@ -58,12 +59,28 @@ class TextToImageTrainer(TrainableWeights):
         self.masks = None if masks is None else masks.to(device)
         self.latent_masks = latent_mask(self.masks, tuple(self.instance_latents.shape[-2:]))
         self.class_latents = self._encode(class_pixels.to(device))
-        self.instance_cond = encode_prompts(base, [cfg.prompt(cfg.instance_prompt)], device, cfg.resolution)
+        self.prompts = instance_prompts(cfg, captions or [""] * len(pixels))
+        self.instance_cond = self._instance_conditioning(device)
         self.class_cond = encode_prompts(base, [cfg.prompt(cfg.class_prompt)], device, cfg.resolution)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         self.named_params = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
         self.ema = EMA(self.named_params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    def _instance_conditioning(self, device: torch.device) -> Conditioning:
+        """One row per photo (its prompt with its caption), then the instance prompt alone."""
+        plain = self.cfg.photo_prompt("")
+        if all(p == plain for p in self.prompts):
+            return encode_prompts(self.base, [plain], device, self.cfg.resolution)
+        return encode_prompts(self.base, self.prompts + [plain], device, self.cfg.resolution)
+
+    def _prompt_rows(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Each photo's row; with probability ``caption_dropout`` the caption-less row instead."""
+        if len(self.instance_cond) == 1:  # no captions: one prompt for every photo
+            return torch.zeros(len(index), dtype=torch.long, device=self.device)
+        dropped = torch.rand(len(index), generator=generator) < self.cfg.caption_dropout
+        rows = torch.where(dropped, torch.full_like(index, len(self.prompts)), index)
+        return rows.to(self.device)
 
     def _prepare_unet(self) -> None:
         cfg = self.cfg
@@ -107,7 +124,8 @@ class TextToImageTrainer(TrainableWeights):
         # DomainStudio terms on all its samples or skips their decode entirely.
         t = torch.randint(0, len(self.alphas_cumprod), (1,), generator=generator).to(self.device).expand(2 * b)
         x_t = self.scheduler.add_noise(latents, noise, t)
-        cond = Conditioning.cat([self.instance_cond.repeat(b), self.class_cond.repeat(b)])
+        cond = Conditioning.cat([self.instance_cond.rows(self._prompt_rows(index, generator)),
+                                 self.class_cond.repeat(b)])
         with autocast(self.device, self.amp_dtype):
             pred = self.unet(x_t, t, **cond.unet_kwargs()).sample.float()
         target = training_target(self.scheduler, latents, noise, t).float()
@@ -183,6 +201,11 @@ def save_lora(base: BaseModel, unet, folder: Path) -> None:
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     pipeline = StableDiffusionXLPipeline if base.is_sdxl else StableDiffusionPipeline
     pipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_FILE, safe_serialization=True)
+
+
+def instance_prompts(cfg: AdaptConfig, captions: list[str]) -> list[str]:
+    """The prompt each photo is trained with: the trigger words, then its caption."""
+    return [cfg.photo_prompt(c) for c in captions]
 
 
 def class_images(base: BaseModel, cfg: AdaptConfig, folder: Path, device: torch.device,
