@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from app.errors import BadInput, Message, message_of
+from app.errors import N_, BadInput, Message, message_of
 from worker.domainstudio.errors import ModelError
-from worker.domainstudio.model_kinds import LABELS, ModelKind, model_kind
+from worker.domainstudio.model_kinds import DDPM, SD1, SD2, SDXL, ModelKind, model_kind
 
 log = logging.getLogger("domainstudio.basemodels")
+# the families' names as msgids (the pages translate them; the API gives them in English)
+FAMILY_LABELS = {DDPM: N_("unconditional DDPM"), SD1: N_("Stable Diffusion 1.x"), SD2: N_("Stable Diffusion 2.x"),
+                 SDXL: N_("SDXL")}
 
 
 @dataclass
@@ -33,7 +36,7 @@ def describe(spec: str) -> BaseModelChoice:
         kind: ModelKind = model_kind(spec)
     except ModelError as exc:
         return BaseModelChoice(spec, refused=message_of(exc))
-    return BaseModelChoice(spec, kind.family, LABELS.get(kind.family, ""), kind.source, kind.resolution)
+    return BaseModelChoice(spec, kind.family, FAMILY_LABELS.get(kind.family, ""), kind.source, kind.resolution)
 
 
 def base_model_choices(specs: list[str]) -> list[BaseModelChoice]:

@@ -13,6 +13,7 @@ def photo(p: Photo) -> dict:
         "id": str(p.id), "photo_set_id": str(p.photo_set_id), "filename": p.filename, "sha256": p.sha256,
         "content_type": p.content_type, "width": p.width, "height": p.height, "size_bytes": p.size_bytes,
         "thumb_url": f"/photos/{p.id}/thumb", "url": f"/photos/{p.id}/file", "created_at": p.created_at.isoformat(),
+        "caption": p.caption or "",
     }
 
 
@@ -99,7 +100,16 @@ def run_report(r: Run, galleries: list[Gallery], lang: str | None = None) -> dic
         "total_seconds": total_seconds(times),
         "galleries": [{**gallery(g, lang=lang), "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold,
                        "diversity": g.diversity} for g in galleries],
+        "trained_prompts": trained_prompts(r.checkpoint.prompts if r.checkpoint is not None else None),
     }
+
+
+def trained_prompts(prompts: dict[str, str] | None) -> list[dict]:
+    """The prompts a text-to-image run trained with, each with its photos (most photos first)."""
+    groups: dict[str, list[str]] = {}
+    for name, prompt in (prompts or {}).items():
+        groups.setdefault(prompt, []).append(name)
+    return [{"prompt": p, "photos": sorted(names)} for p, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
 
 
 def image(i: Image) -> dict:

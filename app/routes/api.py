@@ -167,6 +167,16 @@ def get_photo(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.photo(p)
 
 
+class PhotoIn(BaseModel):
+    caption: str | None = Field(None, max_length=1000)
+
+
+@router.patch("/photos/{photo_id}")
+def update_photo(photo_id: uuid.UUID, body: PhotoIn, c: Ctx = Depends(ctx)):
+    """Sets the photo's caption (trained after the trigger words); "" or null removes it."""
+    return ser.photo(photosets.set_caption(c.db, c.team_id, photo_id, body.caption))
+
+
 @router.delete("/photos/{photo_id}")
 def delete_photo(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     photosets.delete_photo(c.db, c.storage, c.team_id, photo_id)

@@ -221,6 +221,23 @@ def delete_photo(request: Request, photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return act(request, action, back)
 
 
+@router.post("/photos/{photo_id}/caption")
+async def photo_caption(request: Request, photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    form = await request.form()
+    from starlette.concurrency import run_in_threadpool
+
+    photo = repo.photo(c.db, c.team_id, photo_id)
+    if photo is None:
+        raise NotFound("photo not found")
+    back = f"/photo-sets/{photo.photo_set_id}"
+
+    def action():
+        photosets.set_caption(c.db, c.team_id, photo_id, str(form.get("caption") or ""))
+        return f"{back}#photo-{photo_id}"
+
+    return await run_in_threadpool(act, request, action, back)
+
+
 @router.post("/photo-sets/{photo_set_id}/runs")
 async def start_run(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     form = await request.form()

@@ -152,3 +152,22 @@ def test_base_models_are_listed_with_their_kind_and_unadaptable_ones_refused(mak
     r = client.post(f"/api/photo-sets/{ps}/runs", json={"preset": "quick", "base_model": str(flux)})
     assert r.status_code == 400 and "does not adapt" in r.text and "Stable Diffusion 1.x and 2.x" in r.text
     assert client.get(f"/api/photo-sets/{ps}/runs").json()["runs"] == []  # nothing half-made
+
+
+def test_captions_are_edited_on_the_photo_set_page_and_in_the_api(make_client, local_pg_settings):
+    client = make_client(local_pg_settings)
+    sign_up(client)
+    ps = new_photo_set(client, n_photos=2)
+    photo = client.get(f"/api/photo-sets/{ps}").json()["photos"][0]
+    page = client.get(f"/photo-sets/{ps}").text
+    assert f'action="/photos/{photo["id"]}/caption"' in page and 'id="caption-help"' in page
+    r = client.post(f"/photos/{photo['id']}/caption", data={"caption": "in the snow", "csrf_token": form_token(page)})
+    assert r.status_code == 200 and 'value="in the snow"' in r.text
+    assert client.get(f"/api/photos/{photo['id']}").json()["caption"] == "in the snow"
+    r = client.patch(f"/api/photos/{photo['id']}", json={"caption": "x" * 501})
+    assert r.status_code == 400 and "at most 500 characters" in r.text
+    assert client.get(f"/api/photos/{photo['id']}").json()["caption"] == "in the snow"  # unchanged
+    assert client.patch(f"/api/photos/{photo['id']}", json={"caption": ""}).json()["caption"] == ""
+    other = make_client(local_pg_settings)
+    sign_up(other)
+    assert other.patch(f"/api/photos/{photo['id']}", json={"caption": "mine"}).status_code == 404
