@@ -114,6 +114,9 @@ def test_bad_and_foreign_files_are_refused_with_what_was_expected(tmp_path):
     with pytest.raises(ModelError, match="takes 9 input channels"):
         load_base_model(str(inpainting))
 
+    with pytest.raises(ModelError, match="checkpoint file models/sd15.safetensors does not exist"):
+        load_base_model("models/sd15.safetensors")  # not taken for a hub id
+
     picture = tmp_path / "photo.jpg"
     picture.write_bytes(b"jpeg")
     with pytest.raises(ModelError, match="not a checkpoint: give a .safetensors or .ckpt file"):

@@ -21,7 +21,7 @@ import torch
 
 from .config import TEXT_TO_IMAGE, UNCONDITIONAL
 from .errors import ModelError
-from .model_kinds import DDPM, SD1, SD2, SDXL, SUPPORTED_KINDS, refuse_unsupported  # noqa: F401
+from .model_kinds import DDPM, SD1, SD2, SDXL, SINGLE_FILE_SUFFIXES, SUPPORTED_KINDS, refuse_unsupported  # noqa: F401
 
 BUILTIN_PREFIX = "builtin:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -169,6 +169,8 @@ def load_base_model(spec: str, device: str | torch.device = "cpu") -> BaseModel:
         model = load_single_file(Path(spec).expanduser())
     elif Path(spec).expanduser().exists():
         model = load_local_folder(Path(spec).expanduser())
+    elif spec.lower().endswith(SINGLE_FILE_SUFFIXES):  # not a hub id: a file that is not there
+        raise ModelError("the checkpoint file %(path)s does not exist", path=spec)
     elif _HUB_ID.match(spec):
         model = _load_from_hub(spec)
     else:
