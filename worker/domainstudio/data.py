@@ -45,8 +45,10 @@ class Photos:
 def list_photo_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError("photo folder %(folder)s does not exist", folder=str(folder))
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != CAPTION_SUFFIX)
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    stems = {p.stem for p in files if p.suffix.lower() != CAPTION_SUFFIX}
+    # photo.txt beside photo.jpg is that photo's caption; a stray notes.txt is reported as usual
+    return sorted(p for p in files if not (p.suffix.lower() == CAPTION_SUFFIX and p.stem in stems))
 
 
 def read_caption(photo: Path) -> str:
