@@ -68,7 +68,6 @@ def vae_to_original(vae) -> dict[str, torch.Tensor]:
         new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
         parts = new.split(".")
         if parts[1] == "down_blocks":  # encoder.down_blocks.i.resnets.j -> encoder.down.i.block.j
-            rest = ".".join(parts[4:])
             new = (f"encoder.down.{parts[2]}.downsample.{'.'.join(parts[5:])}" if parts[3] == "downsamplers"
                    else f"encoder.down.{parts[2]}.block.{parts[4]}.{'.'.join(parts[5:])}")
         elif parts[1] == "up_blocks":  # decoder.up_blocks.i -> decoder.up.(n-1-i), reversed

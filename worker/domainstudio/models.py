@@ -10,7 +10,6 @@ time ids).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 
 from .config import TEXT_TO_IMAGE, UNCONDITIONAL
 from .errors import ModelError
-from .model_kinds import DDPM, SD1, SD2, SDXL, SINGLE_FILE_SUFFIXES, SUPPORTED_KINDS, refuse_unsupported  # noqa: F401
+from .model_kinds import DDPM, SD1, SD2, SDXL, SINGLE_FILE_SUFFIXES, read_json, refuse_unsupported
 
 BUILTIN_PREFIX = "builtin:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -166,7 +165,7 @@ def load_base_model(spec: str, device: str | torch.device = "cpu") -> BaseModel:
     elif Path(spec).expanduser().is_file():
         from .single_file import load_single_file
 
-        model = load_single_file(Path(spec).expanduser())
+        model = text_to_image_model(spec, *load_single_file(Path(spec).expanduser()))
     elif Path(spec).expanduser().exists():
         model = load_local_folder(Path(spec).expanduser())
     elif spec.lower().endswith(SINGLE_FILE_SUFFIXES):  # not a hub id: a file that is not there
@@ -196,14 +195,14 @@ def load_local_folder(folder: Path) -> BaseModel:
                          path=str(folder))
     index = folder / "model_index.json"
     if index.is_file():
-        info = _read_json(index)
+        info = read_json(index)
         pipeline_class = str(info.get("_class_name", ""))
         refuse_unsupported(info, pipeline_class, folder)
         if "text_encoder" in info and "vae" in info:
             return _load_sd_folder(folder, pipeline_class, sdxl="text_encoder_2" in info)
         return _load_ddpm_folder(folder, folder / "unet", pipeline_class)
     config = folder / "config.json"
-    if config.is_file() and _read_json(config).get("_class_name") == "UNet2DModel":
+    if config.is_file() and read_json(config).get("_class_name") == "UNet2DModel":
         return _load_ddpm_folder(folder, folder, "UNet2DModel")
     raise ModelError(
         "%(folder)s is not a diffusers model folder: expected model_index.json (a pipeline saved with "
@@ -278,16 +277,6 @@ def _folder_fingerprint(unet_folder: Path) -> str:
     """Identifies a base model by its UNet config, so adapters are not applied to another model."""
     text = (unet_folder / "config.json").read_bytes() if (unet_folder / "config.json").is_file() else b""
     return "sha256:" + hashlib.sha256(text).hexdigest()[:16]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError("%(path)s is not valid JSON: %(detail)s", path=str(path), detail=str(exc)) from exc
-    if not isinstance(data, dict):
-        raise ModelError("%(path)s does not hold a JSON object", path=str(path))
-    return data
 
 
 def _load_from_hub(repo_id: str) -> BaseModel:

@@ -38,10 +38,10 @@ def configs_folder(family: str) -> Path:
     return folder
 
 
-def load_single_file(path: Path):
-    """A BaseModel from one checkpoint file; offline, with a clear error for anything else."""
-    from .models import text_to_image_model
-
+def load_single_file(path: Path) -> tuple[dict, str, str]:
+    """The components of one checkpoint file (unet, vae, text encoder(s), tokenizer(s),
+    scheduler), its fingerprint and a description; offline, with a clear error for
+    anything else. models.load_base_model makes the BaseModel."""
     family = single_file_family(path) or _family_of_pickle(path)
     folder = configs_folder(family)
     pipe = _from_single_file(path, family, folder)
@@ -49,8 +49,7 @@ def load_single_file(path: Path):
                  scheduler=_training_scheduler(pipe.scheduler))
     if family == SDXL:
         parts.update(text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2)
-    return text_to_image_model(str(path), parts, _file_fingerprint(path),
-                               f"{type(pipe).__name__} from the single file {path.name}")
+    return parts, _file_fingerprint(path), f"{type(pipe).__name__} from the single file {path.name}"
 
 
 def _from_single_file(path: Path, family: str, folder: Path):
