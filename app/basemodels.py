@@ -40,12 +40,15 @@ def describe(spec: str) -> BaseModelChoice:
 
 
 def base_model_choices(specs: list[str]) -> list[BaseModelChoice]:
-    """Every listed base model, described; refused ones are logged for the administrator."""
-    choices = [describe(spec) for spec in specs]
-    for c in choices:
+    """Every listed base model, described (a few small JSON files or a safetensors header each)."""
+    return [describe(spec) for spec in specs]
+
+
+def log_refused(specs: list[str]) -> None:
+    """At start: tell the administrator which listed models are not offered, and why."""
+    for c in base_model_choices(specs):
         if c.refused is not None:
             log.error("basemodels.refused", extra={"spec": c.spec, "reason": c.refused.render()})
-    return choices
 
 
 def check_base_model(spec: str) -> None:

@@ -40,7 +40,7 @@ def checkpoint(c: Checkpoint) -> dict:
 
 
 # Which LoRA file each tool takes (the diffusers file is the checkpoint's main download).
-KOHYA_FILE = "lora_kohya.safetensors"
+KOHYA_FILE = "lora_kohya.safetensors"  # the core's kohya.KOHYA_FILE (the web side does not import torch)
 LORA_TOOLS = {
     "diffusers": N_("diffusers: pipe.load_lora_weights(file)"),
     "kohya": N_("ComfyUI (LoraLoader), AUTOMATIC1111 / Forge (models/Lora), SD.Next, InvokeAI"),
