@@ -162,3 +162,18 @@ def test_model_kinds_are_read_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(PACKAGE_CONFIGS.parents[2]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "SDXL, builtin, 32 px"
+
+
+def test_the_torch_free_kinds_of_builtins_match_the_loaded_models():
+    from worker.domainstudio import list_builtin_models
+
+    for spec in list_builtin_models():
+        kind, model = model_kind(spec), load_base_model(spec)
+        assert (kind.family, kind.resolution) == (model.family, model.resolution), spec
+
+
+def test_a_folder_kind_is_read_from_its_configs(tmp_path):
+    load_base_model("builtin:tiny-sdxl").pipeline().save_pretrained(tmp_path / "sdxl")
+    kind = model_kind(str(tmp_path / "sdxl"))
+    assert (kind.family, kind.resolution, kind.source) == ("sdxl", 32, "folder")
+    assert kind.label == "SDXL, folder, 32 px"
