@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from app import i18n, logs
+from app.basemodels import log_refused
 from app.db import make_engine, make_sessionmaker
 from app.deps import CSRFFailed, LoginRequired
 from app.errors import ServiceError
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     app = FastAPI(title="DomainStudio", version="0.1.0", lifespan=lifespan,
                   description="Turn 10-100 product photos into hundreds of on-brand images.")
     app.state.settings = settings
+    log_refused(settings.base_model_list)
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.storage = make_storage(settings)

@@ -89,6 +89,8 @@ class Photo(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     key: Mapped[str] = mapped_column(String(500))
     thumb_key: Mapped[str] = mapped_column(String(500))
+    # trained after the trigger words ("a photo of sks bottle, <caption>"); None: none
+    caption: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = _created()
     photo_set: Mapped[PhotoSet] = relationship(back_populates="photos", lazy="raise")
 
@@ -147,6 +149,8 @@ class Checkpoint(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     files: Mapped[list[str]] = mapped_column(JSON, default=list)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # text-to-image: {photo file name: the prompt it was trained with}
+    prompts: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = _created()
     run: Mapped[Run] = relationship(back_populates="checkpoint", lazy="raise")
 

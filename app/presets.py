@@ -63,6 +63,7 @@ EXPERT_FIELDS: dict[str, Field] = {
     "instance_token": Field(str),
     "instance_prompt": Field(str),
     "class_prompt": Field(str),
+    "caption_dropout": Field(float, 0.0, 1.0),
     "num_class_images": Field(int, 1, 10_000),
     "lora_rank": Field(int, 1, 256),
     "gradient_checkpointing": Field(bool),

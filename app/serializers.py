@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from app import i18n
+from app.errors import N_
 from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run
 from app.services.runs import STAGES, total_seconds
 from app.setting_labels import describe_settings
@@ -12,6 +13,7 @@ def photo(p: Photo) -> dict:
         "id": str(p.id), "photo_set_id": str(p.photo_set_id), "filename": p.filename, "sha256": p.sha256,
         "content_type": p.content_type, "width": p.width, "height": p.height, "size_bytes": p.size_bytes,
         "thumb_url": f"/photos/{p.id}/thumb", "url": f"/photos/{p.id}/file", "created_at": p.created_at.isoformat(),
+        "caption": p.caption or "",
     }
 
 
@@ -33,7 +35,32 @@ def checkpoint(c: Checkpoint) -> dict:
         "id": str(c.id), "run_id": str(c.run_id), "kind": c.kind, "base_model": c.base_model,
         "size_bytes": c.size_bytes, "files": c.files, "settings": c.settings, "download_name": c.download_name,
         "download_url": f"/runs/{c.run_id}/checkpoint/download", "created_at": c.created_at.isoformat(),
+        "downloads": checkpoint_downloads(c),
     }
+
+
+# Which LoRA file each tool takes (the diffusers file is the checkpoint's main download).
+KOHYA_FILE = "lora_kohya.safetensors"  # the core's kohya.KOHYA_FILE (the web side does not import torch)
+LORA_TOOLS = {
+    "diffusers": N_("diffusers: pipe.load_lora_weights(file)"),
+    "kohya": N_("ComfyUI (LoraLoader), AUTOMATIC1111 / Forge (models/Lora), SD.Next, InvokeAI"),
+}
+
+
+def checkpoint_downloads(c: Checkpoint) -> list[dict]:
+    """The checkpoint's files to download: a LoRA run has its diffusers file and, beside it,
+    the same adapter in kohya's layout; each with the tools that take it."""
+    main = {"format": "diffusers" if c.kind == "lora" else "model", "name": c.download_name,
+            "url": f"/runs/{c.run_id}/checkpoint/download", "tools": LORA_TOOLS["diffusers"] if c.kind == "lora" else None}
+    out = [main]
+    if c.kind == "lora" and KOHYA_FILE in (c.files or []):
+        out.append({"format": "kohya", "name": kohya_download_name(c),
+                    "url": f"/runs/{c.run_id}/checkpoint/download?format=kohya", "tools": LORA_TOOLS["kohya"]})
+    return out
+
+
+def kohya_download_name(c: Checkpoint) -> str:
+    return c.download_name.replace(".safetensors", "") + "-kohya.safetensors"
 
 
 def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None) -> dict:
@@ -73,7 +100,16 @@ def run_report(r: Run, galleries: list[Gallery], lang: str | None = None) -> dic
         "total_seconds": total_seconds(times),
         "galleries": [{**gallery(g, lang=lang), "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold,
                        "diversity": g.diversity} for g in galleries],
+        "trained_prompts": trained_prompts(r.checkpoint.prompts if r.checkpoint is not None else None),
     }
+
+
+def trained_prompts(prompts: dict[str, str] | None) -> list[dict]:
+    """The prompts a text-to-image run trained with, each with its photos (most photos first)."""
+    groups: dict[str, list[str]] = {}
+    for name, prompt in (prompts or {}).items():
+        groups.setdefault(prompt, []).append(name)
+    return [{"prompt": p, "photos": sorted(names)} for p, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
 
 
 def image(i: Image) -> dict:

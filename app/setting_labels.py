@@ -60,6 +60,9 @@ SETTING_TEXTS: dict[str, SettingText] = {
     "instance_token": SettingText(N_("Instance token"), N_("Rare token that names this product in the instance prompt.")),
     "instance_prompt": SettingText(N_("Instance prompt"), N_("Instance prompt (default: 'a photo of {token} {class}').")),
     "class_prompt": SettingText(N_("Class prompt"), N_("Class prompt (default: 'a photo of {class}').")),
+    "caption_dropout": SettingText(N_("Caption dropout"), N_(
+        "Share of steps on which a photo's caption is left out, so that the instance prompt alone (the trigger "
+        "words) learns the product (text-to-image; photos without a caption are unaffected).")),
     "num_class_images": SettingText(N_("Class images"), N_(
         "Class images generated once by the base model for prior preservation (text-to-image).")),
     "class_images_dir": SettingText(N_("Class image folder"), N_(

@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._measure import PeakMemory, timed  # noqa: E402
 from worker.domainstudio.config import AdaptConfig  # noqa: E402
+from worker.domainstudio.model_kinds import SD1, SDXL  # noqa: E402
 from worker.domainstudio.models import BaseModel  # noqa: E402
 from worker.domainstudio.tiny import SD_SCHEDULER, sd_components, tiny_tokenizer  # noqa: E402
 from worker.domainstudio.training import autocast_dtype, make_optimizer  # noqa: E402
@@ -183,11 +184,11 @@ def components(shape: str, device: torch.device) -> dict:
 
 
 def core_base(c: dict, spec: str) -> BaseModel:
-    """The core's BaseModel over these components. SDXL: the second text encoder and tokenizer
-    ride in ``extra`` until the core's SDXL support (issue 14) says where they go; adjust here."""
-    extra = {"text_encoder_2": c["text_encoder_2"], "tokenizer_2": c["tokenizer_2"]} if c["sdxl"] else {}
+    """The core's BaseModel over these components (SDXL: both text encoders and tokenizers)."""
     return BaseModel(spec, "text-to-image", c["unet"], c["scheduler"], c["resolution"], 3, vae=c["vae"],
-                     text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], fingerprint=spec, extra=extra)
+                     text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], fingerprint=spec,
+                     text_encoder_2=c.get("text_encoder_2"), tokenizer_2=c.get("tokenizer_2"),
+                     family=SDXL if c["sdxl"] else SD1)
 
 
 # -- (a) the diffusers-style DreamBooth LoRA step ----------------------------------------------
@@ -276,8 +277,9 @@ class CoreStep:
         self.generator = torch.Generator().manual_seed(0)
         self.cfg = cfg
         t = self.trainer
-        self.modules = [t.unet, t.vae, t.base.text_encoder] + ([t.source] if t.source is not None else [])
-        self.cached = [t.pixels, t.instance_latents, t.class_latents, t.instance_embedding, t.class_embedding]
+        self.modules = [*t.base.modules] + ([t.source] if t.source is not None else [])
+        self.cached = [t.pixels, t.instance_latents, t.class_latents,
+                       *[x for c in (t.instance_cond, t.class_cond) for x in (c.hidden, c.pooled, c.time_ids)]]
 
     def enable_checkpointing(self, on: bool) -> None:
         if not on:

@@ -407,13 +407,26 @@ def _drop_state(e: Env, run: Run) -> None:
         log.warning("run.state.delete_failed", extra={"run": str(run.id)})
 
 
+def _prompts_by_filename(db, run: Run, prompts: dict[str, str]) -> dict[str, str]:
+    """The core names photos by their stored file (the object key's last part); the report
+    shows the names people uploaded them under."""
+    names = {p.key.rsplit("/", 1)[-1]: p.filename for p in repo.photos_of_set(db, run.photo_set_id)}
+    return {names.get(stored, stored): prompt for stored, prompt in prompts.items()}
+
+
 def _download_photos(e: Env, photos, folder: Path) -> list[Path]:
+    """The photos, each with its caption beside it as photo.txt (what the core reads)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for p in photos:
         path = folder / p.key.rsplit("/", 1)[-1]
         if not path.exists():
             e.storage.download(p.key, path)
+        caption = path.with_suffix(".txt")
+        if getattr(p, "caption", None):
+            caption.write_text(p.caption, encoding="utf-8")
+        elif caption.exists():  # removed since an earlier attempt of this run
+            caption.unlink()
         paths.append(path)
     return paths
 
@@ -453,7 +466,8 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         ck = repo.checkpoint_of_run(db, run.id) or Checkpoint(team_id=run.team_id, run_id=run.id)
         ck.kind, ck.base_model, ck.prefix = result.mode, run.base_model, prefix
         ck.download_key, ck.download_name, ck.size_bytes, ck.files = download_key, download_name, size, rel
-        ck.settings = {k: v for k, v in config.items() if k != "photos"}
+        ck.settings = {k: v for k, v in config.items() if k not in ("photos", "prompts")}
+        ck.prompts = _prompts_by_filename(db, run, config.get("prompts") or {}) or None
         db.add(ck)
         row.status, row.step, row.total_steps, row.finished_at = "succeeded", result.steps, result.steps, _now()
         set_warnings(row, result.warnings or [])

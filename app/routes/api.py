@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app import i18n
 from app import repositories as repo
 from app import serializers as ser
+from app.basemodels import base_model_choices
 from app.deps import Ctx, ctx, get_db
 from app.errors import BadInput, Message, NotFound, Unprocessable
 from app.presets import EXPERT_FIELDS, PRESETS
@@ -96,7 +97,9 @@ def me(request: Request, c: Ctx = Depends(ctx)):
 
 @router.get("/base-models")
 def base_models(c: Ctx = Depends(ctx)):
-    return {"base_models": c.settings.base_model_list}
+    """The listed base models, and each one's kind and resolution (or why it is refused)."""
+    details = [m.to_dict() for m in base_model_choices(c.settings.base_model_list)]
+    return {"base_models": c.settings.base_model_list, "details": details}
 
 
 @router.get("/presets")
@@ -162,6 +165,16 @@ def get_photo(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     if p is None:
         raise NotFound("photo not found")
     return ser.photo(p)
+
+
+class PhotoIn(BaseModel):
+    caption: str | None = Field(None, max_length=1000)
+
+
+@router.patch("/photos/{photo_id}")
+def update_photo(photo_id: uuid.UUID, body: PhotoIn, c: Ctx = Depends(ctx)):
+    """Sets the photo's caption (trained after the trigger words); "" or null removes it."""
+    return ser.photo(photosets.set_caption(c.db, c.team_id, photo_id, body.caption))
 
 
 @router.delete("/photos/{photo_id}")

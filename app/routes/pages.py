@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from app import i18n
 from app import repositories as repo
+from app import serializers as ser
+from app.basemodels import base_model_choices
 from app.deps import Ctx, check_csrf, ctx, get_db
 from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
@@ -169,7 +171,8 @@ def photo_set_page(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(c
     ps = photosets.get_photo_set(c.db, c.team_id, photo_set_id)
     return render(request, "photo_set.html", user=c.user, ps=ps, photos=list(ps.photos),
                   runs=repo.runs(c.db, c.team_id, ps.id), presets=PRESETS, expert_fields=EXPERT_FIELDS,
-                  setting_texts=SETTING_TEXTS, base_models=c.settings.base_model_list, settings=c.settings)
+                  setting_texts=SETTING_TEXTS, base_models=c.settings.base_model_list, settings=c.settings,
+                  base_model_choices=[m for m in base_model_choices(c.settings.base_model_list) if m.refused is None])
 
 
 @router.post("/photo-sets/{photo_set_id}/delete")
@@ -218,6 +221,23 @@ def delete_photo(request: Request, photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return act(request, action, back)
 
 
+@router.post("/photos/{photo_id}/caption")
+async def photo_caption(request: Request, photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    form = await request.form()
+    from starlette.concurrency import run_in_threadpool
+
+    photo = repo.photo(c.db, c.team_id, photo_id)
+    if photo is None:
+        raise NotFound("photo not found")
+    back = f"/photo-sets/{photo.photo_set_id}"
+
+    def action():
+        photosets.set_caption(c.db, c.team_id, photo_id, str(form.get("caption") or ""))
+        return f"{back}#photo-{photo_id}"
+
+    return await run_in_threadpool(act, request, action, back)
+
+
 @router.post("/photo-sets/{photo_set_id}/runs")
 async def start_run(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     form = await request.form()
@@ -238,7 +258,8 @@ async def start_run(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(
 def run_page(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
     return render(request, "run.html", user=c.user, run=run, galleries=repo.galleries_of_run(c.db, run.id),
-                  setting_texts=SETTING_TEXTS, run_seconds=runs.run_seconds(run))
+                  setting_texts=SETTING_TEXTS, run_seconds=runs.run_seconds(run),
+                  checkpoint_downloads=ser.checkpoint_downloads(run.checkpoint) if run.checkpoint else [])
 
 
 @router.post("/runs/{run_id}/cancel")

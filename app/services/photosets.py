@@ -19,7 +19,8 @@ ACTIVE = ("queued", "running")
 
 
 # the form fields' names as the user reads them in an error (translated when shown)
-FIELD_LABELS = {"name": N_("name"), "class_word": N_("class word"), "notes": N_("notes")}
+FIELD_LABELS = {"name": N_("name"), "class_word": N_("class word"), "notes": N_("notes"), "caption": N_("caption")}
+MAX_CAPTION = 500  # as the core's (worker/domainstudio/data.py)
 
 
 def _text(value: str | None, key: str, limit: int, required: bool = True) -> str:
@@ -129,6 +130,21 @@ def add_photos(
         raise
     log.info("photo_set.photos.added", extra={"photo_set": str(ps.id), "added": len(result.added)})
     return result
+
+
+def set_caption(db: Session, team_id, photo_id, caption: str | None) -> Photo:
+    """The photo's caption, trained after the trigger words; empty removes it. On one line:
+    the worker writes it into photo.txt, which the core reads as one caption."""
+    photo = repo.photo(db, team_id, photo_id)
+    if photo is None:
+        raise NotFound("photo not found")
+    text = " ".join(_text(caption, "caption", MAX_CAPTION * 2, required=False).split())
+    if len(text) > MAX_CAPTION:
+        raise BadInput("%(field)s must be at most %(limit)s characters",
+                       params={"field": Message(FIELD_LABELS["caption"]), "limit": MAX_CAPTION}, field="caption")
+    photo.caption = text or None
+    db.commit()
+    return photo
 
 
 def delete_photo(db: Session, storage: Storage, team_id, photo_id) -> None:

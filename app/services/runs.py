@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
+from app.basemodels import check_base_model
 from app.errors import BadInput, Message, NotFound, Unavailable, set_error
 from app.jobs import ADAPT_RUN, JobQueue
 from app.models import Gallery, Run
@@ -41,6 +42,7 @@ def start_run(
     if base_model not in allowed:
         raise BadInput("unknown base model %(model)s; choose one of: %(choices)s",
                        params={"model": repr(base_model), "choices": ", ".join(allowed)})
+    check_base_model(base_model)
     gallery_size = settings.gallery_size if gallery_size in (None, "") else gallery_size
     try:
         gallery_size = int(gallery_size)

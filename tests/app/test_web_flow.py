@@ -166,6 +166,9 @@ def test_text_to_image_run_gives_lora_and_prompted_gallery(make_client, pg_setti
     client = make_client(pg_settings)
     sign_up(client)
     ps = new_photo_set(client, n_photos=10, class_word="sneaker")
+    first = client.get(f"/api/photo-sets/{ps}").json()["photos"][0]
+    r = client.patch(f"/api/photos/{first['id']}", json={"caption": "  on a wooden\n table "})
+    assert r.status_code == 200 and r.json()["caption"] == "on a wooden table"
     body = {"preset": "quick", "base_model": "builtin:tiny-sd", "gallery_size": 2,
             "settings": {"steps": 2, "batch_size": 2, "num_class_images": 2, "preview_every": 0}}
     run = client.post(f"/api/photo-sets/{ps}/runs", json=body).json()
@@ -174,8 +177,20 @@ def test_text_to_image_run_gives_lora_and_prompted_gallery(make_client, pg_setti
     ck = client.get(f"/api/runs/{run['id']}/checkpoint").json()
     assert ck["kind"] == "lora" and ck["download_name"].endswith(".safetensors")
     assert len(fetch_download(client, ck["download_url"])) == ck["size_bytes"]
+    # beside it, the same LoRA in kohya's layout for ComfyUI and A1111/Forge
+    kohya = next(d for d in ck["downloads"] if d["format"] == "kohya")
+    assert b"lora_unet_" in fetch_download(client, kohya["url"])[:20_000]
+    assert "ComfyUI" in kohya["tools"] and kohya["name"].endswith("-kohya.safetensors")
+    page = client.get(f"/runs/{run['id']}").text
+    assert kohya["url"].replace("&", "&amp;") in page and "ComfyUI" in page
     gallery = poll(client, f"/api/galleries/{run['galleries'][0]['id']}",
                    lambda g: g["status"] in ("succeeded", "failed"), 180, "the gallery")
     assert gallery["status"] == "succeeded", gallery
     assert {i["prompt"] for i in gallery["images"]} == {"a photo of sks sneaker"}
     assert "a photo of sks sneaker" in client.get(f"/galleries/{gallery['id']}").text
+    # the report lists the prompts trained, the caption after the trigger words
+    trained = client.get(f"/api/runs/{run['id']}/report").json()["trained_prompts"]
+    assert trained[0] == {"prompt": "a photo of sks sneaker", "photos": sorted(
+        p["filename"] for p in client.get(f"/api/photo-sets/{ps}").json()["photos"] if p["id"] != first["id"])}
+    assert trained[1] == {"prompt": "a photo of sks sneaker, on a wooden table", "photos": [first["filename"]]}
+    assert "a photo of sks sneaker, on a wooden table" in client.get(f"/runs/{run['id']}/report").text

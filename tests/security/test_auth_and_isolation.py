@@ -54,6 +54,8 @@ def send(client, method: str, path: str, ids: dict, token: str | None = "header"
         return client.get(url, follow_redirects=False, **kw)
     if method == "DELETE":
         return client.request("DELETE", url, headers=headers, follow_redirects=False)
+    if method == "PATCH":
+        return client.patch(url, json={"caption": "changed"}, headers=headers, follow_redirects=False)
     if path.endswith("/photos"):
         return client.post(url, files=[("files", ("x.png", png_bytes(77), "image/png"))], headers=headers,
                            follow_redirects=False)

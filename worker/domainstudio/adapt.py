@@ -9,6 +9,7 @@ fails before the first saved state, and files are written under temporary names 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -53,6 +54,7 @@ class AdaptResult:
     warnings: list[str] = field(default_factory=list)
     resumed_from: int = 0
     elapsed_seconds: float = 0.0
+    prompts: dict[str, str] = field(default_factory=dict)  # text-to-image: photo name -> trained prompt
 
 
 Progress = Callable[[ProgressEvent], None]
@@ -85,13 +87,15 @@ def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptRes
         return done
     state = _resume_state(out, cfg, base, resume)
     out.mkdir(parents=True, exist_ok=True)
+    prompts = _trained_prompts(base, cfg, loaded)
     write_json_atomic(out / CONFIG_FILE, {**cfg.to_dict(), "base_fingerprint": base.fingerprint,
-                                          "photos": loaded.names, "gallery_prompts": gallery_prompts(cfg, base)})
+                                          "photos": loaded.names, "gallery_prompts": gallery_prompts(cfg, base),
+                                          "prompts": prompts})
     amp = autocast_dtype(cfg.mixed_precision, device)
     trainer = _make_trainer(base, cfg, loaded, device, amp, out, progress)
     prepare_for_training(trainer, cfg, amp)
     result = _train(trainer, base, cfg, len(loaded.names), out, device, amp, state, progress, should_stop)
-    result.warnings = loaded.warnings + notices
+    result.warnings, result.prompts = loaded.warnings + notices, prompts
     return result
 
 
@@ -122,14 +126,22 @@ def gallery_prompts(cfg: AdaptConfig, base: BaseModel) -> list[str] | None:
     return [cfg.prompt(t) for t in templates]
 
 
+def _trained_prompts(base: BaseModel, cfg: AdaptConfig, photos: Photos) -> dict[str, str]:
+    """Each photo's instance prompt: the trigger words, then its caption (text-to-image)."""
+    if not base.is_text_to_image:
+        return {}
+    return {name: cfg.photo_prompt(caption) for name, caption in zip(photos.names, photos.captions)}
+
+
 def _finished(out: Path, cfg: AdaptConfig, base: BaseModel) -> AdaptResult | None:
     """A finished run with at least the asked-for steps is returned as is (idempotent retries)."""
     info = read_checkpoint(out) if out.is_dir() else None
     if info is None or info.get("steps", 0) < cfg.steps:
         return None
     _check_compatible(info, cfg, base, out)
+    saved = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else {}
     return AdaptResult(out, info["steps"], info["kind"], info["mode"], info.get("losses", {}),
-                       resumed_from=info["steps"])
+                       resumed_from=info["steps"], prompts=saved.get("prompts") or {})
 
 
 def _resume_state(out: Path, cfg: AdaptConfig, base: BaseModel, resume: bool) -> dict | None:
@@ -178,16 +190,18 @@ def _make_trainer(base, cfg, photos: Photos, device, amp, out: Path, progress):
         folder = Path(cfg.class_images_dir) if cfg.class_images_dir else out / "class_images"
         report = _class_image_progress(progress) if progress is not None else None
         prior = class_images(base, cfg, folder, device, report)
-        return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp)
+        return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp, masks=photos.masks,
+                                  captions=photos.captions)
     from .unconditional import UnconditionalTrainer
 
-    return UnconditionalTrainer(base, cfg, device, photos.pixels)
+    return UnconditionalTrainer(base, cfg, device, photos.pixels, masks=photos.masks)
 
 
 def prepare_for_training(trainer, cfg: AdaptConfig, amp: torch.dtype | None) -> None:
     """The memory and speed options that act on a built trainer (benchmarks/gpu.py calls this too)."""
     if frozen_in_half(cfg, amp):
-        hold_frozen_weights_in((trainer.unet, trainer.base.text_encoder), amp)
+        hold_frozen_weights_in([m for m in (trainer.unet, trainer.base.text_encoder, trainer.base.text_encoder_2)
+                                if m is not None], amp)
     if cfg.torch_compile:
         compile_module(trainer.unet)
 

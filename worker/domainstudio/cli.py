@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import AdaptConfig
 from .errors import DomainStudioError
 
-EPILOG = "Base models: builtin:fmnist-sd-32 (text-to-image demo), builtin:fmnist-ddpm-32 (unconditional demo), builtin:tiny-sd, builtin:tiny-ddpm (tests), or a local diffusers folder."
+EPILOG = "Base models: builtin:fmnist-sd-32 (text-to-image demo), builtin:fmnist-ddpm-32 (unconditional demo), builtin:tiny-sd, builtin:tiny-sdxl, builtin:tiny-ddpm (tests), a local diffusers folder or a single .safetensors/.ckpt file (SD 1.x, 2.x, SDXL)."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ class AdaptConfig:
     instance_token: str = _f("sks", "Rare token that names this product in the instance prompt.")
     instance_prompt: str | None = _f(None, "Instance prompt (default: 'a photo of {token} {class}').")
     class_prompt: str | None = _f(None, "Class prompt (default: 'a photo of {class}').")
+    caption_dropout: float = _f(0.1, "Share of steps on which a photo's caption is left out, so that the instance prompt alone (the trigger words) learns the product (text-to-image; photos without a caption are unaffected).")
     num_class_images: int = _f(200, "Class images generated once by the base model for prior preservation (text-to-image).")
     class_images_dir: str | None = _f(None, "Where the class images are cached (default: OUTPUT/class_images).")
     lora_rank: int = _f(8, "LoRA rank (lora mode).")
@@ -134,6 +135,8 @@ class AdaptConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1e6:
                 raise InputError("%(name)s must be between 0 and 1e6, got %(value)s", name=name, value=value)
+        if not 0 <= self.caption_dropout <= 1:
+            raise InputError("caption_dropout must be between 0 and 1, got %(value)s", value=self.caption_dropout)
         if self.preview_every < 0 or self.num_previews < 0:
             raise InputError("preview_every and num_previews must not be negative")
 
@@ -171,6 +174,11 @@ class AdaptConfig:
 
     def prompt(self, template: str) -> str:
         return template.replace("{token}", self.instance_token).replace("{class}", self.class_word)
+
+    def photo_prompt(self, caption: str) -> str:
+        """The instance prompt of one photo: the trigger words first, then its caption."""
+        prompt = self.prompt(self.instance_prompt or "a photo of {token} {class}")
+        return f"{prompt}, {caption}" if caption else prompt
 
 
 def _positive(config: AdaptConfig, name: str, low: int, high: int) -> None:
