@@ -120,10 +120,15 @@ def make_server(config):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/run", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("DOMAINSTUDIO_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("DOMAINSTUDIO_PORT", "8000")))
-    parser.add_argument("--log-level", default="warning")
+    parser = argparse.ArgumentParser(
+        prog="scripts/run", description=" ".join(__doc__.split("\n\n")[0].split()),
+        epilog="Every setting can be changed with DOMAINSTUDIO_* environment variables (README, Settings). "
+               "The first start installs what the app needs (scripts/install --app).")
+    parser.add_argument("--host", default=os.environ.get("DOMAINSTUDIO_HOST", "127.0.0.1"),
+                        help="address to listen on (default: %(default)s; 0.0.0.0 for other machines)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DOMAINSTUDIO_PORT", "8000")),
+                        help="port to listen on (default: %(default)s)")
+    parser.add_argument("--log-level", default="warning", help="web server and worker log level (default: %(default)s)")
     args = parser.parse_args(argv)
 
     settings = get_settings()

@@ -56,6 +56,16 @@ def env() -> Env:
     return Env()
 
 
+def use_torch_threads(e: Env) -> None:
+    """Sets this worker's torch CPU threads (DOMAINSTUDIO_TORCH_THREADS) before a run or a
+    gallery: torch's default, one per core, is 8-10x slower per step when other processes
+    share the cores (benchmarks/worker_step.py)."""
+    import torch
+
+    if torch.get_num_threads() != e.settings.resolved_torch_threads:
+        torch.set_num_threads(e.settings.resolved_torch_threads)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -182,6 +192,7 @@ class Heartbeat:
 @app.task(name="worker.tasks.adapt_run", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
 def adapt_run(run_id: str) -> str:
+    use_torch_threads(env())
     return run_adaptation(env(), uuid.UUID(run_id))
 
 
@@ -469,6 +480,7 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
 @app.task(name="worker.tasks.sample_gallery", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
 def sample_gallery(gallery_id: str) -> str:
+    use_torch_threads(env())
     return sample_gallery_images(env(), uuid.UUID(gallery_id))
 
 
