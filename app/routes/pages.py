@@ -51,7 +51,10 @@ def flash(request: Request, message: str | Message, kind: str = "info") -> None:
 def form_errors(request: Request, exc: ServiceError) -> dict:
     """A form's error for its template: beside the field it names (``field_errors``), or
     at the top of the form (``form_error``) when it is about the whole form."""
-    text = i18n.error_message(i18n.request_locale(request), exc)
+    lang = i18n.request_locale(request)
+    text = i18n.error_message(lang, exc)
+    if exc.extra.get("fields"):  # every field's problem (app.services.photosets._checked_fields)
+        return {"field_errors": {k: i18n.translate(lang, m) for k, m in exc.extra["fields"].items()}, "form_error": None}
     field = exc.extra.get("field")
     return {"field_errors": {field: text}, "form_error": None} if field else {"field_errors": {}, "form_error": text}
 

@@ -94,6 +94,7 @@ def test_whole_flow_in_the_browser(browser, app_server, output_dir):
         zip_path = build_and_download_pack(page, shots, gallery_path, output_dir)
         check_pack_zip(page, zip_path, gallery_path, reviews)
         bulk_reject_a_shift_click_range(page, shots, gallery_path)
+        selection_bar_leaves_generate_more_free(page)
 
         api_docs_offline(page, shots)
 
@@ -399,6 +400,14 @@ def bulk_reject_a_shift_click_range(page, shots: Screenshots, gallery_url: str) 
     expect(page.locator('[data-count="new"]').first).to_have_text("1")
 
 
+def selection_bar_leaves_generate_more_free(page) -> None:
+    """Scrolled to "Generate more", the sticky selection bar does not cover its heading."""
+    heading = page.get_by_role("heading", name="Generate more", exact=True)
+    heading.evaluate("el => el.scrollIntoView({block: 'start'})")
+    bar, head = page.locator("#bulk-bar").bounding_box(), heading.bounding_box()
+    assert bar["y"] + bar["height"] <= head["y"] or bar["y"] >= head["y"] + head["height"], (bar, head)
+
+
 def check_pack_zip(page, zip_path, gallery_url: str, reviews: dict[str, str]) -> None:
     """The ZIP holds the approved images in each chosen size (a folder per size), JPEG,
     and a manifest naming each file with its seed."""
@@ -419,6 +428,10 @@ def check_pack_zip(page, zip_path, gallery_url: str, reviews: dict[str, str]) ->
     assert sorted(r["file"] for r in rows) == sorted(images)
     assert sorted(int(r["seed"]) for r in rows) == sorted(approved * len(PACK_SIZES))
     assert {r["base_model"] for r in rows} == {"builtin:tiny-ddpm"}
+    assert {r["review"] for r in rows} == {"approved"}
+    for row in rows:  # the pixel size of each file, as written
+        with zipfile.ZipFile(zip_path) as zf, Image.open(io.BytesIO(zf.read(row["file"]))) as img:
+            assert (int(row["width"]), int(row["height"])) == img.size, row
 
 
 # ---------------------------------------------------------------- languages and widths
