@@ -56,8 +56,10 @@ def gallery_page(request: Request, gallery_id: uuid.UUID, show: str = "", review
 def image_page(request: Request, image_id: uuid.UUID, show: str = "", c: Ctx = Depends(ctx)):
     v = galleries.image_view(c.db, c.team_id, image_id, show)
     suffix = f"?show={v.show}" if v.show else ""
+    misfit_possible = v.nearest_photo is not None and not guard_fits(v.gallery.feature_network, True)
     return render(request, "image.html", user=c.user, v=v, image=v.image, gallery=v.gallery, run=v.gallery.run,
                   network=_network(request, v.gallery),
+                  guard_fits=not (misfit_possible and colour_photos(c.storage, [v.nearest_photo])),
                   prev_url=f"/images/{v.prev_id}{suffix}" if v.prev_id else "",
                   next_url=f"/images/{v.next_id}{suffix}" if v.next_id else "",
                   back_url=_gallery_url(v.gallery.id, v.show))

@@ -117,3 +117,29 @@ def test_elapsed_stays_put_and_the_report_counts_the_gallery_wait(make_client, o
     assert report["total_seconds"] == 123.0
     assert {"stage": "gallery_queued", "seconds": 30.0} in report["stage_times"]
     assert "Gallery waiting in the queue" in client.get(f"/runs/{run}/report").text
+
+
+def test_copy_guard_says_when_its_network_does_not_fit_the_photos(make_client, own_db_settings):
+    from app.models import Image
+    from web_helpers import png_bytes, upload
+
+    client = make_client(own_db_settings)
+    sign_up(client)
+    colour = new_photo_set(client, n_photos=2)  # colour photos
+    gray = client.post("/api/photo-sets", json={"name": "Gray", "class_word": "shoe"}).json()["id"]
+    upload(client, gray, [(f"g{i}.png", png_bytes(i, mode="L")) for i in range(2)])
+    classifier = "Fashion-MNIST classifier (last conv stage, 32x32 grayscale)"
+    pages = {}
+    for name, ps, network in (("colour", colour, classifier), ("gray", gray, classifier),
+                              ("pixels", colour, "pixel descriptor (32x32 colour thumbnail; no feature network configured)")):
+        run = add_run(client, ps, 0, base_model="builtin:fmnist-ddpm-32", status="succeeded", finished_at=T0)
+        gallery = add(client, Gallery, team_id=team_of(client), run_id=run, size=1, steps=2, status="succeeded",
+                      feature_network=network, near_copy_threshold=0.06)
+        photo = client.get(f"/api/photo-sets/{ps}").json()["photos"][0]
+        image = add(client, Image, team_id=team_of(client), gallery_id=gallery, seed=0, width=32, height=32,
+                    key=photo["url"], thumb_key="x", nearest_distance=0.5, nearest_photo_id=uuid.UUID(photo["id"]))
+        pages[name] = (client.get(f"/galleries/{gallery}").text, client.get(f"/images/{image}").text)
+    misfit = "its distances say little about copies of them"
+    assert all(misfit in page for page in pages["colour"])  # the gallery and the large view
+    assert not any(misfit in page for page in pages["gray"] + pages["pixels"])
+    assert "What the demo model" in pages["colour"][0]  # the gallery page (and its packs) says what it draws
