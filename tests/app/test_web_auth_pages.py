@@ -125,7 +125,8 @@ def test_run_form_explains_the_demo_model_only_when_it_is_offered(make_client, l
     demo = make_client(local_pg_settings.model_copy(update={"base_models": "builtin:fmnist-ddpm-32,builtin:tiny-sd"}))
     sign_up(demo)
     page = demo.get(f"/photo-sets/{new_photo_set(demo, n_photos=0)}").text
-    assert 'id="demo-model-note"' in page and "32×32 grayscale" in page and "Stable-Diffusion-family" in page
+    assert 'class="help demo-model-note"' in page and "32×32 grayscale" in page and "Stable Diffusion model" in page
+    assert 'data-model="builtin:fmnist-ddpm-32"' in page  # shown while that model is chosen (static/app.js)
     plain = make_client(local_pg_settings.model_copy(update={"base_models": "builtin:tiny-sd"}))
     sign_up(plain)
-    assert 'id="demo-model-note"' not in plain.get(f"/photo-sets/{new_photo_set(plain, n_photos=0)}").text
+    assert "demo-model-note" not in plain.get(f"/photo-sets/{new_photo_set(plain, n_photos=0)}").text
