@@ -82,15 +82,36 @@ def _worker_preexec() -> None:
         pass
 
 
+def prepare_broker(settings: Settings) -> None:
+    """Creates the SQL broker's tables and queues once, before the workers start: two
+    workers creating them at the same moment on a fresh data folder collide ("table
+    kombu_queue already exists"), lose their connection and print a page of warnings."""
+    from worker.celery_app import make_celery
+
+    celery = make_celery(settings)
+    with celery.connection_for_write() as conn:
+        for queue in celery.conf.task_queues:
+            queue(conn.default_channel).declare()
+
+
+# Celery's warning against running as root, once for both workers (each would print it)
+ROOT_NOTE = ("Note: running as root, so the workers do too; Celery advises a normal user "
+             "for anything beyond trying DomainStudio.")
+
+
 def start_workers(settings: Settings, log_level: str) -> list[subprocess.Popen]:
     """One worker for the gpu queue (runs, galleries) and one for the cpu queue (packs), so
-    a pack is built while a run trains."""
+    a pack is built while a run trains. Quiet: no banner, and no root warning (main prints
+    ROOT_NOTE once instead)."""
+    env = os.environ.copy()
+    env["PYTHONWARNINGS"] = ",".join(filter(None, (env.get("PYTHONWARNINGS"),
+                                                   "ignore:You're running the worker with superuser privileges")))
     procs = []
     for name, queue in (("gpu", settings.queue_gpu), ("cpu", settings.queue_cpu)):
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue, "-P", "solo",
+            [sys.executable, "-m", "celery", "--quiet", "-A", "worker.celery_app", "worker", "-Q", queue, "-P", "solo",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", log_level, "-n", f"embedded-{name}@%h"],
-            env=os.environ.copy(), preexec_fn=_worker_preexec,
+            env=env, preexec_fn=_worker_preexec,
         ))
     return procs
 
@@ -120,10 +141,15 @@ def make_server(config):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/run", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("DOMAINSTUDIO_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("DOMAINSTUDIO_PORT", "8000")))
-    parser.add_argument("--log-level", default="warning")
+    parser = argparse.ArgumentParser(
+        prog="scripts/run", description=" ".join(__doc__.split("\n\n")[0].split()),
+        epilog="Every setting can be changed with DOMAINSTUDIO_* environment variables (README, Settings). "
+               "The first start installs what the app needs (scripts/install --app).")
+    parser.add_argument("--host", default=os.environ.get("DOMAINSTUDIO_HOST", "127.0.0.1"),
+                        help="address to listen on (default: %(default)s; 0.0.0.0 for other machines)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DOMAINSTUDIO_PORT", "8000")),
+                        help="port to listen on (default: %(default)s)")
+    parser.add_argument("--log-level", default="warning", help="web server and worker log level (default: %(default)s)")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -132,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     upgrade(settings.resolved_database_url)
     account = ensure_demo_account(settings)
+    prepare_broker(settings)
     resumed = requeue_interrupted(settings)
     workers = start_workers(settings, args.log_level.upper())
 
@@ -145,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Base models: {', '.join(settings.base_model_list)}; data in {settings.data_dir.resolve()}", flush=True)
     if resumed:
         print(f"Resuming {resumed} job(s) interrupted when DomainStudio last stopped.", flush=True)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        print(ROOT_NOTE, flush=True)
     print("Stop with Ctrl+C.\n", flush=True)
     try:
         serve(create_app(settings), args.host, args.port, args.log_level)

@@ -102,3 +102,32 @@ def make_thumbnail(img: Image.Image, side: int = THUMB_SIDE) -> bytes:
     out = io.BytesIO()
     thumb.convert("RGB").save(out, format="JPEG", quality=85)
     return out.getvalue()
+
+
+# a photo whose colour channels differ by more than this on average (0-255) is in colour;
+# a grayscale scan saved as RGB, or a photo with a slight colour cast, stays under it
+COLOUR_SPREAD = 12.0
+
+
+def is_colour(img: Image.Image) -> bool:
+    """Whether a photo (or its thumbnail) shows colour: the mean spread between its
+    brightest and darkest channel per pixel."""
+    if img.mode in ("L", "1", "I", "F", "LA"):
+        return False
+    rgb = img.convert("RGB")
+    rgb.thumbnail((64, 64))
+    pixels = list(rgb.getdata())
+    return sum(max(p) - min(p) for p in pixels) / max(len(pixels), 1) > COLOUR_SPREAD
+
+
+def colour_photos(storage, photos, limit: int = 12) -> int:
+    """How many of the first ``limit`` photos are in colour, from their stored thumbnails;
+    photos whose thumbnail cannot be read are not counted."""
+    n = 0
+    for p in list(photos)[:limit]:
+        try:
+            with Image.open(io.BytesIO(storage.get_bytes(p.thumb_key))) as img:
+                n += is_colour(img)
+        except Exception:  # a missing thumbnail says nothing about colour
+            continue
+    return n

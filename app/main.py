@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
@@ -35,12 +35,13 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
-# the interactive API docs (/docs, /redoc) load Swagger UI / ReDoc from their CDN and start
-# them with an inline script; only those pages, which show no user content, may do that
-DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-            "font-src 'self' https://fonts.gstatic.com; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "worker-src blob:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+# the interactive API docs (/docs, /redoc) run Swagger UI / ReDoc from the files the
+# fastapi-offline package installs (no CDN: they work offline) and start them with an inline
+# script; only those pages, which show no user content, may do that
+DOCS_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self' 'unsafe-inline'; worker-src blob:; frame-ancestors 'none'; form-action 'self'; "
+            "base-uri 'none'")
+DOCS_ASSETS = "/static/apidocs"
 
 
 def _wants_json(request: Request) -> bool:
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="DomainStudio", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="DomainStudio", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Turn 10-100 product photos into hundreds of on-brand images.")
     app.state.settings = settings
     log_refused(settings.base_model_list)
@@ -194,5 +195,40 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     app.include_router(review.pages)  # the gallery page, its review and its packs
     app.include_router(review.api)
     app.include_router(live.router)
+    add_api_docs(app)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app
+
+
+def add_api_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc (ReDoc) with their scripts served from the installed
+    fastapi-offline package, so the pages work without internet access."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    assets = Path(str(files("fastapi_offline") / "static"))
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc():
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                              redoc_js_url="/apidocs/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+    # ReDoc's bundle shows Redocly's logo from their CDN, whatever its options say: served
+    # with the installed favicon in its place, so the page asks no outside host
+    redoc_js = (assets / "redoc.standalone.js").read_bytes().replace(
+        b"https://cdn.redoc.ly/redoc/logo-mini.svg", f"{DOCS_ASSETS}/favicon.png".encode())
+
+    @app.get("/apidocs/redoc.standalone.js", include_in_schema=False)
+    def redoc_script():
+        return Response(redoc_js, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="apidocs")

@@ -149,3 +149,27 @@ def images_page(db: Session, gallery_id, show: str, offset: int, limit: int) -> 
 def image_ids_shown(db: Session, gallery_id, show: str) -> list[uuid.UUID]:
     """The ids of one filter, in gallery order (the large view's previous / next)."""
     return list(db.scalars(where_shown(select(Image.id).where(Image.gallery_id == gallery_id), show).order_by(Image.seed)))
+
+
+# ----------------------------------------------------------------- the queue and speeds
+# These read every team's rows on purpose: the gpu queue and the machine's speed are
+# shared. Callers show another team's rows only as counts (app/services/waiting.py).
+def gpu_jobs_ahead(db: Session, created_at) -> tuple[Sequence[tuple[Run, str]], Sequence[tuple[Gallery, str]]]:
+    """Runs and galleries a job created at ``created_at`` waits behind: those running, and
+    those queued before it; each with its photo set's name."""
+    def ahead(model):
+        return (model.status == "running") | ((model.status == "queued") & (model.created_at < created_at))
+
+    run_rows = db.execute(select(Run, PhotoSet.name).join(PhotoSet, PhotoSet.id == Run.photo_set_id)
+                          .where(ahead(Run)).order_by(Run.created_at))
+    gallery_rows = db.execute(select(Gallery, PhotoSet.name).join(Run, Run.id == Gallery.run_id)
+                              .join(PhotoSet, PhotoSet.id == Run.photo_set_id)
+                              .where(ahead(Gallery)).order_by(Gallery.created_at))
+    return [tuple(r) for r in run_rows], [tuple(g) for g in gallery_rows]
+
+
+def finished_runs_of_model(db: Session, base_model: str, limit: int = 5) -> Sequence[Run]:
+    """The latest succeeded runs of a base model on this installation (their stage times
+    tell how fast this machine is)."""
+    return db.scalars(select(Run).where(Run.base_model == base_model, Run.status == "succeeded")
+                      .order_by(Run.finished_at.desc()).limit(limit)).all()

@@ -63,8 +63,9 @@ def kohya_download_name(c: Checkpoint) -> str:
     return c.download_name.replace(".safetensors", "") + "-kohya.safetensors"
 
 
-def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None) -> dict:
-    """``lang``: the language of the error text (None: the stored English)."""
+def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None, queue=None) -> dict:
+    """``lang``: the language of the error text (None: the stored English); ``queue``: where
+    a queued run stands (app.services.waiting.QueueSpot)."""
     out = {
         "id": str(r.id), "photo_set_id": str(r.photo_set_id), "preset": r.preset, "base_model": r.base_model,
         "settings": r.settings, "gallery_size": r.gallery_size, "status": r.status, "stage": r.stage or "",
@@ -76,6 +77,7 @@ def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None)
         "preview_step": r.preview_step, "stage_times": r.stage_times or {}, "created_at": r.created_at.isoformat(),
         "started_at": r.started_at.isoformat() if r.started_at else None,
         "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+        "queue": queue.as_dict() if queue is not None else None,
     }
     if "checkpoint" in r.__dict__:  # only when eagerly loaded
         out["checkpoint"] = checkpoint(r.checkpoint) if r.checkpoint else None
@@ -121,12 +123,12 @@ def image(i: Image) -> dict:
     }
 
 
-def gallery(g: Gallery, images: list[Image] | None = None, lang: str | None = None) -> dict:
+def gallery(g: Gallery, images: list[Image] | None = None, lang: str | None = None, queue=None) -> dict:
     out = {
         "id": str(g.id), "run_id": str(g.run_id), "size": g.size, "prompt": g.prompt, "steps": g.steps,
         "status": g.status, "error": i18n.stored_error(lang, g), "cancel_requested": bool(g.cancel_requested),
         "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold, "diversity": g.diversity,
-        "created_at": g.created_at.isoformat(),
+        "created_at": g.created_at.isoformat(), "queue": queue.as_dict() if queue is not None else None,
     }
     if images is not None:
         out["images"] = [image(i) for i in images]

@@ -6,6 +6,7 @@ local-folder object store and a Celery broker kept in a SQLite file, all under `
 """
 from __future__ import annotations
 
+import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +51,11 @@ class Settings(BaseSettings):
     # comma-separated list of builtin specs and local diffusers folders users may choose
     base_models: str = "builtin:fmnist-sd-32,builtin:fmnist-ddpm-32"
     device: str = "auto"
+    # torch CPU threads of a worker's runs and galleries; 0: half the CPU cores, at least 1.
+    # Two threads on two cores that other processes also use made every training step
+    # 8-10x slower (OpenMP threads wait for each other whenever one is descheduled:
+    # benchmarks/worker_step.py), and the embedded default shares its cores with the web app.
+    torch_threads: int = Field(0, ge=0, le=1024)
     work_dir: Path | None = None  # default: <data_dir>/work (worker scratch space)
 
     max_upload_bytes: int = 25 * 1024 * 1024
@@ -95,6 +101,10 @@ class Settings(BaseSettings):
     @property
     def resolved_work_dir(self) -> Path:
         return (self.work_dir or self.data_dir / "work").resolve()
+
+    @property
+    def resolved_torch_threads(self) -> int:
+        return self.torch_threads or max(1, (os.cpu_count() or 1) // 2)
 
     @property
     def base_model_list(self) -> list[str]:

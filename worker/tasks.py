@@ -56,6 +56,16 @@ def env() -> Env:
     return Env()
 
 
+def use_torch_threads(e: Env) -> None:
+    """Sets this worker's torch CPU threads (DOMAINSTUDIO_TORCH_THREADS) before a run or a
+    gallery: torch's default, one per core, is 8-10x slower per step when other processes
+    share the cores (benchmarks/worker_step.py)."""
+    import torch
+
+    if torch.get_num_threads() != e.settings.resolved_torch_threads:
+        torch.set_num_threads(e.settings.resolved_torch_threads)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -182,6 +192,7 @@ class Heartbeat:
 @app.task(name="worker.tasks.adapt_run", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
 def adapt_run(run_id: str) -> str:
+    use_torch_threads(env())
     return run_adaptation(env(), uuid.UUID(run_id))
 
 
@@ -485,6 +496,7 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
 @app.task(name="worker.tasks.sample_gallery", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
 def sample_gallery(gallery_id: str) -> str:
+    use_torch_threads(env())
     return sample_gallery_images(env(), uuid.UUID(gallery_id))
 
 
@@ -529,12 +541,29 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
     if attempt is None:
         return "skipped"
     _set_gallery(e, gallery_id, **error_values(None))
+    _record_gallery_wait(e, gallery)
     started = time.monotonic()
     with Heartbeat(e, Gallery, gallery_id, attempt) as heartbeat:
         outcome = _sample_claimed(e, gallery, ck, missing, heartbeat)
     if outcome != "superseded":  # added up: "generate more" samples the same gallery again
         _record_stage_time(e, gallery.run_id, "gallery", time.monotonic() - started, add=True)
     return outcome
+
+
+def _record_gallery_wait(e: Env, gallery: Gallery) -> None:
+    """The first gallery's wait in the queue after its run finished, part of what the user
+    waited for (the report's total); recorded once, at its first claim."""
+    try:
+        with e.sessions() as db:
+            row = db.get(Run, gallery.run_id, with_for_update=True)
+            if row is None or "gallery_queued" in (row.stage_times or {}):
+                return
+            waited = (_now() - _aware(gallery.created_at)).total_seconds()
+            row.stage_times = with_stage_time(row.stage_times, "gallery_queued", waited)
+            db.commit()
+    except Exception as exc:  # best effort, as _record_stage_time
+        log.warning("run.stage_time.failed", extra={"run": str(gallery.run_id), "stage": "gallery_queued",
+                                                     "error": str(exc)[:200]})
 
 
 def _canceled(e: Env, model, obj_id) -> bool:

@@ -18,7 +18,7 @@ from app.deps import Ctx, ctx, get_db
 from app.errors import BadInput, Message, NotFound, Unprocessable
 from app.presets import EXPERT_FIELDS, PRESETS
 from app.security import csrf_token
-from app.services import auth, galleries, packs, photosets, runs
+from app.services import auth, galleries, packs, photosets, runs, waiting
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -199,7 +199,8 @@ def start_run(photo_set_id: uuid.UUID, body: RunIn, c: Ctx = Depends(ctx)):
 @router.get("/runs/{run_id}")
 def get_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
-    return ser.run(run, galleries=list(repo.galleries_of_run(c.db, run.id)), lang=c.lang)
+    return ser.run(run, galleries=list(repo.galleries_of_run(c.db, run.id)), lang=c.lang,
+                   queue=waiting.queue_spot(c.db, c.team_id, run))
 
 
 @router.delete("/runs/{run_id}")
@@ -232,7 +233,8 @@ def get_gallery(gallery_id: uuid.UUID, review: str | None = None, c: Ctx = Depen
     g = galleries.get_gallery(c.db, c.team_id, gallery_id)
     if review is not None and review not in galleries.REVIEWS:
         raise BadInput("review must be one of: new, approved, rejected")
-    out = ser.gallery(g, images=list(repo.images_of_gallery(c.db, g.id, review)), lang=c.lang)
+    out = ser.gallery(g, images=list(repo.images_of_gallery(c.db, g.id, review)), lang=c.lang,
+                      queue=waiting.queue_spot(c.db, c.team_id, g))
     out["packs"] = [ser.pack(p, lang=c.lang) for p in repo.packs_of_gallery(c.db, g.id)]
     return out
 

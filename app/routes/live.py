@@ -33,7 +33,7 @@ from app import serializers as ser
 from app.db import close_session, session_scope
 from app.deps import Ctx, ctx
 from app.routes.pages import render
-from app.services import runs
+from app.services import runs, waiting
 
 router = APIRouter(tags=["runs"])
 log = logging.getLogger("domainstudio.live")
@@ -64,7 +64,7 @@ def _snapshot(sessions: sessionmaker[Session], team_id, run_id, lang: str) -> tu
         run = repo.run(db, team_id, run_id)
         if run is None:
             return None
-        return ser.run(run, lang=lang), list(run.loss_history or [])
+        return ser.run(run, lang=lang, queue=waiting.queue_spot(db, team_id, run)), list(run.loss_history or [])
 
 
 def _seen_step(request: Request, after: int) -> int:

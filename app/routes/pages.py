@@ -22,7 +22,9 @@ from app.presets import EXPERT_FIELDS, PRESETS
 from app.routes.api import read_uploads
 from app.security import csrf_token
 from app.setting_labels import SETTING_TEXTS
-from app.services import auth, galleries, packs, photosets, runs
+from app.demo_models import demo_model
+from app.imagecheck import colour_photos
+from app.services import auth, galleries, packs, photosets, runs, waiting
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
@@ -39,6 +41,7 @@ def _preset_label(context, name: str) -> str:
 
 
 templates.env.globals["preset_label"] = _preset_label
+templates.env.globals["demo_model"] = demo_model
 
 
 def flash(request: Request, message: str | Message, kind: str = "info") -> None:
@@ -50,7 +53,10 @@ def flash(request: Request, message: str | Message, kind: str = "info") -> None:
 def form_errors(request: Request, exc: ServiceError) -> dict:
     """A form's error for its template: beside the field it names (``field_errors``), or
     at the top of the form (``form_error``) when it is about the whole form."""
-    text = i18n.error_message(i18n.request_locale(request), exc)
+    lang = i18n.request_locale(request)
+    text = i18n.error_message(lang, exc)
+    if exc.extra.get("fields"):  # every field's problem (app.services.photosets._checked_fields)
+        return {"field_errors": {k: i18n.translate(lang, m) for k, m in exc.extra["fields"].items()}, "form_error": None}
     field = exc.extra.get("field")
     return {"field_errors": {field: text}, "form_error": None} if field else {"field_errors": {}, "form_error": text}
 
@@ -169,10 +175,17 @@ def create_photo_set(request: Request, name: str = Form(""), class_word: str = F
 @router.get("/photo-sets/{photo_set_id}")
 def photo_set_page(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     ps = photosets.get_photo_set(c.db, c.team_id, photo_set_id)
-    return render(request, "photo_set.html", user=c.user, ps=ps, photos=list(ps.photos),
+    photos = sorted(ps.photos, key=lambda p: (p.filename.lower(), p.created_at))  # as chosen, not as uploads finished
+    # Only the models a run can adapt are offered; notes and estimates follow the same list.
+    choices = [m for m in base_model_choices(c.settings.base_model_list) if m.refused is None]
+    models = [m.spec for m in choices]
+    grayscale_demo = [m for m in models if demo_model(m) and not demo_model(m).colour]
+    return render(request, "photo_set.html", user=c.user, ps=ps, photos=photos,
                   runs=repo.runs(c.db, c.team_id, ps.id), presets=PRESETS, expert_fields=EXPERT_FIELDS,
-                  setting_texts=SETTING_TEXTS, base_models=c.settings.base_model_list, settings=c.settings,
-                  base_model_choices=[m for m in base_model_choices(c.settings.base_model_list) if m.refused is None])
+                  setting_texts=SETTING_TEXTS, base_models=models, settings=c.settings,
+                  base_model_choices=choices,
+                  colour_photos=colour_photos(c.storage, photos) if grayscale_demo else 0,
+                  estimates={m: waiting.preset_estimates(c.db, m, c.settings.gallery_size) for m in models})
 
 
 @router.post("/photo-sets/{photo_set_id}/delete")
@@ -259,7 +272,8 @@ def run_page(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
     return render(request, "run.html", user=c.user, run=run, galleries=repo.galleries_of_run(c.db, run.id),
                   setting_texts=SETTING_TEXTS, run_seconds=runs.run_seconds(run),
-                  checkpoint_downloads=ser.checkpoint_downloads(run.checkpoint) if run.checkpoint else [])
+                  checkpoint_downloads=ser.checkpoint_downloads(run.checkpoint) if run.checkpoint else [],
+                  queue=waiting.queue_spot(c.db, c.team_id, run))
 
 
 @router.post("/runs/{run_id}/cancel")

@@ -30,7 +30,7 @@ SIZES = {
     "4x5": N_("portrait 4:5"),
 }
 SELECTIONS = ("approved", "all", "selected")
-MANIFEST_FIELDS = ["file", "prompt", "seed", "run", "base_model", "created"]
+MANIFEST_FIELDS = ["file", "width", "height", "review", "prompt", "seed", "run", "base_model", "created"]
 MAX_SELECTED = 1000  # a gallery's most images
 
 
@@ -267,9 +267,11 @@ def write_pack_zip(storage: Storage, pack: Pack, images: list[Image], source: Pa
                 img.load()
                 for size in sizes:
                     name = _file_name(n, image, size, sizes, pack.format)
-                    zf.writestr(name, encode(resize(img, size), pack.format))
+                    out = resize(img, size)
+                    zf.writestr(name, encode(out, pack.format))
                     writer.writerow({
-                        "file": name, "prompt": image.prompt or "", "seed": image.seed, "run": source.run_id,
+                        "file": name, "width": out.width, "height": out.height, "review": image.review,
+                        "prompt": image.prompt or "", "seed": image.seed, "run": source.run_id,
                         "base_model": source.base_model, "created": _utc(image.created_at).isoformat(),
                     })
             if progress is not None:

@@ -34,13 +34,25 @@ def _text(value: str | None, key: str, limit: int, required: bool = True) -> str
     return value
 
 
+def _checked_fields(checks: dict[str, tuple]) -> dict[str, str]:
+    """Each field checked by ``_text``; every field's problem at once (``fields``: name ->
+    Message), so a form flags all of them, not only the first."""
+    values, problems, first = {}, {}, None
+    for key, (value, limit, required) in checks.items():
+        try:
+            values[key] = _text(value, key, limit, required)
+        except BadInput as exc:
+            problems[key] = Message(exc.msgid, exc.params)
+            first = first or exc
+    if first is not None:
+        raise BadInput(first.msgid, params=first.params, field=first.extra["field"], fields=problems)
+    return values
+
+
 def create_photo_set(db: Session, team_id, name: str, class_word: str, notes: str = "") -> PhotoSet:
-    ps = PhotoSet(
-        team_id=team_id,
-        name=_text(name, "name", 200),
-        class_word=_text(class_word, "class_word", 100),
-        notes=_text(notes, "notes", 5000, required=False),
-    )
+    values = _checked_fields({"name": (name, 200, True), "class_word": (class_word, 100, True),
+                              "notes": (notes, 5000, False)})
+    ps = PhotoSet(team_id=team_id, **values)
     db.add(ps)
     db.commit()
     return ps

@@ -19,7 +19,9 @@ from app.settings import Settings
 log = logging.getLogger("domainstudio.runs")
 TERMINAL = ("succeeded", "failed", "canceled")
 # the stages a run's time goes to, in order (runs.stage_times; the report shows them so)
-STAGES = ("queued", "download", "adapt", "publish", "gallery")
+STAGES = ("queued", "download", "adapt", "publish", "gallery_queued", "gallery")
+# the run's own stages, up to its checkpoint: what the run page's "Elapsed" adds up
+RUN_STAGES = STAGES[:4]
 # loss chart points kept per run: enough for a smooth curve, small enough that a 100k-step
 # run's row stays a few hundred kilobytes
 MAX_LOSS_POINTS = 1000
@@ -145,13 +147,16 @@ def total_seconds(times: Mapping[str, float | None] | None) -> float | None:
 
 
 def run_seconds(run: Run, now: datetime | None = None) -> float | None:
-    """What the run page shows as "Elapsed": while the run is queued or running, the time
-    since it was created (the wait in the queue included, as in the report); once it is
-    finished, the report's total. Not the core's ``elapsed_seconds``: that is the time of the
-    training loop alone (of this attempt), without the queue, the download, loading the
-    base model and saving the checkpoint."""
+    """What the run page shows as "Elapsed", the time the user has waited for the run since
+    starting it: while it is queued or running, the time since it was created (the wait in
+    the queue included, shown beside it); once it is finished, its stages up to the
+    checkpoint, so the figure stays put while the gallery is generated (the report's total
+    adds the gallery). Not the core's ``elapsed_seconds``: that is the time of the training
+    loop alone (of this attempt), without the queue, the download, loading the base model
+    and saving the checkpoint."""
     if run.status in TERMINAL:
-        total = total_seconds(run.stage_times)
+        times = run.stage_times or {}
+        total = total_seconds({s: times[s] for s in RUN_STAGES if s in times})
         if total is None and run.finished_at is not None:  # canceled in the queue: nothing measured
             total = (_aware(run.finished_at) - _aware(run.created_at)).total_seconds()
         return total

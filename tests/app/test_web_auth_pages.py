@@ -125,11 +125,12 @@ def test_run_form_explains_the_demo_model_only_when_it_is_offered(make_client, l
     demo = make_client(local_pg_settings.model_copy(update={"base_models": "builtin:fmnist-sd-32,builtin:tiny-sd"}))
     sign_up(demo)
     page = demo.get(f"/photo-sets/{new_photo_set(demo, n_photos=0)}").text
-    assert 'id="demo-model-note"' in page and "32×32 grey" in page and "Stable Diffusion model" in page
-    assert "ankle boot, shoe" in page and "draws without a prompt" not in page  # only the offered model
+    assert 'class="help demo-model-note"' in page and "Stable Diffusion model (1.x, 2.x or SDXL)" in page
+    assert 'data-model="builtin:fmnist-sd-32"' in page and "32×32 grey pictures" in page and "ankle boot and shoe" in page
+    assert "fmnist-ddpm-32" not in page  # only the offered demo model
     plain = make_client(local_pg_settings.model_copy(update={"base_models": "builtin:tiny-sd"}))
     sign_up(plain)
-    assert 'id="demo-model-note"' not in plain.get(f"/photo-sets/{new_photo_set(plain, n_photos=0)}").text
+    assert "demo-model-note" not in plain.get(f"/photo-sets/{new_photo_set(plain, n_photos=0)}").text
 
 
 def test_base_models_are_listed_with_their_kind_and_unadaptable_ones_refused(make_client, local_pg_settings, tmp_path):

@@ -69,6 +69,8 @@ def test_embedded_default_whole_flow(embedded):
     url, log_path, data = embedded
     out = log_path.read_text()
     assert f"DomainStudio is running at {url}" in out
+    # a quiet start: no worker banners, no broker-table race, Celery's root warning at most once
+    assert "SecurityWarning" not in out and "already exists" not in out and "-------------- [queues]" not in out, out
     email, password = re.search(r"Sign in as (\S+) with password (\S+)", out).groups()
 
     with httpx.Client(base_url=url, timeout=30) as client:

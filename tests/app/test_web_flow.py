@@ -48,6 +48,10 @@ def run_flow(client, timeout: float = 180) -> dict:
     assert gallery["status"] == "succeeded", gallery
     assert sorted(i["seed"] for i in gallery["images"]) == list(range(8))
     assert client.get(f"/galleries/{gallery['id']}").status_code == 200
+    # the worker timed the gallery's wait in the queue after the run: the report counts it
+    times = poll(client, f"/api/runs/{run['id']}", lambda r: "gallery" in r["stage_times"], timeout,
+                 "the gallery's time")["stage_times"]  # written just after the gallery's status
+    assert times["gallery_queued"] >= 0 and times["gallery"] > 0
 
     approved = gallery["images"][:4]
     for image in approved:

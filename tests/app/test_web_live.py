@@ -348,7 +348,7 @@ def test_report_json_and_page(make_client, local_pg_settings):
     assert len(report["loss_history"]) == 5 and report["loss_terms"] == ["img", "simple", "total"]
     assert report["stage_times"] == [{"stage": "queued", "seconds": 2.5}, {"stage": "download", "seconds": 0.4},
                                      {"stage": "adapt", "seconds": 61.0}, {"stage": "publish", "seconds": 1.5},
-                                     {"stage": "gallery", "seconds": None}]
+                                     {"stage": "gallery_queued", "seconds": None}, {"stage": "gallery", "seconds": None}]
     assert report["total_seconds"] == 65.4
     measured, waiting = report["galleries"]
     assert measured["id"] == gallery_id and measured["diversity"]["mean_pairwise_distance"] == 0.4321

@@ -91,3 +91,28 @@ def test_shipped_source_model_loads_offline():
 def test_missing_weights_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
         pt.load_fmnist_ddpm(tmp_path / "nothing.safetensors")
+
+
+def test_small_t_share_and_starting_from_exported_weights(tmp_path):
+    """Fine-tuning the shipped model further: starts from exported weights when the state
+    folder is empty, and draws the given share of each batch below small_t_max."""
+    first = tmp_path / "first.safetensors"
+    pt.pretrain(_tiny_config(1), state_dir=tmp_path / "a", out=first)
+    config = pt.PretrainConfig(steps=1, batch_size=8, checkpoint_every=1, log_every=1, small_t_share=0.5,
+                               small_t_max=10, init_from=str(first))
+    seen = []
+    original = UNet2DModel.forward
+
+    def spy(self, sample, timestep, *args, **kwargs):
+        seen.append(torch.as_tensor(timestep).clone())
+        return original(self, sample, timestep, *args, **kwargs)
+
+    UNet2DModel.forward = spy
+    try:
+        out = pt.pretrain(config, state_dir=tmp_path / "b", out=tmp_path / "second.safetensors")
+    finally:
+        UNet2DModel.forward = original
+    assert (seen[0][:4] < 10).all()  # half the batch below small_t_max
+    recipe = json.loads(out.with_suffix(".json").read_text())["recipe"]
+    assert recipe["init_from"] == str(first) and recipe["started_from"]["steps_done"] == 1
+    assert "50% of each batch t ~ U{0..9}" in recipe["objective"]

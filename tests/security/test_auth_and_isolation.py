@@ -189,11 +189,16 @@ def test_security_headers_on_every_kind_of_answer(make_client, local_pg_settings
     r = client.post("/api/auth/signup", json={"email": f"c-{uuid.uuid4().hex[:8]}@example.com",
                                               "password": "correct horse battery"})
     cookie = r.headers["set-cookie"]
-    # the API docs page may run Swagger UI from its CDN; no other page may
-    docs = client.get("/docs")
-    assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"] and "frame-ancestors 'none'" in \
-        docs.headers["content-security-policy"]
-    assert "cdn.jsdelivr.net" not in client.get("/").headers["content-security-policy"]
+    # the API docs pages may start Swagger UI / ReDoc with an inline script, from files this
+    # server serves (no CDN); no other page may run inline scripts
+    for page in ("/docs", "/redoc"):
+        docs = client.get(page)
+        csp = docs.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "'unsafe-inline'" in csp and "https:" not in csp, page
+        scripts = re.findall(r'<script[^>]+src="([^"]+)"', docs.text)
+        assert scripts and all(s.startswith(("/static/apidocs/", "/apidocs/")) for s in scripts), scripts
+        assert all(client.get(s).status_code == 200 for s in scripts)
+    assert "unsafe-inline" not in client.get("/").headers["content-security-policy"]
     assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
     secure = make_client(local_pg_settings.model_copy(update={"cookie_secure": True}))
     r = secure.post("/api/auth/signup", json={"email": f"s-{uuid.uuid4().hex[:8]}@example.com",
