@@ -185,6 +185,10 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
     from app.routes import api, files, live, pages, review
+    from app.runwatch import RunWatch, StreamSlots
+
+    app.state.run_watch = RunWatch(app.state.sessionmaker, live.poll_seconds)
+    app.state.stream_slots = StreamSlots(settings.max_event_streams_per_user, settings.max_event_streams)
 
     app.include_router(api.router)
     app.include_router(files.router)

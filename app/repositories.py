@@ -59,6 +59,11 @@ def run_by_id(db: Session, run_id) -> Run | None:
     return db.get(Run, run_id, options=[selectinload(Run.photo_set), selectinload(Run.checkpoint)])
 
 
+def runs_by_ids(db: Session, run_ids) -> Sequence[Run]:
+    """For the event streams' poller, which checked each run's team when its stream opened."""
+    return db.scalars(select(Run).where(Run.id.in_(list(run_ids))).options(selectinload(Run.checkpoint))).all()
+
+
 def runs(db: Session, team_id, photo_set_id=None, limit: int = 50) -> Sequence[Run]:
     q = select(Run).where(Run.team_id == team_id).options(selectinload(Run.photo_set))
     if photo_set_id is not None:

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # open live progress streams (GET /api/runs/{id}/events) per user and per api process;
+    # one more is a 429 (a browser tab holds one per run page it shows)
+    max_event_streams_per_user: int = Field(10, ge=1)
+    max_event_streams: int = Field(500, ge=1)
+
     run_soft_time_limit: int = 6 * 3600
     run_hard_time_limit: int = 6 * 3600 + 600
     # a job's worker writes a heartbeat this often; a running job whose heartbeat is older
