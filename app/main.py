@@ -19,6 +19,7 @@ from app import i18n, logs
 from app.db import make_engine, make_sessionmaker
 from app.deps import CSRFFailed, LoginRequired
 from app.errors import ServiceError
+from app.imagecheck import DecodeBudget, return_freed_images_to_the_os
 from app.jobs import JobQueue
 from app.ratelimit import BodyLimitMiddleware, LoginLimiter
 from app.settings import Settings, get_settings
@@ -67,6 +68,8 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.storage = make_storage(settings)
     app.state.queue = JobQueue(celery_app)
+    app.state.decode_budget = DecodeBudget(settings.max_decode_pixels)
+    return_freed_images_to_the_os()
 
     app.add_middleware(
         SessionMiddleware, secret_key=settings.resolved_secret_key, session_cookie="domainstudio_session",

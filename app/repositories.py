@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run, User
@@ -32,6 +32,13 @@ def photo_sets(db: Session, team_id) -> Sequence[tuple[PhotoSet, int]]:
     count = select(func.count(Photo.id)).where(Photo.photo_set_id == PhotoSet.id).scalar_subquery()
     rows = db.execute(select(PhotoSet, count).where(PhotoSet.team_id == team_id).order_by(PhotoSet.created_at.desc()))
     return [(ps, n) for ps, n in rows]
+
+
+def lock_photo_set(db: Session, photo_set_id) -> None:
+    """Serializes the uploads into one photo set until the transaction ends: a no-op UPDATE
+    takes the row lock on Postgres and the write lock on SQLite, before the photos are
+    read again."""
+    db.execute(update(PhotoSet).where(PhotoSet.id == photo_set_id).values(name=PhotoSet.name))
 
 
 def photo(db: Session, team_id, photo_id) -> Photo | None:

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 40_000_000
     min_pixels_side: int = 32
+    # pixels one upload request may have decoded (a JPEG that needs no rotation counts at
+    # the 1/2-1/8 scale it is checked at); the photos beyond are refused with the reason
+    max_request_pixels: int = Field(150_000_000, ge=1)
+    # pixels the api process decodes at once, over all requests: bounds the memory a flood
+    # of large images takes (about 4-8 bytes per pixel); a larger image goes through alone
+    max_decode_pixels: int = Field(50_000_000, ge=1)
+    # upload requests checked at once per api process (each on a thread of its own); more wait
+    upload_threads: int = Field(4, ge=1)
     min_photos: int = 10
     max_photos: int = 100
 

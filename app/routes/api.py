@@ -2,10 +2,12 @@
 the X-CSRF-Token header on every POST and DELETE."""
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
+import anyio
+
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -132,13 +134,23 @@ def delete_photo_set(photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return {"ok": True}
 
 
-async def read_uploads(files: list[UploadFile], max_bytes: int) -> list[tuple[str, bytes]]:
-    """Reads at most max_bytes + 1 of each file: enough to tell that it is too large."""
-    out = []
-    for f in files:
-        out.append((f.filename or "photo", await f.read(max_bytes + 1)))
-        await f.close()
-    return out
+async def add_uploaded_photos(request: Request, c: Ctx, photo_set_id: uuid.UUID,
+                              files: list[UploadFile]) -> photosets.UploadResult:
+    """Checks and stores the files on one of ``upload_threads`` threads of their own: a
+    flood of uploads waits for them without a thread (the other requests keep the
+    threadpool), and each file is read from its spooled copy only when its turn comes, so
+    that waiting uploads hold no file in memory."""
+    state = request.app.state
+    if getattr(state, "upload_limiter", None) is None:  # made on the event loop that serves the app
+        state.upload_limiter = anyio.CapacityLimiter(c.settings.upload_threads)
+    sources = [(f.filename or "photo", f.file) for f in files]
+    try:
+        return await anyio.to_thread.run_sync(
+            functools.partial(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, sources,
+                              state.decode_budget), limiter=state.upload_limiter)
+    finally:
+        for f in files:
+            await f.close()
 
 
 @router.post("/photo-sets/{photo_set_id}/photos")
@@ -146,8 +158,7 @@ async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[U
                         c: Ctx = Depends(ctx)):
     if len(files) > c.settings.max_photos:
         raise BadInput("send at most %(max)s files at once", params={"max": c.settings.max_photos})
-    data = await read_uploads(files, c.settings.max_upload_bytes)
-    result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
+    result = await add_uploaded_photos(request, c, photo_set_id, files)
     if result.refused and not result.added:  # nothing stored: a client error, with each reason
         reasons = [Message("%(file)s: %(reason)s", r) for r in result.refused[:5]]
         raise Unprocessable("no photo was added (%(reasons)s)", params={"reasons": reasons}, added=[],

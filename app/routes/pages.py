@@ -17,7 +17,7 @@ from app import repositories as repo
 from app.deps import Ctx, check_csrf, ctx, get_db
 from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
-from app.routes.api import read_uploads
+from app.routes.api import add_uploaded_photos
 from app.security import csrf_token
 from app.setting_labels import SETTING_TEXTS
 from app.services import auth, galleries, packs, photosets, runs
@@ -186,12 +186,9 @@ def delete_photo_set(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends
 async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[UploadFile] = File(...),
                         c: Ctx = Depends(ctx)):
     """The form upload without JavaScript; the page's drag and drop uses the JSON API."""
-    from starlette.concurrency import run_in_threadpool
-
-    data = await read_uploads(files[: c.settings.max_photos + 1], c.settings.max_upload_bytes)
     back = f"/photo-sets/{photo_set_id}"
     try:
-        result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
+        result = await add_uploaded_photos(request, c, photo_set_id, files[: c.settings.max_photos + 1])
     except NotFound:
         raise
     except ServiceError as exc:

@@ -1,0 +1,252 @@
+"""Abuse and exhaustion (issue 13): what one signed-up account could do to take the service
+down or starve everyone else, each finding reproduced against a served app (uvicorn in a
+thread of this process, real Postgres or the embedded default's SQLite).
+docs/reliability.md ("Abuse and exhaustion") has the figures."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw
+from sqlalchemy import func, select
+
+from app.imagecheck import DecodeBudget, PhotoRejected, check_photo, read_header
+from app.models import Photo
+from web_helpers import free_port, png_bytes, sign_up, upload, wait_for
+
+
+# ------------------------------------------------------------------------------ helpers
+class Served:
+    """The app under uvicorn on a loopback port, in a thread of this process."""
+
+    def __init__(self, settings):
+        import uvicorn
+
+        from app.main import create_app
+
+        self.app = create_app(settings)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=free_port(),
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started, 30, "uvicorn")
+        self.url = f"http://127.0.0.1:{self.server.config.port}"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120)
+
+    def user(self) -> closing[httpx.Client]:
+        """A signed-up user's client, for a with block."""
+        c = self.client()
+        sign_up(c)
+        return closing(c)
+
+    def photo_count(self, photo_set_id: str) -> int:
+        with self.app.state.sessionmaker() as db:
+            return db.scalar(select(func.count(Photo.id)).where(Photo.photo_set_id == uuid.UUID(photo_set_id)))
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def embedded_settings(tmp_path, **over):
+    from app.migrate import upgrade
+    from app.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, secret_key="abuse-test-secret", base_models="builtin:tiny-ddpm", **over)
+    upgrade(settings.resolved_database_url)
+    return settings
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def served(request, local_pg_settings, tmp_path):
+    """The app on Postgres (production) and on the embedded default's SQLite."""
+    settings = local_pg_settings if request.param == "postgres" else embedded_settings(tmp_path)
+    s = Served(settings)
+    yield s
+    s.stop()
+
+
+def photo_set(client) -> str:
+    r = client.post("/api/photo-sets", json={"name": "Flood", "class_word": "bottle"})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def reasons(response) -> list[str]:
+    return [r["reason"] for r in response.json().get("refused", [])]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS (Linux)
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
+
+
+def pixel_flood_png(seed: int, side: int = 6320) -> bytes:
+    """The finding's file: an RGBA PNG of 6320x6320 (39.9 MP, under the 40 MP limit) that
+    compresses to ~170 KB; a different rectangle for each seed."""
+    img = Image.new("RGBA", (side, side), (200, 30, 30, 255))
+    ImageDraw.Draw(img).rectangle((100 + seed * 500, 100, 800 + seed * 500, 900), fill=(0, 0, 255, 128))
+    out = io.BytesIO()
+    img.save(out, "PNG", compress_level=9)
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------- pixel flood
+def test_a_pixel_flood_stays_within_a_memory_bound_and_others_are_answered(local_pg_settings):
+    """The finding: 3 concurrent requests carrying 4 such files each (2 MB of body) took
+    40 s and pushed the app from 120 MB to 2,065 MB. Now: the duplicate check comes before
+    decoding (across concurrent requests too), each request has a pixel budget, the process
+    decodes at most ``max_decode_pixels`` at once, on upload threads of its own."""
+    files = [(f"flood-{i}.png", pixel_flood_png(i)) for i in range(4)]
+    assert all(len(data) < 400_000 for _, data in files)
+    s = Served(local_pg_settings)
+    try:
+        with s.user() as attacker, s.user() as other:
+            ps, other_ps = photo_set(attacker), photo_set(other)
+            started = time.monotonic()
+            r = upload(other, other_ps, [("small-0.png", png_bytes(0))])
+            baseline = time.monotonic() - started
+            assert r.status_code == 200, r.text
+            rss0 = rss_bytes()
+            reset_peak_rss()
+            with ThreadPoolExecutor(3) as pool:
+                flood = [pool.submit(upload, attacker, ps, files) for _ in range(3)]
+                # meanwhile another user: the health check and a small upload answer at once
+                waits = []
+                for i in range(1, 4):
+                    started = time.monotonic()
+                    assert other.get("/health").status_code == 200
+                    r = upload(other, other_ps, [(f"small-{i}.png", png_bytes(i))])
+                    assert r.status_code == 200, r.text
+                    waits.append(time.monotonic() - started)
+                answers = [f.result() for f in flood]
+            growth = peak_rss_bytes() - rss0
+            print(f"pixel flood: peak RSS growth {growth / 2**20:.0f} MB; another user's health + upload "
+                  f"{max(waits) * 1000:.0f} ms (alone {baseline * 1000:.0f} ms)")
+            assert all(a.status_code in (200, 422) for a in answers), [a.text for a in answers]
+            every = [reason for a in answers for reason in reasons(a) + [a.json().get("detail", "")]]
+            assert not [x for x in every if x and "duplicate" not in x and "pixels together" not in x
+                        and "no photo was added" not in x], every
+            # each distinct photo at most once; the budget may refuse the last of a request
+            assert 3 <= s.photo_count(ps) <= 4
+            assert growth < 450 * 2**20, f"memory grew by {growth / 2**20:.0f} MB"
+            assert max(waits) < max(2.0, 10 * baseline), waits
+    finally:
+        s.stop()
+
+
+def test_the_request_pixel_budget_refuses_the_rest_with_a_reason(make_client, local_pg_settings):
+    client = make_client(local_pg_settings.model_copy(update={"max_request_pixels": 3 * 48 * 40}))
+    sign_up(client)
+    ps = photo_set(client)
+    r = upload(client, ps, [(f"p{i}.png", png_bytes(i)) for i in range(5)])
+    assert r.status_code == 200 and len(r.json()["added"]) == 3
+    assert reasons(r) == ["the photos of this upload have more than 5,760 pixels together; "
+                          "send this one in another upload"] * 2
+    r = upload(client, ps, [(f"p{i}.png", png_bytes(i)) for i in range(3, 5)])  # the next upload takes them
+    assert r.status_code == 200 and len(r.json()["added"]) == 2
+
+
+def test_header_checks_come_before_decoding_and_jpegs_are_decoded_reduced():
+    big = io.BytesIO()
+    Image.new("RGB", (4000, 3000), "green").save(big, "JPEG")
+    header = read_header(big.getvalue(), max_bytes=10**8, max_pixels=40_000_000, min_side=32)
+    assert header.reduced and header.decode_pixels == 500 * 375  # 1/8 scale
+    checked = check_photo(big.getvalue(), max_bytes=10**8, max_pixels=40_000_000, min_side=32)
+    assert (checked.width, checked.height) == (4000, 3000) and checked.data == big.getvalue()
+    damaged = big.getvalue()[: len(big.getvalue()) // 2]
+    with pytest.raises(PhotoRejected, match="damaged or truncated"):  # the reduced decode reads every byte
+        check_photo(damaged, max_bytes=10**8, max_pixels=40_000_000, min_side=32)
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (4000, 3000), "green").save(rotated, "JPEG", exif=exif)
+    header = read_header(rotated.getvalue(), max_bytes=10**8, max_pixels=40_000_000, min_side=32)
+    assert not header.reduced and header.decode_pixels == 12_000_000  # rotated: decoded in full
+
+
+def test_decode_budget_lets_small_images_pass_beside_a_large_one():
+    budget = DecodeBudget(50)
+    order = []
+    with budget.hold(40):
+        def small_job():
+            with budget.hold(5):
+                order.append("small")
+
+        def large_job():
+            with budget.hold(40):
+                order.append("large")
+
+        threads = [threading.Thread(target=small_job), threading.Thread(target=large_job)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: order == ["small"], 5, "the small image to pass")
+        time.sleep(0.2)
+        assert order == ["small"]  # the second large one waits for the first
+    for t in threads:
+        t.join(5)
+    assert order == ["small", "large"] and budget.in_flight == 0
+    with budget.hold(500):  # larger than the limit alone: goes through by itself
+        assert budget.in_flight == 500
+
+
+def test_mpo_first_frame_is_accepted_as_a_jpeg():
+    """Many phones write MPO (a JPEG with more frames after it); it was refused."""
+    first, second = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
+    out = io.BytesIO()
+    first.save(out, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(out.getvalue())).format == "MPO"
+    checked = check_photo(out.getvalue(), max_bytes=10**7, max_pixels=10**7, min_side=32)
+    assert (checked.content_type, checked.ext, checked.width, checked.height) == ("image/jpeg", "jpg", 64, 48)
+    thumb = Image.open(io.BytesIO(checked.thumbnail)).convert("RGB")
+    assert thumb.getpixel((10, 10))[0] > 200  # the first frame (red)
+
+
+# ------------------------------------------------------------------- concurrent uploads
+def test_concurrent_uploads_of_the_same_photo_each_get_a_duplicate_answer(served):
+    """The finding: four concurrent uploads of the same photo gave three plain-text 500s
+    (UNIQUE IntegrityError) and rolled back the whole batch."""
+    with served.user() as client:
+        ps = photo_set(client)
+        same = png_bytes(7)
+        batch = [("same.png", same), ("other-1.png", png_bytes(1))]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: upload(client, ps, batch if i == 0 else [("same.png", same)]), range(4)))
+    assert [a.status_code for a in answers if a.status_code not in (200, 422)] == [], [a.text for a in answers]
+    added = [p["filename"] for a in answers if a.status_code == 200 for p in a.json()["added"]]
+    assert sorted(added).count("same.png") == 1 and "other-1.png" in added  # the batch was not rolled back
+    refused = [r for a in answers for r in reasons(a)]
+    assert len(refused) == 3 and all(r.startswith("duplicate") for r in refused), refused
+    assert served.photo_count(ps) == 2
+
+
+def test_the_photo_limit_holds_under_concurrent_uploads(served):
+    """The finding: two concurrent 60-photo uploads gave a 120-photo set."""
+    with served.user() as client:
+        ps = photo_set(client)
+        batches = [[(f"b{b}-{i}.png", png_bytes(b * 100 + i, size=(32, 32))) for i in range(60)] for b in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda batch: upload(client, ps, batch), batches))
+    assert [a.status_code for a in answers] == [200, 200], [a.text[:300] for a in answers]
+    assert sum(len(a.json()["added"]) for a in answers) == 100
+    over = [r for a in answers for r in reasons(a)]
+    assert len(over) == 20 and set(over) == {"the photo set already holds the maximum of 100 photos"}
+    assert served.photo_count(ps) == 100
