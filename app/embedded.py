@@ -59,7 +59,8 @@ def requeue_interrupted(settings: Settings) -> int:
         with make_sessionmaker(engine)() as db:
             for model, task in ((Run, ADAPT_RUN), (Gallery, SAMPLE_GALLERY), (Pack, BUILD_PACK)):
                 # their workers died with the app: free the jobs for the next claim at once
-                db.execute(update(model).where(model.status == "running").values(heartbeat_at=None))
+                # (and forget their holder, so that no watchdog counts this as a worker that died on the job)
+                db.execute(update(model).where(model.status == "running").values(heartbeat_at=None, worker=None))
                 db.commit()
                 for object_id in db.scalars(select(model.id).where(model.status.in_(("queued", "running")))):
                     queue.send(task, object_id)

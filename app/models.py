@@ -107,6 +107,8 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries that claimed the job
+    # deliveries whose worker died on the job (the watchdog gives up after max_job_attempts)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     stage: Mapped[str] = mapped_column(String(30), default="")
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
@@ -166,6 +168,7 @@ class Gallery(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # as Run.failures
     # copy guard and diversity: which feature network measured them, the near-copy
     # threshold in force, and {"mean_pairwise_distance", "proxy_intra_lpips", "images"}
     feature_network: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -217,6 +220,7 @@ class Pack(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # as Run.failures
     created_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run, User
+from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run, Team, User
 
 
 def user_by_email(db: Session, email: str) -> User | None:
@@ -32,6 +32,17 @@ def photo_sets(db: Session, team_id) -> Sequence[tuple[PhotoSet, int]]:
     count = select(func.count(Photo.id)).where(Photo.photo_set_id == PhotoSet.id).scalar_subquery()
     rows = db.execute(select(PhotoSet, count).where(PhotoSet.team_id == team_id).order_by(PhotoSet.created_at.desc()))
     return [(ps, n) for ps, n in rows]
+
+
+def lock_team(db: Session, team_id) -> None:
+    """Serializes what counts a team's work against its quotas until the transaction ends
+    (as lock_photo_set)."""
+    db.execute(update(Team).where(Team.id == team_id).values(name=Team.name))
+
+
+def active_runs(db: Session, team_id) -> int:
+    """The team's runs waiting in the queue or training."""
+    return db.scalar(select(func.count(Run.id)).where(Run.team_id == team_id, Run.status.in_(("queued", "running")))) or 0
 
 
 def lock_photo_set(db: Session, photo_set_id) -> None:

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     max_photos: int = 100
 
     gallery_size: int = Field(64, ge=1, le=1000)
+    # what one run may ask for: training steps, gallery images (also after "generate
+    # more"), and the peak memory of a training step as estimated from its settings
+    # (app/runlimits.py) against what a worker has (GPU memory, or RAM on CPU workers)
+    max_run_steps: int = Field(20_000, ge=1)
+    max_gallery_size: int = Field(1000, ge=1, le=100_000)
+    worker_memory_mb: int = Field(16_000, ge=256)
+    # runs of one team waiting or training at once; one more is a 429
+    max_active_runs_per_team: int = Field(3, ge=1)
     sample_steps: int = Field(25, ge=1, le=1000)
     sample_batch_size: int = Field(8, ge=1, le=256)
     # copy guard: a local CLIP or DINO folder (transformers format, loaded offline) whose
@@ -91,6 +99,9 @@ class Settings(BaseSettings):
     job_heartbeat_seconds: float = Field(10, gt=0)
     job_stale_seconds: float = Field(90, gt=0)
     watchdog_seconds: float = Field(30, gt=0)
+    # a job whose worker died this many times on it (SIGKILL, the OOM killer) is failed
+    # with the reason instead of being sent to the next worker, which it would kill too
+    max_job_attempts: int = Field(3, ge=1)
 
     # ------------------------------------------------------------------ derived values
     @property

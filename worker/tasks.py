@@ -791,6 +791,16 @@ def _build_claimed(e: Env, pack: Pack, images, source: PackSource, heartbeat: He
 JOBS = ((Run, ADAPT_RUN), (Gallery, SAMPLE_GALLERY), (Pack, BUILD_PACK))
 
 
+def _given_up(model, failures: int) -> dict:
+    """The values of a job failed because its workers kept dying on it."""
+    values = {"status": "failed", "heartbeat_at": None,
+              **error_values(Message("the worker stopped %(n)s times while working on this (killed, or out of "
+                                     "memory); it was given up: try again with smaller settings", {"n": failures}))}
+    if hasattr(model, "finished_at"):
+        values["finished_at"] = _now()
+    return values
+
+
 def recover_orphans(e: Env) -> int:
     """Re-queues the jobs of dead workers and of a broker that lost its queues; returns
     how many jobs were sent again."""
@@ -798,17 +808,24 @@ def recover_orphans(e: Env) -> int:
     lost = _broker_lost(e)
     for model, task in JOBS:
         with e.sessions() as db:
-            orphans = [(obj_id, attempts, _abandoned(model, e, False)) for obj_id, attempts in
-                       db.execute(select(model.id, model.attempts).where(_abandoned(model, e, False)))]
-            orphans += [(obj_id, attempts, model.worker == holder) for obj_id, attempts, holder in
-                        db.execute(select(model.id, model.attempts, model.worker).where(model.status == "running"))
+            orphans = [(obj_id, attempts, failures, _abandoned(model, e, False)) for obj_id, attempts, failures in
+                       db.execute(select(model.id, model.attempts, model.failures).where(_abandoned(model, e, False)))]
+            orphans += [(obj_id, attempts, failures, model.worker == holder) for obj_id, attempts, failures, holder in
+                        db.execute(select(model.id, model.attempts, model.failures, model.worker)
+                                   .where(model.status == "running"))
                         if holder_died(holder)]
-            for obj_id, attempts, still in orphans:
+            for obj_id, attempts, failures, still in orphans:
+                # a job that killed its worker max_job_attempts times would kill the next one too
+                give_up = failures + 1 >= e.settings.max_job_attempts
                 moved = db.execute(update(model).where(model.id == obj_id, model.attempts == attempts,
                                                        model.status == "running", still)
-                                   .values(status="queued"))
+                                   .values(failures=failures + 1,
+                                           **(_given_up(model, failures + 1) if give_up else {"status": "queued"})))
                 db.commit()
-                if moved.rowcount == 1:
+                if moved.rowcount == 1 and give_up:
+                    log.error("job.given_up", extra={"job": model.__tablename__, "id": str(obj_id),
+                                                     "failures": failures + 1})
+                elif moved.rowcount == 1:
                     log.warning("job.requeued", extra={"job": model.__tablename__, "id": str(obj_id),
                                                        "reason": "its worker died"})
                     e.queue.send(task, obj_id)

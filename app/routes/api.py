@@ -45,7 +45,7 @@ class RunIn(BaseModel):
     preset: str = "quick"
     base_model: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
-    gallery_size: int | None = Field(None, ge=1, le=1000)
+    gallery_size: int | None = Field(None, ge=1, le=100_000)  # the server's max_gallery_size is checked by the service
 
 
 class MoreIn(BaseModel):
@@ -237,7 +237,8 @@ def get_gallery(gallery_id: uuid.UUID, review: str | None = None, c: Ctx = Depen
 
 @router.post("/galleries/{gallery_id}/more")
 def generate_more(gallery_id: uuid.UUID, body: MoreIn, c: Ctx = Depends(ctx)):
-    return ser.gallery(galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, body.n), lang=c.lang)
+    return ser.gallery(galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, body.n,
+                                                     c.settings.max_gallery_size), lang=c.lang)
 
 
 @router.post("/galleries/{gallery_id}/cancel")

@@ -247,7 +247,8 @@ def cancel_run(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
 @router.post("/galleries/{gallery_id}/more")
 def generate_more(request: Request, gallery_id: uuid.UUID, n: str = Form("8"), c: Ctx = Depends(ctx)):
     back = f"/galleries/{gallery_id}"
-    return act(request, lambda: galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, n) and back, back)
+    limit = c.settings.max_gallery_size
+    return act(request, lambda: galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, n, limit) and back, back)
 
 
 @router.post("/runs/{run_id}/delete")

@@ -112,3 +112,38 @@ def test_a_holder_counts_as_dead_only_on_this_machine_and_namespace():
     assert tasks.holder_died(f"{here}:{child.pid}")  # gone
     assert not tasks.holder_died(f"other-host/1:{child.pid}")  # elsewhere: only the heartbeat can tell
     assert not tasks.holder_died(None) and not tasks.holder_died("garbage")
+
+
+def test_a_job_whose_worker_keeps_dying_is_given_up_with_the_reason(make_client, pg_url, s3_endpoint, queues,
+                                                                   tmp_path):
+    """The finding: nothing capped attempts, so the watchdog (and a restart) sent a job that
+    killed its worker (the OOM killer's SIGKILL) to the next worker, again and again."""
+    q = {k: v + "-giveup" for k, v in queues.items()}
+    settings = production_settings(tmp_path, pg_url, s3_endpoint, q, job_stale_seconds=30, max_job_attempts=3)
+    client = make_client(settings)
+    team = sign_up(client)["user"]["team_id"]
+    ps = new_photo_set(client, n_photos=0)
+    e = make_env(settings)
+    broker = redis.Redis.from_url(REDIS)
+    broker.set(f"domainstudio:broker-marker:{q['queue_gpu']}", "1")
+    stale = datetime.now(timezone.utc) - timedelta(minutes=5)
+    run = add_run(e, team, ps, status="running", heartbeat_at=stale, worker="gpu-7/4026531836:123", attempts=1)
+    try:
+        for died in (1, 2):  # the first two deaths: sent to the next worker, which dies on it too
+            assert tasks.recover_orphans(e) == 1
+            assert tasks.claim(e, Run, run) == died + 1
+            with e.sessions() as db:
+                db.execute(update(Run).where(Run.id == run).values(heartbeat_at=stale))
+                db.commit()
+        assert tasks.recover_orphans(e) == 0  # the third: given up, not sent again
+        with e.sessions() as db:
+            row = db.get(Run, run)
+            assert (row.status, row.failures, row.attempts) == ("failed", 3, 3) and row.finished_at is not None
+            assert "stopped 3 times" in row.error and row.error_detail["params"] == {"n": 3}
+        assert broker.llen(q["queue_gpu"]) == 2
+        assert tasks.claim(e, Run, run) is None
+        r = client.get(f"/api/runs/{run}")
+        assert r.json()["status"] == "failed" and "smaller settings" in r.json()["error"]
+    finally:
+        broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
+        broker.close()

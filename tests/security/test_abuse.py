@@ -250,3 +250,93 @@ def test_the_photo_limit_holds_under_concurrent_uploads(served):
     over = [r for a in answers for r in reasons(a)]
     assert len(over) == 20 and set(over) == {"the photo set already holds the maximum of 100 photos"}
     assert served.photo_count(ps) == 100
+
+
+# ------------------------------------------------------------------ runs that cannot fit
+def test_the_memory_estimate_matches_the_demo_model_measurements():
+    """Peak RSS of one training step of builtin:fmnist-ddpm-32 on CPU, measured here
+    (docs/reliability.md): the estimate is within 10 %."""
+    from app.runlimits import BUILTINS, estimate_mb
+
+    measured = {(2, 4, 32): 537, (2, 4, 64): 703, (2, 4, 128): 1341, (8, 4, 64): 892, (10, 4, 64): 949,
+                (2, 16, 64): 1202}
+    demo = BUILTINS["builtin:fmnist-ddpm-32"]
+    for (batch, samples, resolution), mb in measured.items():
+        values = {"mode": "full", "batch_size": batch, "num_similarity_samples": samples, "resolution": resolution}
+        assert abs(estimate_mb(demo, values) - mb) < 0.1 * mb, (batch, samples, resolution)
+
+
+def test_a_local_model_folder_is_sized_from_its_files_without_loading_it(tmp_path):
+    torch = pytest.importorskip("torch")
+    from app.runlimits import TEXT_TO_IMAGE, UNCONDITIONAL, model_facts
+    from worker.domainstudio.models import load_base_model
+
+    for spec, kind in (("builtin:tiny-ddpm", UNCONDITIONAL), ("builtin:tiny-sd", TEXT_TO_IMAGE)):
+        base = load_base_model(spec)
+        folder = tmp_path / spec.split(":")[1]
+        if kind == UNCONDITIONAL:
+            base.unet.save_pretrained(folder)  # a bare UNet2DModel folder
+        else:
+            for name in ("unet", "vae", "text_encoder"):
+                getattr(base, name).save_pretrained(folder / name)
+            (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": [], '
+                                                     '"vae": [], "text_encoder": []}')
+        facts = model_facts(str(folder))
+        assert facts is not None and facts.kind == kind and facts.resolution == base.resolution
+        assert facts.unet_params == sum(p.numel() for p in base.unet.parameters())
+        assert facts == model_facts(spec)  # the builtin table says the same
+    assert model_facts(str(tmp_path / "missing")) is None and model_facts("some/hub-id") is None
+    del torch
+
+
+@pytest.fixture
+def demo_client(make_client, local_pg_settings):
+    settings = local_pg_settings.model_copy(update={
+        "base_models": "builtin:fmnist-ddpm-32,builtin:tiny-ddpm,builtin:tiny-sd", "max_active_runs_per_team": 2})
+    client = make_client(settings)
+    sign_up(client)
+    ps = photo_set(client)
+    r = upload(client, ps, [(f"p{i}.png", png_bytes(i, size=(512, 512))) for i in range(10)])
+    assert r.status_code == 200 and len(r.json()["added"]) == 10
+    return client, ps
+
+
+def start(client, ps, **body):
+    return client.post(f"/api/photo-sets/{ps}/runs", json={"preset": "quick", **body})
+
+
+def test_runs_the_worker_could_not_hold_or_would_refuse_are_refused_at_creation(demo_client):
+    client, ps = demo_client
+    cases = [
+        # the finding: steps 100,000 + batch 64 + resolution 2048 + 64 similarity samples was a 201
+        ({"base_model": "builtin:fmnist-ddpm-32", "settings": {"steps": 100_000, "batch_size": 64, "resolution": 2048,
+                                                              "num_similarity_samples": 64}},
+         "at most 20000 steps"),
+        ({"base_model": "builtin:fmnist-ddpm-32", "settings": {"batch_size": 64, "resolution": 2048,
+                                                              "num_similarity_samples": 64}},
+         "workers have 16,000 MB"),
+        # ten ordinary 512 px photos and resolution 512 on the demo model: ~31 GB
+        ({"base_model": "builtin:fmnist-ddpm-32", "settings": {"resolution": 512}},
+         "needs about 31,100 MB"),
+        ({"base_model": "builtin:tiny-ddpm", "settings": {"mode": "lora"}}, "lora mode is for text-to-image models"),
+        ({"base_model": "builtin:tiny-sd", "settings": {"num_class_images": 1}}, "'num_class_images' must be between 2"),
+        ({"base_model": "builtin:fmnist-ddpm-32", "gallery_size": 1001}, "gallery size must be between 1 and 1000"),
+    ]
+    for body, reason in cases:
+        r = start(client, ps, **body)
+        assert r.status_code == 400 and reason in r.json()["detail"], (body, r.text)
+    assert client.get(f"/api/photo-sets/{ps}/runs").json() == {"runs": []}  # nothing was created
+    # what fits is accepted: the demo model at its own 32 px, and lora on a text-to-image model
+    assert start(client, ps, base_model="builtin:fmnist-ddpm-32", settings={"resolution": 64}).status_code == 201
+    assert start(client, ps, base_model="builtin:tiny-sd", settings={"mode": "lora"}).status_code == 201
+
+
+def test_a_team_may_have_only_so_many_runs_waiting_or_training(demo_client):
+    """The finding: one team queued 30 runs in 1.3 s into the one first-in-first-out queue."""
+    client, ps = demo_client
+    first = [start(client, ps, base_model="builtin:tiny-ddpm") for _ in range(2)]
+    assert [r.status_code for r in first] == [201, 201]
+    r = start(client, ps, base_model="builtin:tiny-ddpm")
+    assert r.status_code == 429 and "2 runs waiting or training" in r.json()["detail"]
+    assert client.post(f"/api/runs/{first[0].json()['id']}/cancel").status_code == 200  # a queued run: canceled at once
+    assert start(client, ps, base_model="builtin:tiny-ddpm").status_code == 201

@@ -106,7 +106,7 @@ class AdaptConfig:
         _positive(self, "resolution", 8, 4096)
         _positive(self, "lora_rank", 1, 1024)
         _positive(self, "checkpoint_every", 1, 10_000_000)
-        _positive(self, "num_class_images", 1, 100_000)
+        _positive(self, "num_class_images", 2, 100_000)  # loaded as photos: at least 2 must be usable
         if self.num_similarity_samples is not None and self.num_similarity_samples < 2:
             raise InputError("num_similarity_samples must be at least 2: the pairwise terms compare samples")
         for name in ("ds_max_timestep", "pairwise_max_timestep"):
