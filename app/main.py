@@ -21,7 +21,7 @@ from app.deps import CSRFFailed, LoginRequired
 from app.errors import ServiceError
 from app.imagecheck import DecodeBudget, return_freed_images_to_the_os
 from app.jobs import JobQueue
-from app.ratelimit import BodyLimitMiddleware, LoginLimiter
+from app.ratelimit import BodyLimitMiddleware, HeaderLimitMiddleware, LoginLimiter
 from app.settings import Settings, get_settings
 from app.storage import make_storage
 
@@ -93,6 +93,10 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
         if request.url.path in ("/docs", "/redoc"):
             response.headers["Content-Security-Policy"] = DOCS_CSP
         return response
+
+    # outermost: absurd headers are refused before any middleware reads them
+    app.add_middleware(HeaderLimitMiddleware, per_header=settings.max_header_bytes,
+                       total=settings.max_headers_bytes, headers=SECURITY_HEADERS)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):

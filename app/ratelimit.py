@@ -119,3 +119,31 @@ async def _too_large(scope, send, limit: int) -> None:
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+class HeaderLimitMiddleware:
+    """Answers 400 with the reason to a request whose headers are absurdly large (one over
+    ``per_header`` bytes, or all of them over ``total`` bytes), before any of them is
+    parsed: a 5,000-digit Last-Event-ID, a cookie or Accept-Language of many kilobytes.
+    uvicorn's own limit is far higher (it resets the connection somewhere above 100 KB)."""
+
+    def __init__(self, app, per_header: int, total: int, headers: dict[str, str] | None = None):
+        self.app, self.per_header, self.total = app, per_header, total
+        self.extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            sizes = [len(name) + len(value) for name, value in scope.get("headers") or ()]
+            if sum(sizes) > self.total or any(size > self.per_header for size in sizes):
+                return await self._refuse(send)
+        return await self.app(scope, receive, send)
+
+    async def _refuse(self, send) -> None:
+        import json
+
+        detail = f"the request headers are too large (at most {self.per_header} bytes each, {self.total} in all)"
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close"), *self.extra]})
+        await send({"type": "http.response.body", "body": body})

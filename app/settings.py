@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     # largest upload request body: the page sends one photo per request; the form without
     # JavaScript and API clients send batches of at most this much
     max_request_bytes: int = Field(100 * 1024 * 1024, ge=1024 * 1024)
+    # request headers: one may have at most max_header_bytes (name and value), all together
+    # max_headers_bytes; a request over either is answered 400 before they are read
+    max_header_bytes: int = Field(8192, ge=1024)
+    max_headers_bytes: int = Field(32768, ge=4096)
 
     # comma-separated list of builtin specs and local diffusers folders users may choose
     base_models: str = "builtin:fmnist-ddpm-32"

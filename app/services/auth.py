@@ -8,21 +8,17 @@ from sqlalchemy.orm import Session
 from app import repositories as repo
 from app.errors import BadInput, Conflict, TooManyRequests
 from app.models import Team, User
+from app.passwords import check_password
 from app.security import hash_password, verify_password
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-MIN_PASSWORD = 10
 
 
 def sign_up(db: Session, email: str, password: str, team_name: str | None = None) -> User:
     email = (email or "").strip().lower()
     if not EMAIL_RE.match(email) or len(email) > 320:
         raise BadInput("enter a valid email address", field="email")
-    if len(password or "") < MIN_PASSWORD:
-        raise BadInput("the password must have at least %(min)s characters", params={"min": MIN_PASSWORD},
-                       field="password")
-    if len(password) > 1000:
-        raise BadInput("the password is too long", field="password")
+    check_password(password or "", email)
     if repo.user_by_email(db, email):
         raise Conflict("an account with this email already exists", field="email")
     team = Team(name=(team_name or "").strip()[:200] or f"{email.split('@')[0]}'s team")

@@ -231,6 +231,19 @@ def encode(img: PILImage.Image, format: str) -> bytes:
     return out.getvalue()
 
 
+# OWASP's rule for CSV injection: a cell that starts with one of these is a formula to
+# Excel and LibreOffice (=HYPERLINK(...), =cmd|...), so it gets a leading single quote,
+# which they show as text; the csv module quotes the cell when it needs to
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A manifest cell that a spreadsheet shows as text, never evaluates."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 @dataclass
 class PackSource:
     """What the manifest says about where the images came from."""
@@ -268,10 +281,10 @@ def write_pack_zip(storage: Storage, pack: Pack, images: list[Image], source: Pa
                 for size in sizes:
                     name = _file_name(n, image, size, sizes, pack.format)
                     zf.writestr(name, encode(resize(img, size), pack.format))
-                    writer.writerow({
+                    writer.writerow({key: csv_cell(value) for key, value in {
                         "file": name, "prompt": image.prompt or "", "seed": image.seed, "run": source.run_id,
                         "base_model": source.base_model, "created": _utc(image.created_at).isoformat(),
-                    })
+                    }.items()})
             if progress is not None:
                 progress(n, len(images))
         zf.writestr("manifest.csv", manifest.getvalue())

@@ -340,3 +340,48 @@ def test_a_team_may_have_only_so_many_runs_waiting_or_training(demo_client):
     assert r.status_code == 429 and "2 runs waiting or training" in r.json()["detail"]
     assert client.post(f"/api/runs/{first[0].json()['id']}/cancel").status_code == 200  # a queued run: canceled at once
     assert start(client, ps, base_model="builtin:tiny-ddpm").status_code == 201
+
+
+# ------------------------------------------------------------- passwords, headers
+@pytest.mark.parametrize("password,reason", [
+    ("aaaaaaaaaa", "among the first that guessers try"),  # the finding
+    ("password12", "among the first that guessers try"),  # the finding
+    ("Password123!", "among the first that guessers try"),
+    ("qwertyuiop", "among the first that guessers try"),
+    ("1234567890", "among the first that guessers try"),
+    ("abcdefghijkl", "among the first that guessers try"),
+    ("ababababab12", "among the first that guessers try"),
+    ("iloveyou2026!", "among the first that guessers try"),
+    ("marie.curie-1867", "your email name"),
+    ("my domainstudio pass", "the name of this service"),
+    ("short", "at least 10 characters"),
+])
+def test_guessable_passwords_are_refused_at_sign_up(make_client, local_pg_settings, password, reason):
+    client = make_client(local_pg_settings)
+    r = client.post("/api/auth/signup", json={"email": f"marie.curie-{uuid.uuid4().hex[:6]}@example.com",
+                                               "password": password})
+    assert r.status_code == 400 and reason in r.json()["detail"], r.text
+
+
+def test_good_passwords_are_accepted():
+    from app.passwords import weakness
+
+    for password in ("correct horse battery", "violet-tractor-92", "Mq7#vL2p!xR9", "zebra cactus umbrella"):
+        assert weakness(password, "someone@example.com") is None, password
+
+
+def test_absurd_headers_get_a_400_with_the_reason(local_pg_settings):
+    s = Served(local_pg_settings)
+    try:
+        with s.client() as client:
+            assert client.get("/health").status_code == 200
+            for headers in ({"X-Big": "a" * 20_000}, {"Accept-Language": "en;q=0.5," * 5_000},
+                            {"Cookie": "; ".join(f"c{i}=v" for i in range(3_000))},
+                            {f"X-Many-{i}": "v" * 900 for i in range(40)}):
+                r = client.get("/health", headers=headers)
+                assert r.status_code == 400 and "request headers are too large" in r.json()["detail"]
+                assert r.headers["x-frame-options"] == "DENY"
+            # a 5,000-digit Last-Event-ID is small enough to pass here: the stream refuses it (test_web_live)
+            assert client.get("/health", headers={"Last-Event-ID": "9" * 5000}).status_code == 200
+    finally:
+        s.stop()
