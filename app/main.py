@@ -21,7 +21,7 @@ from app.deps import CSRFFailed, LoginRequired
 from app.errors import ServiceError
 from app.imagecheck import DecodeBudget, return_freed_images_to_the_os
 from app.jobs import JobQueue
-from app.ratelimit import BodyLimitMiddleware, HeaderLimitMiddleware, LoginLimiter
+from app.ratelimit import BodyLimitMiddleware, HeaderLimitMiddleware, LoginLimiter, MemoryCounts, RedisCounts
 from app.settings import Settings, get_settings
 from app.storage import make_storage
 
@@ -45,6 +45,15 @@ DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.c
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
+
+
+def login_counts(settings: Settings) -> MemoryCounts | RedisCounts:
+    """Sign-in failures in Redis when the broker is Redis (all api replicas count
+    together; keys named after the deployment's queue), else in this process."""
+    url = settings.resolved_broker_url
+    if url.startswith(("redis://", "rediss://")):
+        return RedisCounts(url, f"domainstudio:login:{settings.queue_gpu}:")
+    return MemoryCounts()
 
 
 def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
@@ -78,7 +87,8 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
 
     # inside the security headers, so that a 413 carries them too
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_request_bytes)
-    app.state.login_limiter = LoginLimiter(settings.login_max_failures, settings.login_window_seconds)
+    app.state.login_limiter = LoginLimiter(settings.login_max_failures, settings.login_window_seconds,
+                                           settings.login_max_delay_seconds, login_counts(settings))
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):

@@ -40,9 +40,14 @@ class Settings(BaseSettings):
     secret_key: str = ""  # default: generated once into <data_dir>/secret_key
     session_max_age: int = 14 * 24 * 3600
     cookie_secure: bool = False
-    # failed sign-ins allowed per account (and 10x that per client address) within the window
+    # sign-in throttling (app/ratelimit.py): after login_max_failures failures of one
+    # account from one address (10x for the account from all addresses, or for one
+    # address over all accounts; a browser that signed in to the account before counts
+    # alone) each further try waits 1, 2, 4, ... s, at most login_max_delay_seconds;
+    # counts are forgotten login_window_seconds (plus that delay) after the latest failure
     login_max_failures: int = Field(5, ge=1)
     login_window_seconds: int = Field(300, ge=1)
+    login_max_delay_seconds: int = Field(900, ge=1)
     # largest upload request body: the page sends one photo per request; the form without
     # JavaScript and API clients send batches of at most this much
     max_request_bytes: int = Field(100 * 1024 * 1024, ge=1024 * 1024)

@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,7 @@ from app import serializers as ser
 from app.deps import Ctx, ctx, get_db
 from app.errors import BadInput, Message, NotFound, Unprocessable
 from app.presets import EXPERT_FIELDS, PRESETS
-from app.security import csrf_token
+from app.security import DEVICE_COOKIE, DEVICE_MAX_AGE, csrf_token, device_cookie, device_id
 from app.services import auth, galleries, packs, photosets, runs
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -77,10 +77,29 @@ def signup(body: SignUp, request: Request, db: Session = Depends(get_db)):
 
 
 @router.post("/auth/login")
-def login(body: Login, request: Request, db: Session = Depends(get_db)):
-    user = auth.sign_in(db, request.app.state.login_limiter, body.email, body.password,
-                        request.client.host if request.client else None)
+def login(body: Login, request: Request, response: Response, db: Session = Depends(get_db)):
+    user = auth.sign_in(db, request.app.state.login_limiter, body.email, body.password, client_address(request),
+                        known_device(request, body.email))
+    remember_device(request, response, user.email)
     return _signed_in(request, user)
+
+
+def client_address(request: Request) -> str | None:
+    """The client's address: uvicorn takes it from X-Forwarded-For only when the request
+    comes from an address in FORWARDED_ALLOW_IPS (README: behind a reverse proxy)."""
+    return request.client.host if request.client else None
+
+
+def known_device(request: Request, email: str) -> str | None:
+    """The id of this browser's device cookie when it was issued for this account."""
+    return device_id(request.app.state.settings.resolved_secret_key, request.cookies.get(DEVICE_COOKIE), email)
+
+
+def remember_device(request: Request, response, email: str) -> None:
+    """After a successful sign-in: this browser is known to this account from now on."""
+    settings = request.app.state.settings
+    response.set_cookie(DEVICE_COOKIE, device_cookie(settings.resolved_secret_key, email), max_age=DEVICE_MAX_AGE,
+                        httponly=True, samesite="lax", secure=settings.cookie_secure)
 
 
 @router.post("/auth/logout")

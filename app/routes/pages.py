@@ -17,7 +17,7 @@ from app import repositories as repo
 from app.deps import Ctx, check_csrf, ctx, get_db
 from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
-from app.routes.api import add_uploaded_photos
+from app.routes.api import add_uploaded_photos, client_address, known_device, remember_device
 from app.security import csrf_token
 from app.setting_labels import SETTING_TEXTS
 from app.services import auth, galleries, packs, photosets, runs
@@ -127,15 +127,17 @@ def login_page(request: Request):
 @router.post("/login", dependencies=[Depends(check_csrf)])
 def login(request: Request, email: str = Form(""), password: str = Form(""), db: Session = Depends(get_db)):
     try:
-        user = auth.sign_in(db, request.app.state.login_limiter, email, password,
-                            request.client.host if request.client else None)
+        user = auth.sign_in(db, request.app.state.login_limiter, email, password, client_address(request),
+                            known_device(request, email))
     except ServiceError as exc:
         response = render(request, "login.html", status_code=exc.status_code, email=email, **form_errors(request, exc))
         response.headers.update(exc.headers)
         return response
     request.session.clear()
     request.session["user_id"], request.session["epoch"] = str(user.id), user.session_epoch
-    return redirect("/")
+    response = redirect("/")
+    remember_device(request, response, user.email)
+    return response
 
 
 @router.post("/logout")

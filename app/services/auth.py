@@ -45,17 +45,19 @@ def authenticate(db: Session, email: str, password: str) -> User | None:
     return user
 
 
-def sign_in(db: Session, limiter, email: str, password: str, client_ip: str | None) -> User:
-    """authenticate() behind the sign-in limit: 429 after too many failures, 400 when wrong."""
-    wait = limiter.retry_after(email, client_ip)
+def sign_in(db: Session, limiter, email: str, password: str, client_ip: str | None, device: str | None = None) -> User:
+    """authenticate() behind the sign-in limit (app/ratelimit.py): 429 while the client
+    must wait, 400 when wrong. ``device``: the id of this browser's device cookie for this
+    account (a browser that signed in to it before), which only its own failures slow down."""
+    wait = limiter.retry_after(email, client_ip, device)
     if wait:
         raise TooManyRequests("too many failed sign-ins; try again in %(wait)s seconds", params={"wait": wait},
                               headers={"Retry-After": str(wait)})
     user = authenticate(db, email, password)
     if user is None:
-        limiter.failed(email, client_ip)
+        limiter.failed(email, client_ip, device)
         raise BadInput("wrong email or password")
-    limiter.succeeded(email)
+    limiter.succeeded(email, client_ip, device)
     return user
 
 

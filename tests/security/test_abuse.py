@@ -385,3 +385,106 @@ def test_absurd_headers_get_a_400_with_the_reason(local_pg_settings):
             assert client.get("/health", headers={"Last-Event-ID": "9" * 5000}).status_code == 200
     finally:
         s.stop()
+
+
+# ------------------------------------------------------------------------- sign-in limits
+class Clock:
+    def __init__(self):
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guess(limiter, clock, email: str, ip: str, times: int) -> None:
+    """``times`` wrong passwords, each as soon as the limiter lets the client try."""
+    for _ in range(times):
+        clock.now += limiter.retry_after(email, ip)
+        limiter.failed(email, ip)
+
+
+def test_failures_slow_down_the_guesser_never_the_owner():
+    """The findings: 5 wrong passwords locked the owner out for 5 minutes (renewable by
+    anyone); ~50 failures on random e-mails from one address locked every account from that
+    address (behind a reverse proxy: everyone); a forged X-Forwarded-For bypassed the
+    per-address limit."""
+    from app.ratelimit import LoginLimiter
+
+    clock = Clock()
+    limiter = LoginLimiter(5, 300, 900, clock=clock)
+    owner, browser = "owner@example.com", "device-id-of-the-owners-browser"
+    guess(limiter, clock, owner, "6.6.6.6", 20)  # a guesser, from one address
+    assert limiter.retry_after(owner, "6.6.6.6") > 60  # the guesser waits longer and longer
+    assert limiter.retry_after(owner, "1.2.3.4") == 0  # the owner, from anywhere else: not at all
+    assert limiter.retry_after(owner, "6.6.6.6", browser) == 0  # the owner's known browser, even from there
+
+    # a guesser with forged addresses (X-Forwarded-For from a trusted client): the account
+    # from all addresses slows down, except for the owner's known browser
+    for i in range(60):
+        guess(limiter, clock, owner, f"10.0.{i}.1", 1)
+    assert limiter.retry_after(owner, "10.9.9.9") > 0 and limiter.retry_after(owner, "1.2.3.4") > 0
+    assert limiter.retry_after(owner, "1.2.3.4", browser) == 0
+
+    # one address (a proxy: everyone) trying 60 random accounts: new clients from it wait
+    # a few seconds, growing with the failures, never minutes; known browsers not at all
+    for i in range(60):
+        guess(limiter, clock, f"random-{i}@example.com", "192.0.2.10", 1)
+    wait = limiter.retry_after("colleague@example.com", "192.0.2.10")
+    assert 0 < wait <= 2 ** (60 - 50) + 1
+    assert limiter.retry_after("colleague@example.com", "192.0.2.10", "colleagues-browser") == 0
+    assert limiter.retry_after("colleague@example.com", "198.51.100.7") == 0
+
+    # the known browser's own failures count for it alone: a stolen laptop is slowed too
+    for _ in range(8):
+        clock.now += limiter.retry_after(owner, "1.2.3.4", browser)
+        limiter.failed(owner, "1.2.3.4", browser)
+    assert limiter.retry_after(owner, "1.2.3.4", browser) > 0
+    limiter.succeeded(owner, "1.2.3.4", browser)
+    assert limiter.retry_after(owner, "1.2.3.4", browser) == 0
+    # and every delay is bounded: the longest wait is max_delay, and counts are forgotten
+    assert limiter.retry_after(owner, "6.6.6.6") <= 901
+    clock.now += 300 + 900 + 1
+    assert limiter.retry_after(owner, "6.6.6.6") == 0 and limiter.retry_after(owner, "10.9.9.9") == 0
+
+
+def test_sign_in_counts_live_in_redis_for_every_replica():
+    from app.ratelimit import LoginLimiter, RedisCounts
+
+    prefix = f"domainstudio:login:test-{uuid.uuid4().hex[:8]}:"
+    clock = Clock()
+    replicas = [LoginLimiter(3, 300, 900, RedisCounts("redis://127.0.0.1:6379/0", prefix), clock=clock)
+                for _ in range(2)]
+    try:
+        for i in range(3):  # failures spread over two api replicas
+            replicas[i % 2].failed("shared@example.com", "6.6.6.6")
+        assert replicas[0].retry_after("shared@example.com", "6.6.6.6") > 0
+        assert replicas[1].retry_after("shared@example.com", "6.6.6.6") > 0
+        replicas[1].succeeded("shared@example.com", "6.6.6.6")
+        assert replicas[0].retry_after("shared@example.com", "6.6.6.6") == 0
+        ttl = replicas[0].counts.redis.ttl(prefix + "account:shared@example.com")
+        assert 0 < ttl <= 300 + 900  # forgotten by Redis itself
+    finally:
+        redis_client = replicas[0].counts.redis
+        redis_client.delete(*redis_client.keys(prefix + "*"))
+
+
+def test_the_owners_browser_signs_in_while_a_guesser_is_slowed_down(make_client, local_pg_settings):
+    settings = local_pg_settings.model_copy(update={"login_max_failures": 2})
+    owner = make_client(settings)
+    email = sign_up(owner)["user"]["email"]
+    owner.post("/api/auth/logout")
+    r = owner.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
+    assert r.status_code == 200 and "domainstudio_device" in r.cookies  # this browser is known now
+    owner.post("/api/auth/logout")
+    guesser = make_client(settings)  # the same address (the test client's), no device cookie
+    for _ in range(4):
+        r = guesser.post("/api/auth/login", json={"email": email, "password": "wrong password"})
+        if r.status_code == 429:
+            time.sleep(int(r.headers["retry-after"]))
+    r = guesser.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
+    assert r.status_code == 429  # even the right password waits, from an unknown browser
+    r = owner.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
+    assert r.status_code == 200, r.text  # the owner's browser is not locked out
+    # a device cookie of another account, or a forged one, does not count as known
+    guesser.cookies.set("domainstudio_device", owner.cookies["domainstudio_device"] + "x")
+    assert guesser.post("/api/auth/login", json={"email": email, "password": "correct horse battery"}).status_code == 429
