@@ -62,8 +62,8 @@ def requeue_interrupted(settings: Settings) -> int:
                 # (and forget their holder, so that no watchdog counts this as a worker that died on the job)
                 db.execute(update(model).where(model.status == "running").values(heartbeat_at=None, worker=None))
                 db.commit()
-                for object_id in db.scalars(select(model.id).where(model.status.in_(("queued", "running")))):
-                    queue.send(task, object_id)
+                for object_id in db.scalars(select(model.id).where(model.status.in_(("queued", "running")))).all():
+                    queue.send_row(db, model, task, object_id)
                     sent += 1
     finally:
         engine.dispose()

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     job_heartbeat_seconds: float = Field(10, gt=0)
     job_stale_seconds: float = Field(90, gt=0)
     watchdog_seconds: float = Field(30, gt=0)
+    # a job committed as queued but not sent this long after (its process died in between)
+    # is sent by the watchdog
+    job_unsent_seconds: float = Field(120, gt=0)
     # a job whose worker died this many times on it (SIGKILL, the OOM killer) is failed
     # with the reason instead of being sent to the next worker, which it would kill too
     max_job_attempts: int = Field(3, ge=1)

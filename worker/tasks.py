@@ -462,7 +462,8 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         db.commit()
         gallery_id = gallery.id
     log.info("run.succeeded", extra={"run": str(run.id), "steps": result.steps})
-    e.queue.send(SAMPLE_GALLERY, gallery_id)
+    with e.sessions() as db:  # a worker that dies before this leaves the gallery unsent: the watchdog sends it
+        e.queue.send_row(db, Gallery, SAMPLE_GALLERY, gallery_id)
 
 
 # ------------------------------------------------------------------------- galleries
@@ -820,7 +821,8 @@ def recover_orphans(e: Env) -> int:
                 moved = db.execute(update(model).where(model.id == obj_id, model.attempts == attempts,
                                                        model.status == "running", still)
                                    .values(failures=failures + 1,
-                                           **(_given_up(model, failures + 1) if give_up else {"status": "queued"})))
+                                           **(_given_up(model, failures + 1) if give_up
+                                              else {"status": "queued", "sent_at": None})))
                 db.commit()
                 if moved.rowcount == 1 and give_up:
                     log.error("job.given_up", extra={"job": model.__tablename__, "id": str(obj_id),
@@ -828,7 +830,7 @@ def recover_orphans(e: Env) -> int:
                 elif moved.rowcount == 1:
                     log.warning("job.requeued", extra={"job": model.__tablename__, "id": str(obj_id),
                                                        "reason": "its worker died"})
-                    e.queue.send(task, obj_id)
+                    e.queue.send_row(db, model, task, obj_id)
                     sent += 1
             if lost:
                 for obj_id in db.scalars(select(model.id).where(model.status == "queued")):
@@ -836,6 +838,25 @@ def recover_orphans(e: Env) -> int:
                                                      "reason": "the broker lost its queues"})
                     e.queue.send(task, obj_id)
                     sent += 1
+    return sent
+
+
+def resend_unsent(e: Env) -> int:
+    """Sends the jobs of rows committed as queued whose send never happened (the api or
+    worker process died between the commit and the send), once they are
+    job_unsent_seconds old: a send that is merely slow has done it by then, and a job sent
+    twice runs once (the claim)."""
+    sent = 0
+    before = _now() - timedelta(seconds=e.settings.job_unsent_seconds)
+    for model, task in JOBS:
+        with e.sessions() as db:
+            unsent = db.scalars(select(model.id).where(model.status == "queued", model.sent_at.is_(None),
+                                                       model.created_at < before)).all()
+            for obj_id in unsent:
+                log.warning("job.resent", extra={"job": model.__tablename__, "id": str(obj_id),
+                                                 "reason": "it was never sent"})
+                e.queue.send_row(db, model, task, obj_id)
+                sent += 1
     return sent
 
 
@@ -885,7 +906,7 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         e = env()
         while True:
-            for chore in (recover_orphans, sweep_deletions):
+            for chore in (recover_orphans, resend_unsent, sweep_deletions):
                 try:
                     chore(e)
                 except Exception as exc:  # database, broker or store down: try again next round

@@ -58,11 +58,11 @@ def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n, limit: i
     if gallery.status in ("queued", "running"):
         raise Conflict("this gallery is still being generated; wait until it is done")
     gallery.size += n
-    gallery.status, gallery.cancel_requested = "queued", False
+    gallery.status, gallery.cancel_requested, gallery.sent_at = "queued", False, None
     set_error(gallery, None)
     db.commit()
     try:
-        queue.send(SAMPLE_GALLERY, gallery.id)
+        queue.send_row(db, Gallery, SAMPLE_GALLERY, gallery.id)
     except Unavailable:
         gallery.status = "failed"
         set_error(gallery, Message("the job queue was unreachable; ask for more images again"))

@@ -108,7 +108,7 @@ def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection
     pack.key = pack_key(team_id, pack.id)
     db.commit()
     try:
-        queue.send(BUILD_PACK, pack.id)
+        queue.send_row(db, Pack, BUILD_PACK, pack.id)
     except Unavailable:
         pack.status = "failed"
         set_error(pack, Message("the job queue was unreachable; build the pack again"))

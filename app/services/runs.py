@@ -67,7 +67,7 @@ def start_run(
     db.add(run)
     db.commit()  # the job is sent only once the row is committed
     try:
-        queue.send(ADAPT_RUN, run.id)
+        queue.send_row(db, Run, ADAPT_RUN, run.id)
     except Unavailable:
         run.status, run.finished_at = "failed", _now()
         set_error(run, Message("the job queue was unreachable; start the run again"))

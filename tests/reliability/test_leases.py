@@ -147,3 +147,33 @@ def test_a_job_whose_worker_keeps_dying_is_given_up_with_the_reason(make_client,
     finally:
         broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
         broker.close()
+
+
+def test_a_job_committed_but_never_sent_is_sent_by_the_watchdog(make_client, pg_url, s3_endpoint, queues, tmp_path):
+    """The finding: a run whose job could not be sent after its commit (the api died in
+    between) stayed queued forever; the watchdog re-sent queued jobs only after Redis lost
+    its data. The same held for a gallery whose run's worker died after the run's commit."""
+    q = {k: v + "-unsent" for k, v in queues.items()}
+    settings = production_settings(tmp_path, pg_url, s3_endpoint, q, job_unsent_seconds=60)
+    client = make_client(settings)
+    team = sign_up(client)["user"]["team_id"]
+    ps = new_photo_set(client, n_photos=10)
+    e = make_env(settings)
+    broker = redis.Redis.from_url(REDIS)
+    broker.set(f"domainstudio:broker-marker:{q['queue_gpu']}", "1")
+    old = datetime.now(timezone.utc) - timedelta(minutes=5)
+    try:
+        r = client.post(f"/api/photo-sets/{ps}/runs", json={"preset": "quick"})  # sent, and marked so
+        assert r.status_code == 201 and broker.llen(q["queue_gpu"]) == 1
+        lost = add_run(e, team, ps, status="queued", created_at=old)  # committed; the api died before the send
+        fresh = add_run(e, team, ps, status="queued")  # its send may still be on its way
+        with e.sessions() as db:
+            assert db.get(Run, uuid.UUID(r.json()["id"])).sent_at is not None
+        assert tasks.resend_unsent(e) == 1 and broker.llen(q["queue_gpu"]) == 2
+        with e.sessions() as db:
+            assert db.get(Run, lost).sent_at is not None and db.get(Run, fresh).sent_at is None
+        assert tasks.resend_unsent(e) == 0  # once
+        assert tasks.claim(e, Run, lost) == 1  # and the worker that takes it claims it as usual
+    finally:
+        broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
+        broker.close()
