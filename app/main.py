@@ -56,7 +56,9 @@ def login_counts(settings: Settings) -> MemoryCounts | RedisCounts:
     return MemoryCounts()
 
 
-def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
+def create_app(settings: Settings | None = None, celery_app=None, workers=None) -> FastAPI:
+    """``workers``: the embedded default's WorkerSupervisor (app/embedded.py), whose
+    missing workers /health reports."""
     settings = settings or get_settings()
     logs.setup(settings.log_level)
     engine = make_engine(settings.resolved_database_url)
@@ -198,6 +200,9 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
             checks["storage"] = "ok"
         except Exception as exc:
             checks["storage"] = f"error: {type(exc).__name__}"
+        if workers is not None:  # the embedded default supervises its workers; compose restarts its own
+            missing = workers.missing()
+            checks["workers"] = f"missing: {', '.join(missing)}" if missing else "ok"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 

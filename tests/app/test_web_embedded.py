@@ -116,3 +116,34 @@ def test_embedded_default_resumes_a_run_after_a_crash(tmp_path):
             assert min(steps_seen) >= 20, steps_seen  # resumed from a saved state, never from step 0
     finally:
         second.stop()
+
+
+def test_a_killed_embedded_worker_is_started_again_and_health_reports_the_gap(tmp_path):
+    """The finding: an embedded worker killed by SIGKILL (what the OOM killer does) stayed a
+    zombie; new runs stayed queued forever while /health answered ok."""
+    from fastapi.testclient import TestClient
+
+    from app.embedded import WorkerSupervisor, start_worker
+    from app.main import create_app
+    from app.migrate import upgrade
+    from app.settings import Settings
+    from web_helpers import settings_env
+
+    settings = Settings(data_dir=tmp_path, secret_key="supervisor-test", base_models="builtin:tiny-ddpm")
+    upgrade(settings.resolved_database_url)
+    workers = WorkerSupervisor(settings, "WARNING", check_seconds=0.2, restart_delay=2.0,
+                               start=lambda s, name, level: start_worker(s, name, level, env=settings_env(s)))
+    try:
+        with TestClient(create_app(settings, workers=workers)) as client:
+            r = client.get("/health")
+            assert r.status_code == 200 and r.json()["checks"]["workers"] == "ok"
+            killed = workers.procs["gpu"].pid
+            os.kill(killed, signal.SIGKILL)
+            r = wait_for(lambda: (a := client.get("/health")).status_code == 503 and a, 10, "health to see the gap")
+            assert r.json()["checks"]["workers"] == "missing: gpu" and r.json()["status"] == "unavailable"
+            wait_for(lambda: client.get("/health").status_code == 200, 30, "the worker to be started again")
+            assert workers.restarts == {"gpu": 1, "cpu": 0} and workers.procs["gpu"].pid != killed
+            assert not Path(f"/proc/{killed}").exists()  # reaped: no zombie left behind
+    finally:
+        workers.stop()
+    assert all(p.poll() is not None for p in workers.procs.values())
