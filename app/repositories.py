@@ -45,6 +45,20 @@ def active_runs(db: Session, team_id) -> int:
     return db.scalar(select(func.count(Run.id)).where(Run.team_id == team_id, Run.status.in_(("queued", "running")))) or 0
 
 
+def active_packs(db: Session, team_id) -> int:
+    """The team's packs waiting in the queue or being built."""
+    return db.scalar(select(func.count(Pack.id)).where(Pack.team_id == team_id, Pack.status.in_(("queued", "running")))) or 0
+
+
+def stored_bytes(db: Session, team_id) -> int:
+    """What the team's photos, checkpoints and packs take in object storage (gallery images
+    have no recorded size; a gallery is bounded by max_gallery_size)."""
+    total = 0
+    for model in (Photo, Checkpoint, Pack):
+        total += db.scalar(select(func.coalesce(func.sum(model.size_bytes), 0)).where(model.team_id == team_id)) or 0
+    return int(total)
+
+
 def lock_photo_set(db: Session, photo_set_id) -> None:
     """Serializes the uploads into one photo set until the transaction ends: a no-op UPDATE
     takes the row lock on Postgres and the write lock on SQLite, before the photos are

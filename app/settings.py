@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     worker_memory_mb: int = Field(16_000, ge=256)
     # runs of one team waiting or training at once; one more is a 429
     max_active_runs_per_team: int = Field(3, ge=1)
+    # packs of one team waiting or being built at once; one more is a 429
+    max_active_packs_per_team: int = Field(3, ge=1)
+    # what a team's photos, checkpoints and packs may take in object storage; at the quota,
+    # new uploads, runs and packs are refused (409) until the team deletes some; 0: no quota
+    max_team_storage_bytes: int = Field(50 * 1024**3, ge=0)
     sample_steps: int = Field(25, ge=1, le=1000)
     sample_batch_size: int = Field(8, ge=1, le=256)
     # copy guard: a local CLIP or DINO folder (transformers format, loaded offline) whose

@@ -282,7 +282,8 @@ def get_image(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
 def create_pack(gallery_id: uuid.UUID, body: PackIn, c: Ctx = Depends(ctx)):
     return ser.pack(packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=body.selection,
                                        format=body.format, size=body.size, image_ids=body.image_ids,
-                                       exclude_near_copies=body.exclude_near_copies, storage=c.storage), lang=c.lang)
+                                       exclude_near_copies=body.exclude_near_copies, storage=c.storage,
+                                       settings=c.settings), lang=c.lang)
 
 
 @router.get("/packs/{pack_id}")

@@ -14,9 +14,11 @@ from PIL import ImageOps
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import N_, BadInput, Message, NotFound, Unavailable, set_error
+from app.errors import N_, BadInput, Message, NotFound, TooManyRequests, Unavailable, set_error
 from app.jobs import BUILD_PACK, JobQueue
 from app.models import Gallery, Image, Pack
+from app.services import quotas
+from app.settings import Settings
 from app.storage import Storage, StorageError, pack_key
 
 log = logging.getLogger("domainstudio.packs")
@@ -89,14 +91,17 @@ def _nothing_to_pack(selection: str):
 
 def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection: str, format: str,
                  size: str | list[str], image_ids: list[str] | None = None, exclude_near_copies: bool = False,
-                 storage: Storage | None = None) -> Pack:
-    """Queues a pack; with ``storage`` its estimated size is stored with it."""
+                 storage: Storage | None = None, settings: Settings | None = None) -> Pack:
+    """Queues a pack; with ``storage`` its estimated size is stored with it; with
+    ``settings`` the team's quotas are checked (packs waiting or being built, storage)."""
     gallery = repo.gallery(db, team_id, gallery_id)
     if gallery is None:
         raise NotFound("gallery not found")
     _check_choice(selection, format)
     sizes = parse_sizes(size)
     images = choose_images(db, gallery, selection, image_ids, exclude_near_copies)
+    if settings is not None:
+        _check_pack_quotas(db, settings, team_id)
     pack = Pack(
         team_id=team_id, gallery_id=gallery.id, selection=selection, image_ids=[str(i.id) for i in images],
         format=format, size=",".join(sizes), exclude_near_copies=bool(exclude_near_copies), status="queued", key="",
@@ -115,6 +120,16 @@ def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection
         db.commit()
         raise
     return pack
+
+
+def _check_pack_quotas(db: Session, settings: Settings, team_id) -> None:
+    quotas.check_storage(db, settings, team_id)
+    repo.lock_team(db, team_id)  # two packs requested at once are counted one after the other
+    active = repo.active_packs(db, team_id)
+    if active >= settings.max_active_packs_per_team:
+        db.rollback()
+        raise TooManyRequests("your team has %(n)s packs waiting or being built, the most it may have; "
+                              "wait for one to finish", params={"n": active})
 
 
 def estimate_pack(db: Session, storage: Storage, team_id, gallery_id, *, selection: str, format: str,

@@ -14,6 +14,7 @@ from app import repositories as repo
 from app.errors import N_, BadInput, Conflict, Message, NotFound, Unavailable
 from app.imagecheck import CheckedPhoto, DecodeBudget, PhotoRejected, clean_filename, decode_photo, read_header
 from app.models import PendingDeletion, Photo, PhotoSet
+from app.services import quotas
 from app.settings import Settings
 from app.storage import (Storage, StorageError, gallery_prefix, pack_key, photo_key, photo_thumb_key, run_prefix,
                          team_prefix)
@@ -111,6 +112,7 @@ def add_photos(
     if ps is None:
         raise NotFound("photo set not found")
     ps_id = ps.id
+    quotas.check_storage(db, settings, team_id)
     seen = repo.photo_hashes(db, ps_id)
     room = settings.max_photos - repo.photo_count(db, ps_id)
     db.rollback()  # hand the connection back while the files are checked (seconds for large ones)

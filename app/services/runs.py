@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app import repositories as repo
 from app import runlimits
+from app.services import quotas
 from app.errors import BadInput, Message, NotFound, TooManyRequests, Unavailable, set_error
 from app.jobs import ADAPT_RUN, JobQueue
 from app.models import Gallery, Run
@@ -54,6 +55,7 @@ def start_run(
     except SettingsError as exc:
         raise BadInput(exc.reason.msgid, params=exc.reason.params) from None
     check_what_the_worker_can_do(settings, base_model, run_settings, n)
+    quotas.check_storage(db, settings, team_id)
     repo.lock_team(db, team_id)  # two runs started at once are counted one after the other
     active = repo.active_runs(db, team_id)
     if active >= settings.max_active_runs_per_team:

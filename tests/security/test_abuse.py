@@ -521,3 +521,39 @@ def test_the_pack_estimate_encodes_only_small_windows(tmp_path, monkeypatch):
     print(f"pack estimate, 1,000 images of 512 px, five sizes, PNG: {took * 1000:.0f} ms")
     assert estimate > 0 and encoded and all(w <= 256 and h <= 256 for w, h in encoded)
     assert len(encoded) == packs.ESTIMATE_SAMPLE * len(packs.SIZES)
+
+
+# ------------------------------------------------------------------------------ quotas
+def test_a_team_may_have_only_so_many_packs_waiting_and_so_much_stored(make_client, local_pg_settings):
+    """The finding: one team asked for 20 five-size PNG packs at once (a pack of a
+    1,000-image gallery is ~0.5 GB), with no quota on what it stored."""
+    from web_helpers import seed_team_objects
+
+    settings = local_pg_settings.model_copy(update={"max_active_packs_per_team": 2})
+    client = make_client(settings)
+    sign_up(client)
+    ids = seed_team_objects(client)
+    pack = {"selection": "approved", "format": "png", "size": ["original", "1024", "2048", "square", "4x5"]}
+    answers = [client.post(f"/api/galleries/{ids['gallery_id']}/packs", json=pack) for _ in range(3)]
+    assert [a.status_code for a in answers] == [201, 201, 429], [a.text for a in answers]
+    assert "2 packs waiting or being built" in answers[2].json()["detail"]
+    assert client.post(f"/api/packs/{answers[0].json()['id']}/cancel").status_code == 200
+    assert client.post(f"/api/galleries/{ids['gallery_id']}/packs", json=pack).status_code == 201
+
+    # storage: the team's photos, checkpoints and packs; at the quota new work is refused
+    with client.app.state.sessionmaker() as db:
+        from app import repositories as repo
+
+        used = repo.stored_bytes(db, uuid.UUID(client.get("/api/me").json()["user"]["team_id"]))
+    assert used > 0
+    full = make_client(settings.model_copy(update={"max_team_storage_bytes": used}))
+    full.cookies.update(client.cookies)
+    full.headers["X-CSRF-Token"] = client.headers["X-CSRF-Token"]
+    for r in (full.post(f"/api/galleries/{ids['gallery_id']}/packs", json=pack),
+              upload(full, ids["photo_set_id"], [("more.png", png_bytes(99))]),
+              full.post(f"/api/photo-sets/{ids['photo_set_id']}/runs", json={"preset": "quick"})):
+        assert r.status_code == 409 and "of storage" in r.json()["detail"], r.text
+    roomy = make_client(settings.model_copy(update={"max_team_storage_bytes": used + 10**6}))
+    roomy.cookies.update(client.cookies)
+    roomy.headers["X-CSRF-Token"] = client.headers["X-CSRF-Token"]
+    assert upload(roomy, ids["photo_set_id"], [("more.png", png_bytes(99))]).status_code == 200
