@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     # a job whose worker died this many times on it (SIGKILL, the OOM killer) is failed
     # with the reason instead of being sent to the next worker, which it would kill too
     max_job_attempts: int = Field(3, ge=1)
+    # a job whose object store failed goes back to the queue and is tried again after
+    # storage_retry_seconds (doubling, at most 10 minutes), up to storage_retries times
+    storage_retries: int = Field(5, ge=0)
+    storage_retry_seconds: float = Field(30, gt=0)
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -13,6 +13,7 @@ import socket
 import tempfile
 import threading
 import time
+import contextvars
 import uuid
 import zipfile
 from contextlib import contextmanager
@@ -178,11 +179,53 @@ class Heartbeat:
             raise Superseded()
 
 
+# -------------------------------------------------------------- transient storage errors
+# An object store that fails for a moment (a restart, a network blip) used to fail the
+# whole job. Jobs are idempotent and resume where they stopped (a run from its training
+# state, a gallery from its missing seeds, a pack from the start), so the job goes back to
+# the queue and its task is sent again after storage_retry_seconds, doubling, up to
+# storage_retries times; only then does it fail with the store's error.
+_retries_left: contextvars.ContextVar[int] = contextvars.ContextVar("storage_retries_left", default=0)
+
+
+class RetryLater(Exception):
+    """The job was put back in the queue; the task sends itself again after a delay."""
+
+
+def retry_or_fail(e: Env, model, obj_id, heartbeat: Heartbeat, exc: StorageError) -> None:
+    """Puts the job back in the queue (raising RetryLater) while retries are left; returns
+    when none are (the caller fails the job)."""
+    if _retries_left.get() <= 0 or heartbeat.superseded:
+        return
+    message = Message("the object store failed (%(detail)s); trying again shortly", {"detail": str(exc)[:300]})
+    with e.sessions() as db:
+        mine = db.execute(update(model).where(model.id == obj_id, model.attempts == heartbeat.attempt)
+                          .values(status="queued", heartbeat_at=None, worker=None, sent_at=_now(),
+                                  **error_values(message)))
+        db.commit()
+    if mine.rowcount == 1:
+        log.warning("job.retry_later", extra={"job": model.__tablename__, "id": str(obj_id), "error": str(exc)[:200]})
+        raise RetryLater()
+
+
+def with_storage_retries(task, run):
+    """Runs a job with the retries its task has left; a RetryLater sends the task again."""
+    settings = _settings
+    token = _retries_left.set(settings.storage_retries - task.request.retries)
+    try:
+        return run()
+    except RetryLater:
+        delay = min(settings.storage_retry_seconds * 2 ** task.request.retries, 600)
+        raise task.retry(countdown=delay, max_retries=settings.storage_retries) from None
+    finally:
+        _retries_left.reset(token)
+
+
 # ------------------------------------------------------------------------------ runs
-@app.task(name="worker.tasks.adapt_run", acks_late=True, reject_on_worker_lost=True,
+@app.task(bind=True, name="worker.tasks.adapt_run", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
-def adapt_run(run_id: str) -> str:
-    return run_adaptation(env(), uuid.UUID(run_id))
+def adapt_run(self, run_id: str) -> str:
+    return with_storage_retries(self, lambda: run_adaptation(env(), uuid.UUID(run_id)))
 
 
 class RunReporter:
@@ -382,6 +425,7 @@ def _adapt_claimed(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
         reporter.sync_state()  # the core saved the state on its way out
         return end("failed", Message("the run reached its time limit; its training state was saved"))
     except StorageError as exc:
+        retry_or_fail(e, Run, run_id, heartbeat, exc)
         return end("failed", _storage_failed(exc))
     except Exception as exc:
         log.exception("run.crashed", extra={"run": str(run_id)})
@@ -467,10 +511,10 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
 
 
 # ------------------------------------------------------------------------- galleries
-@app.task(name="worker.tasks.sample_gallery", acks_late=True, reject_on_worker_lost=True,
+@app.task(bind=True, name="worker.tasks.sample_gallery", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
-def sample_gallery(gallery_id: str) -> str:
-    return sample_gallery_images(env(), uuid.UUID(gallery_id))
+def sample_gallery(self, gallery_id: str) -> str:
+    return with_storage_retries(self, lambda: sample_gallery_images(env(), uuid.UUID(gallery_id)))
 
 
 def _set_gallery(e: Env, gallery_id, **values) -> None:
@@ -570,6 +614,7 @@ def _sample_claimed(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int]
         _set_gallery(e, gallery_id, status="failed", **error_values(exc.message))
         return "failed"
     except StorageError as exc:
+        retry_or_fail(e, Gallery, gallery_id, heartbeat, exc)
         _set_gallery(e, gallery_id, status="failed", **error_values(_storage_failed(exc)))
         return "failed"
     except Exception as exc:
@@ -699,9 +744,9 @@ def _measure_gallery(e: Env, gallery: Gallery, guard, should_stop) -> None:
 
 
 # ----------------------------------------------------------------------------- packs
-@app.task(name="worker.tasks.build_pack", acks_late=True, reject_on_worker_lost=True)
-def build_pack(pack_id: str) -> str:
-    return build_pack_zip(env(), uuid.UUID(pack_id))
+@app.task(bind=True, name="worker.tasks.build_pack", acks_late=True, reject_on_worker_lost=True)
+def build_pack(self, pack_id: str) -> str:
+    return with_storage_retries(self, lambda: build_pack_zip(env(), uuid.UUID(pack_id)))
 
 
 def _set_pack(e: Env, pack_id, **values) -> None:
@@ -768,6 +813,7 @@ def _build_claimed(e: Env, pack: Pack, images, source: PackSource, heartbeat: He
         log.info("pack.canceled", extra={"pack": str(pack_id)})
         return "canceled"
     except StorageError as exc:
+        retry_or_fail(e, Pack, pack_id, heartbeat, exc)
         _set_pack(e, pack_id, status="failed", finished_at=_now(), **error_values(_storage_failed(exc)))
         return "failed"
     except Exception as exc:
