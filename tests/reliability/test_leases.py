@@ -177,3 +177,51 @@ def test_a_job_committed_but_never_sent_is_sent_by_the_watchdog(make_client, pg_
     finally:
         broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
         broker.close()
+
+
+def test_a_waiting_gallery_and_other_teams_go_before_a_teams_next_run(make_client, pg_url, s3_endpoint, queues,
+                                                                     tmp_path):
+    """The findings: a finished run's gallery sat queued ~30 minutes behind the next run on
+    the single training worker; one team's 30 queued runs went before everyone else's. A
+    run taken from the queue steps back once (to the back of the queue) for a waiting
+    gallery, and for a team served less recently than its own."""
+    from app.models import Gallery
+
+    q = {k: v + "-fair" for k, v in queues.items()}
+    settings = production_settings(tmp_path, pg_url, s3_endpoint, q)
+    first, second = make_client(settings), make_client(settings)
+    team_a, team_b = sign_up(first)["user"]["team_id"], sign_up(second)["user"]["team_id"]
+    ps_a, ps_b = new_photo_set(first, n_photos=0), new_photo_set(second, n_photos=0)
+    e = make_env(settings)
+    now = datetime.now(timezone.utc)
+    broker = redis.Redis.from_url(REDIS)
+    try:
+        done = add_run(e, team_a, ps_a, status="succeeded", started_at=now - timedelta(hours=1), sent_at=now)
+        a_next = add_run(e, team_a, ps_a, status="queued", sent_at=now)
+        assert tasks.defer_for(e, a_next) is None  # nobody else waits: its turn
+        with e.sessions() as db:
+            gallery = Gallery(team_id=uuid.UUID(team_a), run_id=done, size=4, steps=2, status="queued", sent_at=now)
+            db.add(gallery)
+            db.commit()
+            gallery_id = gallery.id
+        assert tasks.defer_for(e, a_next) == "a gallery is waiting"
+        # the task steps back once: sent again as deferred, not claimed
+        assert tasks.step_back(e, a_next)
+        assert broker.llen(q["queue_gpu"]) == 1
+        with e.sessions() as db:
+            assert db.get(Run, a_next).status == "queued" and db.get(Run, a_next).attempts == 0
+            db.execute(update(Gallery).where(Gallery.id == gallery_id).values(status="succeeded"))
+            db.commit()
+        assert tasks.defer_for(e, a_next) is None
+
+        b_first = add_run(e, team_b, ps_b, status="queued", sent_at=now)  # a team not served yet
+        assert tasks.defer_for(e, a_next) == "another team's turn"
+        assert tasks.defer_for(e, b_first) is None
+        with e.sessions() as db:  # team b is served; team a was served longer ago: a's turn again
+            db.execute(update(Run).where(Run.id == b_first).values(status="running", started_at=now))
+            db.commit()
+        b_next = add_run(e, team_b, ps_b, status="queued", sent_at=now)
+        assert tasks.defer_for(e, a_next) is None and tasks.defer_for(e, b_next) == "another team's turn"
+    finally:
+        broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
+        broker.close()
