@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(5, ge=1)
     login_window_seconds: int = Field(300, ge=1)
     login_max_delay_seconds: int = Field(900, ge=1)
+    # sign-ups and sign-ins checked at once per api process (argon2 takes 64 MB and a good
+    # part of a second of CPU each); more wait without holding a thread
+    password_threads: int = Field(4, ge=1)
     # largest upload request body: the page sends one photo per request; the form without
     # JavaScript and API clients send batches of at most this much
     max_request_bytes: int = Field(100 * 1024 * 1024, ge=1024 * 1024)

@@ -17,7 +17,7 @@ from app import repositories as repo
 from app.deps import Ctx, check_csrf, ctx, get_db
 from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
-from app.routes.api import add_uploaded_photos, client_address, known_device, remember_device
+from app.routes.api import add_uploaded_photos, client_address, known_device, password_work, remember_device
 from app.security import csrf_token
 from app.setting_labels import SETTING_TEXTS
 from app.services import auth, galleries, packs, photosets, runs
@@ -107,10 +107,10 @@ def signup_page(request: Request):
 
 
 @router.post("/signup", dependencies=[Depends(check_csrf)])
-def signup(request: Request, email: str = Form(""), password: str = Form(""), team_name: str = Form(""),
-           db: Session = Depends(get_db)):
+async def signup(request: Request, email: str = Form(""), password: str = Form(""), team_name: str = Form(""),
+                 db: Session = Depends(get_db)):
     try:
-        user = auth.sign_up(db, email, password, team_name)
+        user = await password_work(request, auth.sign_up, db, email, password, team_name)
     except ServiceError as exc:
         return render(request, "signup.html", status_code=exc.status_code, email=email, **form_errors(request, exc),
                       team_name=team_name)
@@ -125,10 +125,10 @@ def login_page(request: Request):
 
 
 @router.post("/login", dependencies=[Depends(check_csrf)])
-def login(request: Request, email: str = Form(""), password: str = Form(""), db: Session = Depends(get_db)):
+async def login(request: Request, email: str = Form(""), password: str = Form(""), db: Session = Depends(get_db)):
     try:
-        user = auth.sign_in(db, request.app.state.login_limiter, email, password, client_address(request),
-                            known_device(request, email))
+        user = await password_work(request, auth.sign_in, db, request.app.state.login_limiter, email, password,
+                                   client_address(request), known_device(request, email))
     except ServiceError as exc:
         response = render(request, "login.html", status_code=exc.status_code, email=email, **form_errors(request, exc))
         response.headers.update(exc.headers)

@@ -99,6 +99,13 @@ def peak_rss_bytes() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
 
 
+def timed_health(client) -> float:
+    started = time.monotonic()
+    r = client.get("/health")
+    assert r.status_code == 200, r.text
+    return time.monotonic() - started
+
+
 def pixel_flood_png(seed: int, side: int = 6320) -> bytes:
     """The finding's file: an RGBA PNG of 6320x6320 (39.9 MP, under the 40 MP limit) that
     compresses to ~170 KB; a different rectangle for each seed."""
@@ -557,3 +564,34 @@ def test_a_team_may_have_only_so_many_packs_waiting_and_so_much_stored(make_clie
     roomy.cookies.update(client.cookies)
     roomy.headers["X-CSRF-Token"] = client.headers["X-CSRF-Token"]
     assert upload(roomy, ids["photo_set_id"], [("more.png", png_bytes(99))]).status_code == 200
+
+
+def test_a_burst_of_sign_ups_is_bounded_in_memory_and_others_are_answered(local_pg_settings):
+    """The finding: 40 concurrent sign-ups pushed memory from 120 to 855 MB (argon2 takes
+    64 MB each) and /health of another client to 10.3 s. Sign-ups and sign-ins now run on
+    password_threads (4) threads of their own."""
+    s = Served(local_pg_settings)
+    try:
+        with s.client() as other:
+            baseline = min(timed_health(other) for _ in range(3))
+            rss0 = rss_bytes()
+            reset_peak_rss()
+
+            def sign_up_one(i):
+                with s.client() as c:
+                    return c.post("/api/auth/signup", json={"email": f"burst-{i}-{uuid.uuid4().hex[:6]}@example.com",
+                                                           "password": "correct horse battery"}).status_code
+
+            with ThreadPoolExecutor(40) as pool:
+                burst = [pool.submit(sign_up_one, i) for i in range(40)]
+                time.sleep(0.3)
+                waits = [timed_health(other) for _ in range(5) if time.sleep(0.2) is None]
+                codes = [f.result() for f in burst]
+            growth = peak_rss_bytes() - rss0
+            print(f"40 concurrent sign-ups: peak RSS growth {growth / 2**20:.0f} MB; another client's /health worst "
+                  f"{max(waits) * 1000:.0f} ms (alone {baseline * 1000:.0f} ms)")
+            assert codes == [201] * 40
+            assert max(waits) < max(1.0, 10 * baseline), waits
+            assert growth < 4 * 64 * 2**20 + 150 * 2**20, f"memory grew by {growth / 2**20:.0f} MB"
+    finally:
+        s.stop()
