@@ -24,6 +24,7 @@ def ensure_demo_account(settings: Settings) -> tuple[str, str] | None:
     (readable by this user only) so that every start can print it."""
     from app import repositories as repo
     from app.db import make_engine, make_sessionmaker
+    from app.passwords import weakness
     from app.services.auth import sign_up
 
     secret = settings.data_dir / "demo-account.txt"
@@ -32,6 +33,8 @@ def ensure_demo_account(settings: Settings) -> tuple[str, str] | None:
         with make_sessionmaker(engine)() as db:
             if repo.user_by_email(db, DEMO_EMAIL) is None:
                 password = secrets.token_urlsafe(12)
+                while weakness(password, DEMO_EMAIL):  # e.g. "demo" inside, one time in 80,000
+                    password = secrets.token_urlsafe(12)
                 sign_up(db, DEMO_EMAIL, password, "Demo team")
                 secret.write_text(password)
                 secret.chmod(0o600)
