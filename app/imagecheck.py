@@ -22,7 +22,8 @@ from app.errors import Message
 
 # MPO (what many phones write: a JPEG with more frames after it) is a JPEG whose first
 # frame every JPEG reader shows; it is stored as it came
-FORMATS = {"JPEG": ("image/jpeg", "jpg"), "MPO": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "WEBP": ("image/webp", "webp")}
+FORMATS = {"JPEG": ("image/jpeg", "jpg"), "MPO": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
+           "WEBP": ("image/webp", "webp")}
 THUMB_SIDE = 256
 
 

@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run, Team, User
 
+ACTIVE = ("queued", "running")  # a job waiting in the queue or being worked on
+
 
 def user_by_email(db: Session, email: str) -> User | None:
     return db.scalar(select(User).where(User.email == email.lower()))
@@ -42,12 +44,12 @@ def lock_team(db: Session, team_id) -> None:
 
 def active_runs(db: Session, team_id) -> int:
     """The team's runs waiting in the queue or training."""
-    return db.scalar(select(func.count(Run.id)).where(Run.team_id == team_id, Run.status.in_(("queued", "running")))) or 0
+    return db.scalar(select(func.count(Run.id)).where(Run.team_id == team_id, Run.status.in_(ACTIVE))) or 0
 
 
 def active_packs(db: Session, team_id) -> int:
     """The team's packs waiting in the queue or being built."""
-    return db.scalar(select(func.count(Pack.id)).where(Pack.team_id == team_id, Pack.status.in_(("queued", "running")))) or 0
+    return db.scalar(select(func.count(Pack.id)).where(Pack.team_id == team_id, Pack.status.in_(ACTIVE))) or 0
 
 
 def stored_bytes(db: Session, team_id) -> int:

@@ -96,7 +96,8 @@ def check_what_the_worker_can_do(settings: Settings, base_model: str, run_settin
         raise BadInput("a training step with these settings needs about %(need)s MB of memory and the workers "
                        "have %(budget)s MB; lower the resolution (%(resolution)s), the batch size (%(batch)s) "
                        "or the similarity samples (%(samples)s)",
-                       params={"need": format(round(need, -2), ",.0f"), "budget": format(settings.worker_memory_mb, ","),
+                       params={"need": format(round(need, -2), ",.0f"),
+                               "budget": format(settings.worker_memory_mb, ","),
                                "resolution": values["resolution"], "batch": values["batch_size"],
                                "samples": values["num_similarity_samples"]})
 

@@ -326,7 +326,8 @@ def test_runs_the_worker_could_not_hold_or_would_refuse_are_refused_at_creation(
         ({"base_model": "builtin:fmnist-ddpm-32", "settings": {"resolution": 512}},
          "needs about 31,100 MB"),
         ({"base_model": "builtin:tiny-ddpm", "settings": {"mode": "lora"}}, "lora mode is for text-to-image models"),
-        ({"base_model": "builtin:tiny-sd", "settings": {"num_class_images": 1}}, "'num_class_images' must be between 2"),
+        ({"base_model": "builtin:tiny-sd", "settings": {"num_class_images": 1}},
+         "'num_class_images' must be between 2"),
         ({"base_model": "builtin:fmnist-ddpm-32", "gallery_size": 1001}, "gallery size must be between 1 and 1000"),
     ]
     for body, reason in cases:
@@ -494,7 +495,8 @@ def test_the_owners_browser_signs_in_while_a_guesser_is_slowed_down(make_client,
     assert r.status_code == 200, r.text  # the owner's browser is not locked out
     # a device cookie of another account, or a forged one, does not count as known
     guesser.cookies.set("domainstudio_device", owner.cookies["domainstudio_device"] + "x")
-    assert guesser.post("/api/auth/login", json={"email": email, "password": "correct horse battery"}).status_code == 429
+    r = guesser.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
+    assert r.status_code == 429
 
 
 # ---------------------------------------------------------------------------- pack estimate
