@@ -147,3 +147,45 @@ def test_a_killed_embedded_worker_is_started_again_and_health_reports_the_gap(tm
     finally:
         workers.stop()
     assert all(p.poll() is not None for p in workers.procs.values())
+
+
+def test_a_run_that_keeps_killing_its_worker_fails_with_the_reason(tmp_path):
+    """The finding, end to end on the embedded default: nothing capped attempts, so a job
+    that killed its worker (the OOM killer) went to the next worker again and again. Here
+    the gpu worker is SIGKILLed mid-run twice: each time it is started again, /health
+    reports the gap, the new worker's watchdog takes the run back, and after
+    max_job_attempts deaths the run fails with the reason."""
+    from fastapi.testclient import TestClient
+
+    from app.embedded import WorkerSupervisor, start_worker
+    from app.main import create_app
+    from app.migrate import upgrade
+    from app.settings import Settings
+    from web_helpers import settings_env
+
+    settings = Settings(data_dir=tmp_path, secret_key="give-up-test", base_models="builtin:tiny-ddpm", device="cpu",
+                        watchdog_seconds=0.5, job_heartbeat_seconds=0.5, max_job_attempts=2)
+    upgrade(settings.resolved_database_url)
+    workers = WorkerSupervisor(settings, "WARNING", check_seconds=0.2, restart_delay=1.0,
+                               start=lambda s, name, level: start_worker(s, name, level, env=settings_env(s)))
+    try:
+        with TestClient(create_app(settings, workers=workers)) as client:
+            sign_up(client)
+            ps = new_photo_set(client, n_photos=10)
+            body = {"preset": "quick", "settings": {"steps": 20_000, "batch_size": 2, "preview_every": 0}}
+            run_id = client.post(f"/api/photo-sets/{ps}/runs", json=body).json()["id"]
+            gaps = 0
+            for death in (1, 2):
+                poll(client, f"/api/runs/{run_id}", lambda r: r["status"] == "running" and r["step"] > 0, 120,
+                     f"the run to train (delivery {death})")
+                os.kill(workers.procs["gpu"].pid, signal.SIGKILL)  # what the OOM killer does
+                health = wait_for(lambda: (h := client.get("/health")).status_code == 503 and h, 10, "the gap")
+                gaps += health.json()["checks"]["workers"] == "missing: gpu"
+            run = poll(client, f"/api/runs/{run_id}", lambda r: r["status"] not in ("queued", "running"), 120,
+                       "the run to be given up")
+            assert run["status"] == "failed" and "stopped 2 times" in run["error"], run
+            assert gaps == 2  # (the cpu worker's watchdog may give the run up before the gpu worker is back)
+            wait_for(lambda: client.get("/health").status_code == 200, 30, "the worker to be back")
+            assert workers.restarts["gpu"] == 2
+    finally:
+        workers.stop()
