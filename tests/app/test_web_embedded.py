@@ -74,7 +74,8 @@ def test_embedded_default_whole_flow(embedded):
     with httpx.Client(base_url=url, timeout=30) as client:
         r = client.post("/api/auth/login", json={"email": email, "password": password})
         assert r.status_code == 200, r.text
-        assert client.get("/health").json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+        assert client.get("/health").json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok",
+                                                          "workers": "ok"}  # both embedded workers run
         client.cookies.clear()
         result = run_flow(client, timeout=240)
         check_pack(client, result)
