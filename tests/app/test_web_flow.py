@@ -14,7 +14,6 @@ import pytest
 from markupsafe import escape
 from PIL import Image
 
-from app import i18n
 from web_helpers import new_photo_set, poll, sign_up
 
 pytestmark = pytest.mark.slow
