@@ -192,15 +192,21 @@ class RetryLater(Exception):
     """The job was put back in the queue; the task sends itself again after a delay."""
 
 
+def retry_delay(retries: int) -> float:
+    return min(_settings.storage_retry_seconds * 2 ** retries, 600)
+
+
 def retry_or_fail(e: Env, model, obj_id, heartbeat: Heartbeat, exc: StorageError) -> None:
     """Puts the job back in the queue (raising RetryLater) while retries are left; returns
-    when none are (the caller fails the job)."""
+    when none are (the caller fails the job). ``sent_at`` becomes the time the retry is
+    due, so that the watchdog sends the job again should the retry's message be lost."""
     if _retries_left.get() <= 0 or heartbeat.superseded:
         return
     message = Message("the object store failed (%(detail)s); trying again shortly", {"detail": str(exc)[:300]})
+    due = _now() + timedelta(seconds=retry_delay(e.settings.storage_retries - _retries_left.get()))
     with e.sessions() as db:
         mine = db.execute(update(model).where(model.id == obj_id, model.attempts == heartbeat.attempt)
-                          .values(status="queued", heartbeat_at=None, worker=None, sent_at=_now(),
+                          .values(status="queued", heartbeat_at=None, worker=None, sent_at=due,
                                   **error_values(message)))
         db.commit()
     if mine.rowcount == 1:
@@ -215,8 +221,7 @@ def with_storage_retries(task, run):
     try:
         return run()
     except RetryLater:
-        delay = min(settings.storage_retry_seconds * 2 ** task.request.retries, 600)
-        raise task.retry(countdown=delay, max_retries=settings.storage_retries) from None
+        raise task.retry(countdown=retry_delay(task.request.retries), max_retries=settings.storage_retries) from None
     finally:
         _retries_left.reset(token)
 
@@ -927,14 +932,16 @@ def recover_orphans(e: Env) -> int:
 def resend_unsent(e: Env) -> int:
     """Sends the jobs of rows committed as queued whose send never happened (the api or
     worker process died between the commit and the send), once they are
-    job_unsent_seconds old: a send that is merely slow has done it by then, and a job sent
-    twice runs once (the claim)."""
+    job_unsent_seconds old, and of jobs waiting for a storage retry whose retry is that
+    much overdue (its message was lost): a send that is merely slow has happened by then,
+    and a job sent twice runs once (the claim)."""
     sent = 0
     before = _now() - timedelta(seconds=e.settings.job_unsent_seconds)
     for model, task in JOBS:
         with e.sessions() as db:
-            unsent = db.scalars(select(model.id).where(model.status == "queued", model.sent_at.is_(None),
-                                                       model.created_at < before)).all()
+            never = and_(model.sent_at.is_(None), model.created_at < before)
+            overdue_retry = and_(model.error.is_not(None), model.sent_at < before)
+            unsent = db.scalars(select(model.id).where(model.status == "queued", or_(never, overdue_retry))).all()
             for obj_id in unsent:
                 log.warning("job.resent", extra={"job": model.__tablename__, "id": str(obj_id),
                                                  "reason": "it was never sent"})

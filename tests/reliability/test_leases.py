@@ -7,6 +7,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import redis
 from sqlalchemy import update
 
@@ -15,6 +16,27 @@ from app.models import Run
 from web_helpers import REDIS, new_photo_set, production_settings, sign_up
 from worker import tasks
 from worker.celery_app import make_celery
+
+
+@pytest.fixture(autouse=True)
+def no_jobs_left_waiting(pg_url):
+    """These tests write queued and running rows straight into the session's database; none
+    is left waiting before or after each one, so that no watchdog of another module's worker
+    sends them to its queues (it would train them) and the queue-order test sees only its own."""
+    from sqlalchemy import create_engine
+
+    from app.models import Gallery, Pack
+
+    def cancel_all():
+        engine = create_engine(pg_url)
+        with engine.begin() as conn:
+            for model in (Run, Gallery, Pack):
+                conn.execute(update(model).where(model.status.in_(("queued", "running"))).values(status="canceled"))
+        engine.dispose()
+
+    cancel_all()
+    yield
+    cancel_all()
 
 
 def make_env(settings):
@@ -174,6 +196,13 @@ def test_a_job_committed_but_never_sent_is_sent_by_the_watchdog(make_client, pg_
             assert db.get(Run, lost).sent_at is not None and db.get(Run, fresh).sent_at is None
         assert tasks.resend_unsent(e) == 0  # once
         assert tasks.claim(e, Run, lost) == 1  # and the worker that takes it claims it as usual
+        # a job waiting for a storage retry (due at sent_at) whose retry message was lost
+        retrying = add_run(e, team, ps, status="queued", sent_at=old, error="the object store failed (x); trying again")
+        waiting = add_run(e, team, ps, status="queued", sent_at=datetime.now(timezone.utc) + timedelta(seconds=30),
+                          error="the object store failed (x); trying again")  # not due yet
+        assert tasks.resend_unsent(e) == 1 and broker.llen(q["queue_gpu"]) == 3
+        with e.sessions() as db:
+            assert db.get(Run, retrying).sent_at > old and db.get(Run, waiting).sent_at > old
     finally:
         broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
         broker.close()

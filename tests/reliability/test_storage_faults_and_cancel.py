@@ -24,7 +24,8 @@ from .faults import TcpProxy, until
 pytestmark = pytest.mark.slow
 
 FAST = {"job_heartbeat_seconds": 0.5, "job_stale_seconds": 4, "watchdog_seconds": 1, "sample_steps": 2,
-        "gallery_size": 2, "sample_batch_size": 2, "storage_retries": 2, "storage_retry_seconds": 1}
+        "gallery_size": 2, "sample_batch_size": 2, "storage_retries": 2, "storage_retry_seconds": 1,
+        "job_unsent_seconds": 5}
 
 
 @pytest.fixture(scope="module")
