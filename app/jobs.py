@@ -17,9 +17,9 @@ class JobQueue:
     def __init__(self, celery_app):
         self.celery = celery_app
 
-    def send(self, task: str, object_id, **kwargs) -> str:
+    def send(self, task: str, object_id) -> str:
         try:
-            result = self.celery.send_task(task, args=[str(object_id)], kwargs=kwargs or None, retry=False)
+            result = self.celery.send_task(task, args=[str(object_id)], retry=False)
         except Exception as exc:  # kombu raises OperationalError and friends
             log.warning("job.send.failed", extra={"task": task, "id": str(object_id), "error": str(exc)})
             raise Unavailable("the job queue is unreachable; try again in a minute") from exc

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery import signals
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from app import repositories as repo
 from app.db import make_engine, make_sessionmaker
@@ -229,45 +229,8 @@ def with_storage_retries(task, run):
 # ------------------------------------------------------------------------------ runs
 @app.task(bind=True, name="worker.tasks.adapt_run", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
-def adapt_run(self, run_id: str, deferred: int = 0) -> str:
-    e = env()
-    if not deferred and step_back(e, uuid.UUID(run_id)):
-        return "deferred"
-    return with_storage_retries(self, lambda: run_adaptation(e, uuid.UUID(run_id)))
-
-
-def step_back(e: Env, run_id: uuid.UUID) -> bool:
-    """Sends the run to the back of the queue, once, when something should go first."""
-    reason = defer_for(e, run_id)
-    if reason:
-        log.info("run.deferred", extra={"run": str(run_id), "reason": reason})
-        e.queue.send(ADAPT_RUN, run_id, deferred=1)
-    return bool(reason)
-
-
-def defer_for(e: Env, run_id: uuid.UUID) -> str | None:
-    """Why a queued run should let what waits behind it in the one first-in-first-out
-    queue go first (at most once per delivery, so nothing starves):
-    - a gallery is queued: a finished run's images come before another run's whole
-      training (a gallery took ~30 minutes behind the next run on the embedded default);
-    - another team has a run queued and was served less recently than this run's team:
-      teams take turns instead of one team's 30 queued runs going first."""
-    with e.sessions() as db:
-        run = db.get(Run, run_id)
-        if run is None or run.status != "queued":
-            return None
-        if db.scalar(select(Gallery.id).where(Gallery.status == "queued", Gallery.sent_at.is_not(None)).limit(1)):
-            return "a gallery is waiting"
-        last_start = (select(Run.team_id, func.max(Run.started_at).label("last")).group_by(Run.team_id).subquery())
-        mine = db.scalar(select(last_start.c.last).where(last_start.c.team_id == run.team_id))
-        if mine is None:
-            return None  # this team has not been served yet: its turn
-        others = (select(Run.id).outerjoin(last_start, last_start.c.team_id == Run.team_id)
-                  .where(Run.status == "queued", Run.team_id != run.team_id, Run.sent_at.is_not(None),
-                         or_(last_start.c.last.is_(None), last_start.c.last < mine)).limit(1))
-        if db.scalar(others):
-            return "another team's turn"
-    return None
+def adapt_run(self, run_id: str) -> str:
+    return with_storage_retries(self, lambda: run_adaptation(env(), uuid.UUID(run_id)))
 
 
 class RunReporter:

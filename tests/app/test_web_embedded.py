@@ -150,6 +150,16 @@ def test_a_killed_embedded_worker_is_started_again_and_health_reports_the_gap(tm
     assert all(p.poll() is not None for p in workers.procs.values())
 
 
+def claims(client, run_id: str) -> int:
+    """How many deliveries have claimed the run (its attempts)."""
+    import uuid
+
+    from app.models import Run
+
+    with client.app.state.sessionmaker() as db:
+        return db.get(Run, uuid.UUID(run_id)).attempts
+
+
 def test_a_run_that_keeps_killing_its_worker_fails_with_the_reason(tmp_path):
     """The finding, end to end on the embedded default: nothing capped attempts, so a job
     that killed its worker (the OOM killer) went to the next worker again and again. Here
@@ -167,7 +177,7 @@ def test_a_run_that_keeps_killing_its_worker_fails_with_the_reason(tmp_path):
     settings = Settings(data_dir=tmp_path, secret_key="give-up-test", base_models="builtin:tiny-ddpm", device="cpu",
                         watchdog_seconds=0.5, job_heartbeat_seconds=0.5, max_job_attempts=2)
     upgrade(settings.resolved_database_url)
-    workers = WorkerSupervisor(settings, "WARNING", check_seconds=0.2, restart_delay=1.0,
+    workers = WorkerSupervisor(settings, "WARNING", check_seconds=0.2, restart_delay=3.0,
                                start=lambda s, name, level: start_worker(s, name, level, env=settings_env(s)))
     try:
         with TestClient(create_app(settings, workers=workers)) as client:
@@ -177,8 +187,10 @@ def test_a_run_that_keeps_killing_its_worker_fails_with_the_reason(tmp_path):
             run_id = client.post(f"/api/photo-sets/{ps}/runs", json=body).json()["id"]
             gaps = 0
             for death in (1, 2):
-                poll(client, f"/api/runs/{run_id}", lambda r: r["status"] == "running" and r["step"] > 0, 120,
-                     f"the run to train (delivery {death})")
+                # the delivery this death kills: the worker started after the last death has claimed the run
+                wait_for(lambda: workers.restarts["gpu"] == death - 1 and claims(client, run_id) == death, 120,
+                         f"delivery {death} to claim the run")
+                poll(client, f"/api/runs/{run_id}", lambda r: r["status"] == "running", 120, f"delivery {death}")
                 os.kill(workers.procs["gpu"].pid, signal.SIGKILL)  # what the OOM killer does
                 health = wait_for(lambda: (h := client.get("/health")).status_code == 503 and h, 10, "the gap")
                 gaps += health.json()["checks"]["workers"] == "missing: gpu"
