@@ -107,7 +107,7 @@ class AdaptConfig:
         _positive(self, "resolution", 8, 4096)
         _positive(self, "lora_rank", 1, 1024)
         _positive(self, "checkpoint_every", 1, 10_000_000)
-        _positive(self, "num_class_images", 1, 100_000)
+        _positive(self, "num_class_images", 2, 100_000)  # loaded as photos: at least 2 must be usable
         if self.num_similarity_samples is not None and not 3 <= self.num_similarity_samples <= 64:
             raise InputError("num_similarity_samples must be between 3 and 64: the pairwise terms compare each "
                              "sample with the others, and with 2 that comparison is always equal (a zero loss)")
