@@ -46,6 +46,8 @@ BUILTINS = {
     "builtin:tiny-ddpm": ModelFacts(UNCONDITIONAL, 32, 177_427),
     "builtin:fmnist-ddpm-32": ModelFacts(UNCONDITIONAL, 32, DEMO_PARAMS),
     "builtin:tiny-sd": ModelFacts(TEXT_TO_IMAGE, 32, 985_444, 167_959 + 36_064, 2),
+    # the text-to-image demo model, as read from its shipped folder (worker/domainstudio/weights/fmnist-sd-32)
+    "builtin:fmnist-sd-32": ModelFacts(TEXT_TO_IMAGE, 32, 3_918_532, 819_831, 4),
 }
 
 

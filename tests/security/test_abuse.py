@@ -296,6 +296,18 @@ def test_a_local_model_folder_is_sized_from_its_files_without_loading_it(tmp_pat
     del torch
 
 
+def test_the_text_to_image_demo_model_is_sized_as_its_shipped_files_say():
+    """builtin:fmnist-sd-32 (the embedded default) gets an estimate: its table entry is what
+    its weights folder says (read without torch)."""
+    from pathlib import Path
+
+    import worker
+    from app.runlimits import model_facts
+
+    folder = Path(worker.__file__).parent / "domainstudio" / "weights" / "fmnist-sd-32"
+    assert model_facts("builtin:fmnist-sd-32") == model_facts(str(folder)) is not None
+
+
 @pytest.fixture
 def demo_client(make_client, local_pg_settings):
     settings = local_pg_settings.model_copy(update={
