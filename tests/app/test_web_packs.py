@@ -66,7 +66,8 @@ def test_manifest_cells_are_never_formulas(tmp_path, prompt):
     buf = io.BytesIO()
     Image.new("L", (32, 32), 100).save(buf, format="PNG")
     storage.put_bytes("k.png", buf.getvalue())
-    images = [SimpleNamespace(key="k.png", seed=1, prompt=prompt, created_at=datetime(2026, 1, 2))]
+    images = [SimpleNamespace(key="k.png", seed=1, prompt=prompt, review="approved",
+                              created_at=datetime(2026, 1, 2))]
     path = tmp_path / "pack.zip"
     write_pack_zip(storage, SimpleNamespace(id=uuid.uuid4(), format="png", size="original"), images,
                    PackSource("run-1", "=base"), path)
