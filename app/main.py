@@ -20,8 +20,9 @@ from app.basemodels import log_refused
 from app.db import make_engine, make_sessionmaker
 from app.deps import CSRFFailed, LoginRequired
 from app.errors import ServiceError
+from app.imagecheck import DecodeBudget, return_freed_images_to_the_os
 from app.jobs import JobQueue
-from app.ratelimit import BodyLimitMiddleware, LoginLimiter
+from app.ratelimit import BodyLimitMiddleware, HeaderLimitMiddleware, LoginLimiter, MemoryCounts, RedisCounts
 from app.settings import Settings, get_settings
 from app.storage import make_storage
 
@@ -48,7 +49,18 @@ def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
 
 
-def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
+def login_counts(settings: Settings) -> MemoryCounts | RedisCounts:
+    """Sign-in failures in Redis when the broker is Redis (all api replicas count
+    together; keys named after the deployment's queue), else in this process."""
+    url = settings.resolved_broker_url
+    if url.startswith(("redis://", "rediss://")):
+        return RedisCounts(url, f"domainstudio:login:{settings.queue_gpu}:")
+    return MemoryCounts()
+
+
+def create_app(settings: Settings | None = None, celery_app=None, workers=None) -> FastAPI:
+    """``workers``: the embedded default's WorkerSupervisor (app/embedded.py), whose
+    missing workers /health reports."""
     settings = settings or get_settings()
     logs.setup(settings.log_level)
     engine = make_engine(settings.resolved_database_url)
@@ -70,6 +82,8 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.storage = make_storage(settings)
     app.state.queue = JobQueue(celery_app)
+    app.state.decode_budget = DecodeBudget(settings.max_decode_pixels)
+    return_freed_images_to_the_os()
 
     app.add_middleware(
         SessionMiddleware, secret_key=settings.resolved_secret_key, session_cookie="domainstudio_session",
@@ -78,7 +92,8 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
 
     # inside the security headers, so that a 413 carries them too
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_request_bytes)
-    app.state.login_limiter = LoginLimiter(settings.login_max_failures, settings.login_window_seconds)
+    app.state.login_limiter = LoginLimiter(settings.login_max_failures, settings.login_window_seconds,
+                                           settings.login_max_delay_seconds, login_counts(settings))
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -93,6 +108,10 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
         if request.url.path in ("/docs", "/redoc"):
             response.headers["Content-Security-Policy"] = DOCS_CSP
         return response
+
+    # outermost: absurd headers are refused before any middleware reads them
+    app.add_middleware(HeaderLimitMiddleware, per_header=settings.max_header_bytes,
+                       total=settings.max_headers_bytes, headers=SECURITY_HEADERS)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
@@ -184,10 +203,17 @@ def create_app(settings: Settings | None = None, celery_app=None) -> FastAPI:
             checks["storage"] = "ok"
         except Exception as exc:
             checks["storage"] = f"error: {type(exc).__name__}"
+        if workers is not None:  # the embedded default supervises its workers; compose restarts its own
+            missing = workers.missing()
+            checks["workers"] = f"missing: {', '.join(missing)}" if missing else "ok"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
     from app.routes import api, files, live, pages, review
+    from app.runwatch import RunWatch, StreamSlots
+
+    app.state.run_watch = RunWatch(app.state.sessionmaker, live.poll_seconds)
+    app.state.stream_slots = StreamSlots(settings.max_event_streams_per_user, settings.max_event_streams)
 
     app.include_router(api.router)
     app.include_router(files.router)

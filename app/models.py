@@ -109,6 +109,11 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries that claimed the job
+    # deliveries whose worker died on the job (the watchdog gives up after max_job_attempts)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # when the job was last handed to the broker; None: committed as queued, not sent yet
+    # (the process died in between): the watchdog sends it
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     stage: Mapped[str] = mapped_column(String(30), default="")
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
@@ -170,6 +175,8 @@ class Gallery(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # as Run.failures
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # as Run.sent_at
     # copy guard and diversity: which feature network measured them, the near-copy
     # threshold in force, and {"mean_pairwise_distance", "proxy_intra_lpips", "images"}
     feature_network: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -221,6 +228,8 @@ class Pack(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # as Run.failures
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # as Run.sent_at
     created_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

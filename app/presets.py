@@ -64,7 +64,7 @@ EXPERT_FIELDS: dict[str, Field] = {
     "instance_prompt": Field(str),
     "class_prompt": Field(str),
     "caption_dropout": Field(float, 0.0, 1.0),
-    "num_class_images": Field(int, 1, 10_000),
+    "num_class_images": Field(int, 2, 10_000),  # the core needs 2 usable images (as photos)
     "lora_rank": Field(int, 1, 256),
     "gradient_checkpointing": Field(bool),
     "mixed_precision": Field(str, choices=("auto", "no", "fp16", "bf16")),

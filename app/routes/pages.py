@@ -19,7 +19,7 @@ from app.basemodels import base_model_choices
 from app.deps import Ctx, check_csrf, ctx, get_db
 from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
-from app.routes.api import read_uploads
+from app.routes.api import add_uploaded_photos, client_address, known_device, password_work, remember_device
 from app.security import csrf_token
 from app.setting_labels import SETTING_TEXTS
 from app.demo_models import demo_model
@@ -115,10 +115,10 @@ def signup_page(request: Request):
 
 
 @router.post("/signup", dependencies=[Depends(check_csrf)])
-def signup(request: Request, email: str = Form(""), password: str = Form(""), team_name: str = Form(""),
-           db: Session = Depends(get_db)):
+async def signup(request: Request, email: str = Form(""), password: str = Form(""), team_name: str = Form(""),
+                 db: Session = Depends(get_db)):
     try:
-        user = auth.sign_up(db, email, password, team_name)
+        user = await password_work(request, auth.sign_up, db, email, password, team_name)
     except ServiceError as exc:
         return render(request, "signup.html", status_code=exc.status_code, email=email, **form_errors(request, exc),
                       team_name=team_name)
@@ -133,17 +133,19 @@ def login_page(request: Request):
 
 
 @router.post("/login", dependencies=[Depends(check_csrf)])
-def login(request: Request, email: str = Form(""), password: str = Form(""), db: Session = Depends(get_db)):
+async def login(request: Request, email: str = Form(""), password: str = Form(""), db: Session = Depends(get_db)):
     try:
-        user = auth.sign_in(db, request.app.state.login_limiter, email, password,
-                            request.client.host if request.client else None)
+        user = await password_work(request, auth.sign_in, db, request.app.state.login_limiter, email, password,
+                                   client_address(request), known_device(request, email))
     except ServiceError as exc:
         response = render(request, "login.html", status_code=exc.status_code, email=email, **form_errors(request, exc))
         response.headers.update(exc.headers)
         return response
     request.session.clear()
     request.session["user_id"], request.session["epoch"] = str(user.id), user.session_epoch
-    return redirect("/")
+    response = redirect("/")
+    remember_device(request, response, user.email)
+    return response
 
 
 @router.post("/logout")
@@ -202,12 +204,9 @@ def delete_photo_set(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends
 async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[UploadFile] = File(...),
                         c: Ctx = Depends(ctx)):
     """The form upload without JavaScript; the page's drag and drop uses the JSON API."""
-    from starlette.concurrency import run_in_threadpool
-
-    data = await read_uploads(files[: c.settings.max_photos + 1], c.settings.max_upload_bytes)
     back = f"/photo-sets/{photo_set_id}"
     try:
-        result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
+        result = await add_uploaded_photos(request, c, photo_set_id, files[: c.settings.max_photos + 1])
     except NotFound:
         raise
     except ServiceError as exc:
@@ -285,7 +284,8 @@ def cancel_run(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
 @router.post("/galleries/{gallery_id}/more")
 def generate_more(request: Request, gallery_id: uuid.UUID, n: str = Form("8"), c: Ctx = Depends(ctx)):
     back = f"/galleries/{gallery_id}"
-    return act(request, lambda: galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, n) and back, back)
+    limit = c.settings.max_gallery_size
+    return act(request, lambda: galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, n, limit) and back, back)
 
 
 @router.post("/runs/{run_id}/delete")

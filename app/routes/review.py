@@ -100,7 +100,8 @@ def create_pack(request: Request, gallery_id: uuid.UUID, selection: str = Form("
     def action():
         chosen = _selected(c, gallery_id, selection, image_ids, apply_all)
         packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=selection, format=format, size=size,
-                           image_ids=chosen, exclude_near_copies=exclude_near_copies, storage=c.storage)
+                           image_ids=chosen, exclude_near_copies=exclude_near_copies, storage=c.storage,
+                           settings=c.settings)
         flash(request, Message("the pack is being built; it appears below when ready"))
         return back + "#packs"
 

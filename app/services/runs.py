@@ -9,8 +9,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
+from app import runlimits
 from app.basemodels import check_base_model
-from app.errors import BadInput, Message, NotFound, Unavailable, set_error
+from app.services import quotas
+from app.errors import BadInput, Message, NotFound, TooManyRequests, Unavailable, set_error
 from app.jobs import ADAPT_RUN, JobQueue
 from app.models import Gallery, Run
 from app.presets import SettingsError, build_settings
@@ -50,12 +52,20 @@ def start_run(
         gallery_size = int(gallery_size)
     except (TypeError, ValueError):
         raise BadInput("gallery size must be a whole number") from None
-    if not 1 <= gallery_size <= 1000:
-        raise BadInput("gallery size must be between 1 and 1000")
+    if not 1 <= gallery_size <= settings.max_gallery_size:
+        raise BadInput("gallery size must be between 1 and %(max)s", params={"max": settings.max_gallery_size})
     try:
         run_settings = build_settings(preset, base_model, ps.class_word, expert or {}, settings.device)
     except SettingsError as exc:
         raise BadInput(exc.reason.msgid, params=exc.reason.params) from None
+    check_what_the_worker_can_do(settings, base_model, run_settings, n)
+    quotas.check_storage(db, settings, team_id)
+    repo.lock_team(db, team_id)  # two runs started at once are counted one after the other
+    active = repo.active_runs(db, team_id)
+    if active >= settings.max_active_runs_per_team:
+        db.rollback()
+        raise TooManyRequests("your team has %(n)s runs waiting or training, the most it may have; "
+                              "wait for one to finish or cancel one", params={"n": active})
     run = Run(
         team_id=team_id, photo_set_id=ps.id, preset=preset, base_model=base_model, settings=run_settings,
         gallery_size=gallery_size, status="queued", total_steps=run_settings["steps"],
@@ -63,7 +73,7 @@ def start_run(
     db.add(run)
     db.commit()  # the job is sent only once the row is committed
     try:
-        queue.send(ADAPT_RUN, run.id)
+        queue.send_row(db, Run, ADAPT_RUN, run.id)
     except Unavailable:
         run.status, run.finished_at = "failed", _now()
         set_error(run, Message("the job queue was unreachable; start the run again"))
@@ -71,6 +81,29 @@ def start_run(
         raise
     log.info("run.queued", extra={"run": str(run.id), "preset": preset, "base_model": base_model})
     return run
+
+
+def check_what_the_worker_can_do(settings: Settings, base_model: str, run_settings: dict, num_photos: int) -> None:
+    """Refuses at creation what the worker would refuse or could not hold: too many steps,
+    LoRA on an unconditional model, a training step that needs more memory than a worker has."""
+    if run_settings["steps"] > settings.max_run_steps:
+        raise BadInput("a run may train at most %(max)s steps on this server", params={"max": settings.max_run_steps})
+    facts = runlimits.model_facts(base_model)
+    if facts is None:  # a model whose size cannot be read without loading it: the worker judges
+        log.info("run.estimate.skipped", extra={"base_model": base_model})
+        return
+    if facts.kind == runlimits.UNCONDITIONAL and run_settings.get("mode") == "lora":
+        raise BadInput("lora mode is for text-to-image models; use mode full for an unconditional model")
+    values = runlimits.resolved(facts, run_settings, num_photos)
+    need = runlimits.estimate_mb(facts, values)
+    if need > settings.worker_memory_mb:
+        raise BadInput("a training step with these settings needs about %(need)s MB of memory and the workers "
+                       "have %(budget)s MB; lower the resolution (%(resolution)s), the batch size (%(batch)s) "
+                       "or the similarity samples (%(samples)s)",
+                       params={"need": format(round(need, -2), ",.0f"),
+                               "budget": format(settings.worker_memory_mb, ","),
+                               "resolution": values["resolution"], "batch": values["batch_size"],
+                               "samples": values["num_similarity_samples"]})
 
 
 def get_run(db: Session, team_id, run_id) -> Run:

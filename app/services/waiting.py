@@ -1,14 +1,17 @@
 """Waiting with information: where a queued run or gallery stands in the gpu queue and what
 is ahead of it, and how long each preset would take on this machine.
 
-Both read the database only. The queue position counts the jobs running and those queued
-earlier (the gpu workers take jobs in the order they were sent); the times come from the
+Both read the database only. The queue position counts the jobs running and those in line
+before it: the gpu workers take jobs in the order they were sent, so a job sent again (a
+storage retry, due later; a job the watchdog re-sent) counts from that send (``sent_at``,
+issue 13), one not sent yet from its creation; the times come from the
 runs this installation finished with the same base model, so they are this machine's own.
 """
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -92,17 +95,23 @@ def _remaining(db: Session, job: Run | Gallery, speeds: dict) -> float | None:
     return max(job.size - done, 0) * speed.seconds_per_image
 
 
+def _in_line_since(job: Run | Gallery) -> datetime:
+    """As repositories.in_line_since, in Python (UTC: SQLite hands back naive datetimes)."""
+    moment = job.sent_at or job.created_at
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def queue_spot(db: Session, team_id, job: Run | Gallery) -> QueueSpot | None:
     """Where a queued job stands; None when it is not waiting in the queue."""
     if job.status != "queued":
         return None
-    runs, galleries = repo.gpu_jobs_ahead(db, job.created_at)
+    runs, galleries = repo.gpu_jobs_ahead(db, _in_line_since(job))
     jobs = [(r, name, "run") for r, name in runs if r.id != job.id] + \
         [(g, name, "gallery") for g, name in galleries if g.id != job.id]
     spot = QueueSpot(position=len(jobs) + 1)
     speeds: dict = {}
     waits = []
-    for row, name, kind in sorted(jobs, key=lambda j: (j[0].status != "running", j[0].created_at)):
+    for row, name, kind in sorted(jobs, key=lambda j: (j[0].status != "running", _in_line_since(j[0]))):
         waits.append(_remaining(db, row, speeds))
         if row.team_id != team_id:
             spot.others_ahead += 1

@@ -143,3 +143,16 @@ def test_copy_guard_says_when_its_network_does_not_fit_the_photos(make_client, o
     assert all(misfit in page for page in pages["colour"])  # the gallery and the large view
     assert not any(misfit in page for page in pages["gray"] + pages["pixels"])
     assert "What the demo model" in pages["colour"][0]  # the gallery page (and its packs) says what it draws
+
+
+def test_a_job_sent_again_waits_from_that_send(make_client, own_db_settings):
+    """The workers take jobs in the order they were sent: a run sent again (a storage retry,
+    due later; issue 13's sent_at) stands behind one sent before that, created later or not."""
+    mine = make_client(own_db_settings)
+    sign_up(mine)
+    ps = new_photo_set(mine, n_photos=0)
+    retried = add_run(mine, ps, 0, sent_at=T0 + timedelta(minutes=5))
+    fresh = add_run(mine, ps, 1, sent_at=T0 + timedelta(minutes=1))
+    assert mine.get(f"/api/runs/{fresh}").json()["queue"]["position"] == 1
+    queue = mine.get(f"/api/runs/{retried}").json()["queue"]
+    assert queue["position"] == 2 and [a["id"] for a in queue["ahead"]] == [str(fresh)]

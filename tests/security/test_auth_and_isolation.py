@@ -228,7 +228,7 @@ def test_sessions_expire_and_sign_out_ends_them(make_client, local_pg_settings):
 
 
 def test_sign_in_is_throttled(make_client, local_pg_settings):
-    settings = local_pg_settings.model_copy(update={"login_max_failures": 3, "login_window_seconds": 3})
+    settings = local_pg_settings.model_copy(update={"login_max_failures": 1, "login_window_seconds": 30})
     client = make_client(settings)
     email = sign_up(client)["user"]["email"]
     client.post("/api/auth/logout")
@@ -236,19 +236,24 @@ def test_sign_in_is_throttled(make_client, local_pg_settings):
     other_email = sign_up(other)["user"]["email"]
     other.post("/api/auth/logout")
 
+    # progressive delays: each failure past the first makes this client wait twice as long
+    waits = []
     for _ in range(3):
         r = client.post("/api/auth/login", json={"email": email, "password": "wrong password"})
         assert r.status_code == 400
-    r = client.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
-    assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 3, r.text
+        r = client.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
+        assert r.status_code == 429, r.text
+        waits.append(int(r.headers["retry-after"]))
+        time.sleep(waits[-1] if len(waits) < 3 else 0)
+    assert waits[0] <= 2 and waits[1] <= 3 and 3 <= waits[2] <= 5, waits
     client.headers.pop("X-CSRF-Token")  # a browser: the form's token only
     page = client.get("/login").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     r = client.post("/login", data={"email": email.upper(), "password": "correct horse battery", "csrf_token": token})
     assert r.status_code == 429 and "too many failed sign-ins" in r.text
-    # another account is not locked by this one's failures
+    # another account is not slowed down by this one's failures
     assert other.post("/api/auth/login", json={"email": other_email, "password": "correct horse battery"}).status_code == 200
-    time.sleep(3.2)  # the window passes
+    time.sleep(int(r.headers["retry-after"]))  # the delay passes
     r = client.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
     assert r.status_code == 200
 

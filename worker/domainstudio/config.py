@@ -115,7 +115,7 @@ class AdaptConfig:
         _positive(self, "resolution", 8, 4096)
         _positive(self, "lora_rank", 1, 1024)
         _positive(self, "checkpoint_every", 1, 10_000_000)
-        _positive(self, "num_class_images", 1, 100_000)
+        _positive(self, "num_class_images", 2, 100_000)  # loaded as photos: at least 2 must be usable
         _positive(self, "gradient_accumulation_steps", 1, 1024)
         _positive(self, "lr_warmup_steps", 0, 1_000_000)
         _positive(self, "vae_decode_chunk", 1, 64)

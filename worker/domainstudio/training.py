@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -173,11 +174,17 @@ class TrainableWeights:
                 p.copy_(state[n])
 
 
+def _numpy_state_plain(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
+
+
 def rng_state(generator: torch.Generator) -> dict:
     state = {
         "generator": generator.get_state(),
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        # plain Python values (not numpy's array), so that the state loads with weights_only=True
+        "numpy": _numpy_state_plain(np.random.get_state()),
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -202,9 +209,19 @@ def save_atomic(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# what the training states written before the numpy RNG state was kept as plain values hold
+# (numpy's array reconstruction, nothing that runs code)
+_NUMPY_GLOBALS = [(np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct, np.ndarray, np.dtype,
+                  type(np.dtype(np.uint32))]
+
+
 def load_state(path: Path) -> dict:
+    """The training state to resume from. It may come from object storage (a run resumed on
+    another worker), so only tensors and plain values are read (weights_only=True): a
+    crafted file cannot run code on the worker."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise ModelError("the training state %(path)s is unreadable (%(detail)s); delete it to start over",
                          path=str(path), detail=str(exc)) from exc
