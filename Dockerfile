@@ -1,7 +1,9 @@
-# One image for the web app, the migrations and the workers.
-# PyPI's torch==2.13.0 for Linux x86_64 is the CUDA build, so the same image runs on GPU
-# workers (with the NVIDIA container toolkit) and, on the CPU, everywhere else.
+# The image of the web app, the migrations and the workers, in two builds:
+#   TORCH_VARIANT=cuda  PyPI's torch==2.13.0 (the CUDA build on Linux x86_64): GPU workers
+#   TORCH_VARIANT=cpu   PyTorch's CPU wheel of the same version, a few GB smaller: the web
+#                       app, the migrations and the CPU (pack) worker
 FROM python:3.11-slim
+ARG TORCH_VARIANT=cuda
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DOMAINSTUDIO_DATA_DIR=/data HF_HUB_OFFLINE=1
@@ -11,6 +13,8 @@ RUN useradd --create-home --uid 10001 domainstudio && mkdir -p /data /models && 
 
 # dependencies first, so a code change does not reinstall torch
 COPY pyproject.toml ./
+RUN if [ "$TORCH_VARIANT" = "cpu" ]; then \
+      pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; fi
 RUN mkdir -p app worker && touch app/__init__.py worker/__init__.py README.md \
  && pip install . && pip uninstall -y domainstudio
 

@@ -26,6 +26,18 @@ class JobQueue:
         log.info("job.sent", extra={"task": task, "id": str(object_id)})
         return result.id
 
+    def send_row(self, db, model, task: str, object_id) -> None:
+        """Sends the job of a committed row, then marks it sent. A row left queued and
+        unsent (the process died between its commit and the send) is sent by the workers'
+        watchdog (worker/tasks.py, resend_unsent)."""
+        from datetime import datetime, timezone
+
+        from sqlalchemy import update
+
+        self.send(task, object_id)
+        db.execute(update(model).where(model.id == object_id).values(sent_at=datetime.now(timezone.utc)))
+        db.commit()
+
     def revoke(self, task_id: str) -> None:
         try:
             self.celery.control.revoke(task_id)

@@ -89,6 +89,8 @@ class Photo(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     key: Mapped[str] = mapped_column(String(500))
     thumb_key: Mapped[str] = mapped_column(String(500))
+    # trained after the trigger words ("a photo of sks bottle, <caption>"); None: none
+    caption: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = _created()
     photo_set: Mapped[PhotoSet] = relationship(back_populates="photos", lazy="raise")
 
@@ -107,6 +109,11 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries that claimed the job
+    # deliveries whose worker died on the job (the watchdog gives up after max_job_attempts)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # when the job was last handed to the broker; None: committed as queued, not sent yet
+    # (the process died in between): the watchdog sends it
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     stage: Mapped[str] = mapped_column(String(30), default="")
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
@@ -147,6 +154,8 @@ class Checkpoint(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     files: Mapped[list[str]] = mapped_column(JSON, default=list)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # text-to-image: {photo file name: the prompt it was trained with}
+    prompts: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = _created()
     run: Mapped[Run] = relationship(back_populates="checkpoint", lazy="raise")
 
@@ -166,6 +175,8 @@ class Gallery(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # as Run.failures
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # as Run.sent_at
     # copy guard and diversity: which feature network measured them, the near-copy
     # threshold in force, and {"mean_pairwise_distance", "proxy_intra_lpips", "images"}
     feature_network: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -217,6 +228,8 @@ class Pack(Base):
     heartbeat_at: Mapped[datetime | None] = _heartbeat()
     worker: Mapped[str | None] = _worker()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # as Run.failures
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # as Run.sent_at
     created_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run, User
+from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run, Team, User
+
+ACTIVE = ("queued", "running")  # a job waiting in the queue or being worked on
 
 
 def user_by_email(db: Session, email: str) -> User | None:
@@ -34,6 +36,38 @@ def photo_sets(db: Session, team_id) -> Sequence[tuple[PhotoSet, int]]:
     return [(ps, n) for ps, n in rows]
 
 
+def lock_team(db: Session, team_id) -> None:
+    """Serializes what counts a team's work against its quotas until the transaction ends
+    (as lock_photo_set)."""
+    db.execute(update(Team).where(Team.id == team_id).values(name=Team.name))
+
+
+def active_runs(db: Session, team_id) -> int:
+    """The team's runs waiting in the queue or training."""
+    return db.scalar(select(func.count(Run.id)).where(Run.team_id == team_id, Run.status.in_(ACTIVE))) or 0
+
+
+def active_packs(db: Session, team_id) -> int:
+    """The team's packs waiting in the queue or being built."""
+    return db.scalar(select(func.count(Pack.id)).where(Pack.team_id == team_id, Pack.status.in_(ACTIVE))) or 0
+
+
+def stored_bytes(db: Session, team_id) -> int:
+    """What the team's photos, checkpoints and packs take in object storage (gallery images
+    have no recorded size; a gallery is bounded by max_gallery_size)."""
+    total = 0
+    for model in (Photo, Checkpoint, Pack):
+        total += db.scalar(select(func.coalesce(func.sum(model.size_bytes), 0)).where(model.team_id == team_id)) or 0
+    return int(total)
+
+
+def lock_photo_set(db: Session, photo_set_id) -> None:
+    """Serializes the uploads into one photo set until the transaction ends: a no-op UPDATE
+    takes the row lock on Postgres and the write lock on SQLite, before the photos are
+    read again."""
+    db.execute(update(PhotoSet).where(PhotoSet.id == photo_set_id).values(name=PhotoSet.name))
+
+
 def photo(db: Session, team_id, photo_id) -> Photo | None:
     return _owned(db, Photo, team_id, photo_id)
 
@@ -57,6 +91,11 @@ def run(db: Session, team_id, run_id) -> Run | None:
 def run_by_id(db: Session, run_id) -> Run | None:
     """For workers, which act on an id they were given by the app."""
     return db.get(Run, run_id, options=[selectinload(Run.photo_set), selectinload(Run.checkpoint)])
+
+
+def runs_by_ids(db: Session, run_ids) -> Sequence[Run]:
+    """For the event streams' poller, which checked each run's team when its stream opened."""
+    return db.scalars(select(Run).where(Run.id.in_(list(run_ids))).options(selectinload(Run.checkpoint))).all()
 
 
 def runs(db: Session, team_id, photo_set_id=None, limit: int = 50) -> Sequence[Run]:
@@ -149,3 +188,34 @@ def images_page(db: Session, gallery_id, show: str, offset: int, limit: int) -> 
 def image_ids_shown(db: Session, gallery_id, show: str) -> list[uuid.UUID]:
     """The ids of one filter, in gallery order (the large view's previous / next)."""
     return list(db.scalars(where_shown(select(Image.id).where(Image.gallery_id == gallery_id), show).order_by(Image.seed)))
+
+
+# ----------------------------------------------------------------- the queue and speeds
+# These read every team's rows on purpose: the gpu queue and the machine's speed are
+# shared. Callers show another team's rows only as counts (app/services/waiting.py).
+def in_line_since(model):
+    """When a job joined the broker's line: its last send (for a storage retry, the time the
+    retry is due), or its creation while it is committed but not sent yet."""
+    return func.coalesce(model.sent_at, model.created_at)
+
+
+def gpu_jobs_ahead(db: Session, since) -> tuple[Sequence[tuple[Run, str]], Sequence[tuple[Gallery, str]]]:
+    """Runs and galleries a job in line since ``since`` waits behind: those running, and
+    those in line before it (the gpu workers take jobs in the order they were sent); each
+    with its photo set's name."""
+    def ahead(model):
+        return (model.status == "running") | ((model.status == "queued") & (in_line_since(model) < since))
+
+    run_rows = db.execute(select(Run, PhotoSet.name).join(PhotoSet, PhotoSet.id == Run.photo_set_id)
+                          .where(ahead(Run)).order_by(in_line_since(Run)))
+    gallery_rows = db.execute(select(Gallery, PhotoSet.name).join(Run, Run.id == Gallery.run_id)
+                              .join(PhotoSet, PhotoSet.id == Run.photo_set_id)
+                              .where(ahead(Gallery)).order_by(in_line_since(Gallery)))
+    return [tuple(r) for r in run_rows], [tuple(g) for g in gallery_rows]
+
+
+def finished_runs_of_model(db: Session, base_model: str, limit: int = 5) -> Sequence[Run]:
+    """The latest succeeded runs of a base model on this installation (their stage times
+    tell how fast this machine is)."""
+    return db.scalars(select(Run).where(Run.base_model == base_model, Run.status == "succeeded")
+                      .order_by(Run.finished_at.desc()).limit(limit)).all()

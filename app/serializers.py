@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from app import i18n
+from app.errors import N_
 from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run
 from app.services.runs import STAGES, total_seconds
 from app.setting_labels import describe_settings
@@ -12,6 +13,7 @@ def photo(p: Photo) -> dict:
         "id": str(p.id), "photo_set_id": str(p.photo_set_id), "filename": p.filename, "sha256": p.sha256,
         "content_type": p.content_type, "width": p.width, "height": p.height, "size_bytes": p.size_bytes,
         "thumb_url": f"/photos/{p.id}/thumb", "url": f"/photos/{p.id}/file", "created_at": p.created_at.isoformat(),
+        "caption": p.caption or "",
     }
 
 
@@ -33,11 +35,37 @@ def checkpoint(c: Checkpoint) -> dict:
         "id": str(c.id), "run_id": str(c.run_id), "kind": c.kind, "base_model": c.base_model,
         "size_bytes": c.size_bytes, "files": c.files, "settings": c.settings, "download_name": c.download_name,
         "download_url": f"/runs/{c.run_id}/checkpoint/download", "created_at": c.created_at.isoformat(),
+        "downloads": checkpoint_downloads(c),
     }
 
 
-def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None) -> dict:
-    """``lang``: the language of the error text (None: the stored English)."""
+# Which LoRA file each tool takes (the diffusers file is the checkpoint's main download).
+KOHYA_FILE = "lora_kohya.safetensors"  # the core's kohya.KOHYA_FILE (the web side does not import torch)
+LORA_TOOLS = {
+    "diffusers": N_("diffusers: pipe.load_lora_weights(file)"),
+    "kohya": N_("ComfyUI (LoraLoader), AUTOMATIC1111 / Forge (models/Lora), SD.Next, InvokeAI"),
+}
+
+
+def checkpoint_downloads(c: Checkpoint) -> list[dict]:
+    """The checkpoint's files to download: a LoRA run has its diffusers file and, beside it,
+    the same adapter in kohya's layout; each with the tools that take it."""
+    main = {"format": "diffusers" if c.kind == "lora" else "model", "name": c.download_name,
+            "url": f"/runs/{c.run_id}/checkpoint/download", "tools": LORA_TOOLS["diffusers"] if c.kind == "lora" else None}
+    out = [main]
+    if c.kind == "lora" and KOHYA_FILE in (c.files or []):
+        out.append({"format": "kohya", "name": kohya_download_name(c),
+                    "url": f"/runs/{c.run_id}/checkpoint/download?format=kohya", "tools": LORA_TOOLS["kohya"]})
+    return out
+
+
+def kohya_download_name(c: Checkpoint) -> str:
+    return c.download_name.replace(".safetensors", "") + "-kohya.safetensors"
+
+
+def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None, queue=None) -> dict:
+    """``lang``: the language of the error text (None: the stored English); ``queue``: where
+    a queued run stands (app.services.waiting.QueueSpot)."""
     out = {
         "id": str(r.id), "photo_set_id": str(r.photo_set_id), "preset": r.preset, "base_model": r.base_model,
         "settings": r.settings, "gallery_size": r.gallery_size, "status": r.status, "stage": r.stage or "",
@@ -49,6 +77,7 @@ def run(r: Run, galleries: list[Gallery] | None = None, lang: str | None = None)
         "preview_step": r.preview_step, "stage_times": r.stage_times or {}, "created_at": r.created_at.isoformat(),
         "started_at": r.started_at.isoformat() if r.started_at else None,
         "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+        "queue": queue.as_dict() if queue is not None else None,
     }
     if "checkpoint" in r.__dict__:  # only when eagerly loaded
         out["checkpoint"] = checkpoint(r.checkpoint) if r.checkpoint else None
@@ -73,7 +102,16 @@ def run_report(r: Run, galleries: list[Gallery], lang: str | None = None) -> dic
         "total_seconds": total_seconds(times),
         "galleries": [{**gallery(g, lang=lang), "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold,
                        "diversity": g.diversity} for g in galleries],
+        "trained_prompts": trained_prompts(r.checkpoint.prompts if r.checkpoint is not None else None),
     }
+
+
+def trained_prompts(prompts: dict[str, str] | None) -> list[dict]:
+    """The prompts a text-to-image run trained with, each with its photos (most photos first)."""
+    groups: dict[str, list[str]] = {}
+    for name, prompt in (prompts or {}).items():
+        groups.setdefault(prompt, []).append(name)
+    return [{"prompt": p, "photos": sorted(names)} for p, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
 
 
 def image(i: Image) -> dict:
@@ -85,12 +123,12 @@ def image(i: Image) -> dict:
     }
 
 
-def gallery(g: Gallery, images: list[Image] | None = None, lang: str | None = None) -> dict:
+def gallery(g: Gallery, images: list[Image] | None = None, lang: str | None = None, queue=None) -> dict:
     out = {
         "id": str(g.id), "run_id": str(g.run_id), "size": g.size, "prompt": g.prompt, "steps": g.steps,
         "status": g.status, "error": i18n.stored_error(lang, g), "cancel_requested": bool(g.cancel_requested),
         "feature_network": g.feature_network, "near_copy_threshold": g.near_copy_threshold, "diversity": g.diversity,
-        "created_at": g.created_at.isoformat(),
+        "created_at": g.created_at.isoformat(), "queue": queue.as_dict() if queue is not None else None,
     }
     if images is not None:
         out["images"] = [image(i) for i in images]

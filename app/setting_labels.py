@@ -60,6 +60,9 @@ SETTING_TEXTS: dict[str, SettingText] = {
     "instance_token": SettingText(N_("Instance token"), N_("Rare token that names this product in the instance prompt.")),
     "instance_prompt": SettingText(N_("Instance prompt"), N_("Instance prompt (default: 'a photo of {token} {class}').")),
     "class_prompt": SettingText(N_("Class prompt"), N_("Class prompt (default: 'a photo of {class}').")),
+    "caption_dropout": SettingText(N_("Caption dropout"), N_(
+        "Share of steps on which a photo's caption is left out, so that the instance prompt alone (the trigger "
+        "words) learns the product (text-to-image; photos without a caption are unaffected).")),
     "num_class_images": SettingText(N_("Class images"), N_(
         "Class images generated once by the base model for prior preservation (text-to-image).")),
     "class_images_dir": SettingText(N_("Class image folder"), N_(
@@ -69,6 +72,20 @@ SETTING_TEXTS: dict[str, SettingText] = {
         "Recompute UNet/VAE activations in the backward pass to save memory (text-to-image).")),
     "mixed_precision": SettingText(N_("Mixed precision"), N_(
         "Mixed precision: auto (bf16 on a CUDA GPU that has it, else fp16 on GPU, none on CPU), no, fp16 or bf16.")),
+    "sampling_precision": SettingText(N_("Sampling precision"), N_(
+        "Precision of the class images and previews: auto (fp16 on a GPU, none on CPU), no, fp16 or bf16.")),
+    "optimizer": SettingText(N_("Optimizer"), N_(
+        "Optimizer: adamw, or adamw8bit (bitsandbytes, CUDA GPUs: its state takes a quarter of the memory).")),
+    "gradient_accumulation_steps": SettingText(N_("Gradient accumulation"), N_(
+        "Batches whose gradients are averaged into each optimizer step (a larger batch in the same memory, at the time of N steps).")),
+    "lr_warmup_steps": SettingText(N_("Learning-rate warmup"), N_(
+        "Steps over which the learning rate rises linearly to its value (0 = off).")),
+    "attention": SettingText(N_("Attention kernel"), N_(
+        "Attention kernel: sdpa (PyTorch scaled_dot_product_attention, memory-efficient) or classic (the attention matrix in full, as diffusers before PyTorch 2).")),
+    "torch_compile": SettingText(N_("Compile the UNet"), N_(
+        "Compile the UNet with torch.compile: a few minutes at the start, then faster steps on a GPU.")),
+    "vae_decode_chunk": SettingText(N_("VAE decode chunk"), N_(
+        "Samples the VAE decodes at once for the DomainStudio terms (text-to-image): 1 keeps peak memory lowest; more can be faster on a GPU.")),
     "checkpoint_every": SettingText(N_("Save training state every"), N_(
         "Save the training state (for resume) every N steps.")),
     "preview_every": SettingText(N_("Previews every"), N_("Report preview images every N steps (0 = never).")),

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._measure import PeakMemory, interleave  # noqa: E402
+from worker.domainstudio.conditioning import Conditioning  # noqa: E402
 from worker.domainstudio.config import AdaptConfig  # noqa: E402
 from worker.domainstudio.diffusion import predicted_clean, training_target  # noqa: E402
 from worker.domainstudio.losses import domainstudio_terms  # noqa: E402
@@ -77,10 +78,10 @@ def official_style(trainer, index, generator):
     noise = torch.randn(lat.shape, generator=generator).to(dev)
     t = torch.randint(0, 1000, (1,), generator=generator).to(dev).expand(2 * b)
     x_t = trainer.scheduler.add_noise(lat, noise, t)
-    prompts = torch.cat([trainer.instance_embedding.expand(b, -1, -1), trainer.class_embedding.expand(b, -1, -1)])
+    cond = Conditioning.cat([trainer.instance_cond.repeat(b), trainer.class_cond.repeat(b)]).unet_kwargs()
     with autocast(dev, trainer.amp_dtype):
-        pred = trainer.unet(x_t, t, encoder_hidden_states=prompts).sample.float()  # DreamBooth pass
-        pred2 = trainer.unet(x_t, t, encoder_hidden_states=prompts).sample.float()  # DomainStudio pass
+        pred = trainer.unet(x_t, t, **cond).sample.float()  # DreamBooth pass
+        pred2 = trainer.unet(x_t, t, **cond).sample.float()  # DomainStudio pass
     target = training_target(trainer.scheduler, lat, noise, t).float()
     loss = F.mse_loss(pred[:b], target[:b]) + F.mse_loss(pred[b:], target[b:])
     abar = trainer.alphas_cumprod[t]

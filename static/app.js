@@ -68,12 +68,33 @@
       const done = document.createElement("li");
       const a = document.createElement("a"); a.href = location.pathname; a.textContent = text.textRefresh;
       done.append(a); list.append(done);
-      setTimeout(() => { if (!list.querySelector(".refused")) location.reload(); }, 600);
+      if (!list.querySelector(".refused")) { setTimeout(() => location.reload(), 600); return; }
+      // some were refused: keep their reasons in view, and show the photos that were added
+      fetch(location.pathname).then((res) => res.text()).then((html) => {
+        const fresh = new DOMParser().parseFromString(html, "text/html");
+        ["#photo-count", "#photo-grid", ".empty-state", "#run-needs"].forEach((sel) => {
+          const old = document.querySelector(sel), now = fresh.querySelector(sel);
+          if (old && now) old.replaceWith(now);
+          else if (old) old.remove();
+          else if (now && sel === "#photo-grid") { const box = form.parentNode.querySelector(".empty-state"); (box || form).after(now); }
+        });
+      });
     };
     form.addEventListener("submit", (e) => { if (input.files.length) { e.preventDefault(); uploadAll(input.files); } });
+    // choosing files starts their upload (the Upload button stays for pages without scripts)
+    input.addEventListener("change", () => { if (input.files.length) uploadAll(input.files); });
     ["dragenter", "dragover"].forEach((t) => form.addEventListener(t, (e) => { e.preventDefault(); form.classList.add("over"); }));
     ["dragleave", "drop"].forEach((t) => form.addEventListener(t, (e) => { e.preventDefault(); form.classList.remove("over"); }));
     form.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) uploadAll(e.dataTransfer.files); });
+  }
+
+  // ------------------------------------------------------------- the run form
+  // The chosen base model's time estimates and what it can produce (and the colour notice).
+  const model = $("#run-base-model");
+  if (model) {
+    const choose = () => document.querySelectorAll("[data-model]").forEach((el) => { el.hidden = el.dataset.model !== model.value; });
+    model.addEventListener("change", choose);
+    choose();
   }
 
   // The run page's live progress and loss charts are in static/run.js.

@@ -24,7 +24,9 @@
     const poll = async () => {
       try {
         const g = await getJSON(gstatus.dataset.api);
-        if (!["queued", "running"].includes(g.status) || String(g.image_count) !== gstatus.dataset.count) { location.reload(); return; }
+        const spot = document.getElementById("queue-spot");
+        const moved = (spot ? Number(spot.dataset.position) : null) !== (g.queue ? g.queue.position : null);
+        if (moved || !["queued", "running"].includes(g.status) || String(g.image_count) !== gstatus.dataset.count) { location.reload(); return; }
       } catch (_) { /* a blip: ask again */ }
       setTimeout(poll, 2500);
     };

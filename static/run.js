@@ -131,6 +131,9 @@
 
   // r: the run as GET /api/runs/{id} has it; with SSE also the new loss points (history).
   function show(r) {
+    // the queue moved (or the run left it): the page renders where it stands now
+    const spot = $("#queue-spot");
+    if ((spot ? Number(spot.dataset.position) : null) !== (r.queue ? r.queue.position : null)) { location.reload(); return; }
     const badge = $("#run-status .status");
     if (badge) { badge.textContent = TEXT.status[r.status] || r.status; badge.className = "status status-" + r.status; }
     $("#run-step").textContent = r.step; $("#run-total").textContent = r.total_steps;

@@ -13,6 +13,7 @@ import socket
 import tempfile
 import threading
 import time
+import contextvars
 import uuid
 import zipfile
 from contextlib import contextmanager
@@ -54,6 +55,16 @@ class Env:
 @lru_cache(maxsize=1)
 def env() -> Env:
     return Env()
+
+
+def use_torch_threads(e: Env) -> None:
+    """Sets this worker's torch CPU threads (DOMAINSTUDIO_TORCH_THREADS) before a run or a
+    gallery: torch's default, one per core, is 8-10x slower per step when other processes
+    share the cores (benchmarks/worker_step.py)."""
+    import torch
+
+    if torch.get_num_threads() != e.settings.resolved_torch_threads:
+        torch.set_num_threads(e.settings.resolved_torch_threads)
 
 
 def _now() -> datetime:
@@ -178,11 +189,59 @@ class Heartbeat:
             raise Superseded()
 
 
+# -------------------------------------------------------------- transient storage errors
+# An object store that fails for a moment (a restart, a network blip) used to fail the
+# whole job. Jobs are idempotent and resume where they stopped (a run from its training
+# state, a gallery from its missing seeds, a pack from the start), so the job goes back to
+# the queue and its task is sent again after storage_retry_seconds, doubling, up to
+# storage_retries times; only then does it fail with the store's error.
+_retries_left: contextvars.ContextVar[int] = contextvars.ContextVar("storage_retries_left", default=0)
+
+
+class RetryLater(Exception):
+    """The job was put back in the queue; the task sends itself again after a delay."""
+
+
+def retry_delay(retries: int) -> float:
+    return min(_settings.storage_retry_seconds * 2 ** retries, 600)
+
+
+def retry_or_fail(e: Env, model, obj_id, heartbeat: Heartbeat, exc: StorageError) -> None:
+    """Puts the job back in the queue (raising RetryLater) while retries are left; returns
+    when none are (the caller fails the job). ``sent_at`` becomes the time the retry is
+    due, so that the watchdog sends the job again should the retry's message be lost."""
+    if _retries_left.get() <= 0 or heartbeat.superseded:
+        return
+    message = Message("the object store failed (%(detail)s); trying again shortly", {"detail": str(exc)[:300]})
+    due = _now() + timedelta(seconds=retry_delay(e.settings.storage_retries - _retries_left.get()))
+    with e.sessions() as db:
+        mine = db.execute(update(model).where(model.id == obj_id, model.attempts == heartbeat.attempt)
+                          .values(status="queued", heartbeat_at=None, worker=None, sent_at=due,
+                                  **error_values(message)))
+        db.commit()
+    if mine.rowcount == 1:
+        log.warning("job.retry_later", extra={"job": model.__tablename__, "id": str(obj_id), "error": str(exc)[:200]})
+        raise RetryLater()
+
+
+def with_storage_retries(task, run):
+    """Runs a job with the retries its task has left; a RetryLater sends the task again."""
+    settings = _settings
+    token = _retries_left.set(settings.storage_retries - task.request.retries)
+    try:
+        return run()
+    except RetryLater:
+        raise task.retry(countdown=retry_delay(task.request.retries), max_retries=settings.storage_retries) from None
+    finally:
+        _retries_left.reset(token)
+
+
 # ------------------------------------------------------------------------------ runs
-@app.task(name="worker.tasks.adapt_run", acks_late=True, reject_on_worker_lost=True,
+@app.task(bind=True, name="worker.tasks.adapt_run", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
-def adapt_run(run_id: str) -> str:
-    return run_adaptation(env(), uuid.UUID(run_id))
+def adapt_run(self, run_id: str) -> str:
+    use_torch_threads(env())
+    return with_storage_retries(self, lambda: run_adaptation(env(), uuid.UUID(run_id)))
 
 
 class RunReporter:
@@ -382,6 +441,7 @@ def _adapt_claimed(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
         reporter.sync_state()  # the core saved the state on its way out
         return end("failed", Message("the run reached its time limit; its training state was saved"))
     except StorageError as exc:
+        retry_or_fail(e, Run, run_id, heartbeat, exc)
         return end("failed", _storage_failed(exc))
     except Exception as exc:
         log.exception("run.crashed", extra={"run": str(run_id)})
@@ -407,13 +467,26 @@ def _drop_state(e: Env, run: Run) -> None:
         log.warning("run.state.delete_failed", extra={"run": str(run.id)})
 
 
+def _prompts_by_filename(db, run: Run, prompts: dict[str, str]) -> dict[str, str]:
+    """The core names photos by their stored file (the object key's last part); the report
+    shows the names people uploaded them under."""
+    names = {p.key.rsplit("/", 1)[-1]: p.filename for p in repo.photos_of_set(db, run.photo_set_id)}
+    return {names.get(stored, stored): prompt for stored, prompt in prompts.items()}
+
+
 def _download_photos(e: Env, photos, folder: Path) -> list[Path]:
+    """The photos, each with its caption beside it as photo.txt (what the core reads)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for p in photos:
         path = folder / p.key.rsplit("/", 1)[-1]
         if not path.exists():
             e.storage.download(p.key, path)
+        caption = path.with_suffix(".txt")
+        if getattr(p, "caption", None):
+            caption.write_text(p.caption, encoding="utf-8")
+        elif caption.exists():  # removed since an earlier attempt of this run
+            caption.unlink()
         paths.append(path)
     return paths
 
@@ -453,7 +526,8 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         ck = repo.checkpoint_of_run(db, run.id) or Checkpoint(team_id=run.team_id, run_id=run.id)
         ck.kind, ck.base_model, ck.prefix = result.mode, run.base_model, prefix
         ck.download_key, ck.download_name, ck.size_bytes, ck.files = download_key, download_name, size, rel
-        ck.settings = {k: v for k, v in config.items() if k != "photos"}
+        ck.settings = {k: v for k, v in config.items() if k not in ("photos", "prompts")}
+        ck.prompts = _prompts_by_filename(db, run, config.get("prompts") or {}) or None
         db.add(ck)
         row.status, row.step, row.total_steps, row.finished_at = "succeeded", result.steps, result.steps, _now()
         set_warnings(row, result.warnings or [])
@@ -464,14 +538,16 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         db.commit()
         gallery_id = gallery.id
     log.info("run.succeeded", extra={"run": str(run.id), "steps": result.steps})
-    e.queue.send(SAMPLE_GALLERY, gallery_id)
+    with e.sessions() as db:  # a worker that dies before this leaves the gallery unsent: the watchdog sends it
+        e.queue.send_row(db, Gallery, SAMPLE_GALLERY, gallery_id)
 
 
 # ------------------------------------------------------------------------- galleries
-@app.task(name="worker.tasks.sample_gallery", acks_late=True, reject_on_worker_lost=True,
+@app.task(bind=True, name="worker.tasks.sample_gallery", acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=_settings.run_soft_time_limit, time_limit=_settings.run_hard_time_limit)
-def sample_gallery(gallery_id: str) -> str:
-    return sample_gallery_images(env(), uuid.UUID(gallery_id))
+def sample_gallery(self, gallery_id: str) -> str:
+    use_torch_threads(env())
+    return with_storage_retries(self, lambda: sample_gallery_images(env(), uuid.UUID(gallery_id)))
 
 
 def _set_gallery(e: Env, gallery_id, **values) -> None:
@@ -515,12 +591,29 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
     if attempt is None:
         return "skipped"
     _set_gallery(e, gallery_id, **error_values(None))
+    _record_gallery_wait(e, gallery)
     started = time.monotonic()
     with Heartbeat(e, Gallery, gallery_id, attempt) as heartbeat:
         outcome = _sample_claimed(e, gallery, ck, missing, heartbeat)
     if outcome != "superseded":  # added up: "generate more" samples the same gallery again
         _record_stage_time(e, gallery.run_id, "gallery", time.monotonic() - started, add=True)
     return outcome
+
+
+def _record_gallery_wait(e: Env, gallery: Gallery) -> None:
+    """The first gallery's wait in the queue after its run finished, part of what the user
+    waited for (the report's total); recorded once, at its first claim."""
+    try:
+        with e.sessions() as db:
+            row = db.get(Run, gallery.run_id, with_for_update=True)
+            if row is None or "gallery_queued" in (row.stage_times or {}):
+                return
+            waited = (_now() - _aware(gallery.created_at)).total_seconds()
+            row.stage_times = with_stage_time(row.stage_times, "gallery_queued", waited)
+            db.commit()
+    except Exception as exc:  # best effort, as _record_stage_time
+        log.warning("run.stage_time.failed", extra={"run": str(gallery.run_id), "stage": "gallery_queued",
+                                                     "error": str(exc)[:200]})
 
 
 def _canceled(e: Env, model, obj_id) -> bool:
@@ -581,6 +674,7 @@ def _sample_claimed(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int]
         _set_gallery(e, gallery_id, status="failed", **error_values(exc.message))
         return "failed"
     except StorageError as exc:
+        retry_or_fail(e, Gallery, gallery_id, heartbeat, exc)
         _set_gallery(e, gallery_id, status="failed", **error_values(_storage_failed(exc)))
         return "failed"
     except Exception as exc:
@@ -710,9 +804,9 @@ def _measure_gallery(e: Env, gallery: Gallery, guard, should_stop) -> None:
 
 
 # ----------------------------------------------------------------------------- packs
-@app.task(name="worker.tasks.build_pack", acks_late=True, reject_on_worker_lost=True)
-def build_pack(pack_id: str) -> str:
-    return build_pack_zip(env(), uuid.UUID(pack_id))
+@app.task(bind=True, name="worker.tasks.build_pack", acks_late=True, reject_on_worker_lost=True)
+def build_pack(self, pack_id: str) -> str:
+    return with_storage_retries(self, lambda: build_pack_zip(env(), uuid.UUID(pack_id)))
 
 
 def _set_pack(e: Env, pack_id, **values) -> None:
@@ -779,6 +873,7 @@ def _build_claimed(e: Env, pack: Pack, images, source: PackSource, heartbeat: He
         log.info("pack.canceled", extra={"pack": str(pack_id)})
         return "canceled"
     except StorageError as exc:
+        retry_or_fail(e, Pack, pack_id, heartbeat, exc)
         _set_pack(e, pack_id, status="failed", finished_at=_now(), **error_values(_storage_failed(exc)))
         return "failed"
     except Exception as exc:
@@ -803,6 +898,16 @@ def _build_claimed(e: Env, pack: Pack, images, source: PackSource, heartbeat: He
 JOBS = ((Run, ADAPT_RUN), (Gallery, SAMPLE_GALLERY), (Pack, BUILD_PACK))
 
 
+def _given_up(model, failures: int) -> dict:
+    """The values of a job failed because its workers kept dying on it."""
+    values = {"status": "failed", "heartbeat_at": None,
+              **error_values(Message("the worker stopped %(n)s times while working on this (killed, or out of "
+                                     "memory); it was given up: try again with smaller settings", {"n": failures}))}
+    if hasattr(model, "finished_at"):
+        values["finished_at"] = _now()
+    return values
+
+
 def recover_orphans(e: Env) -> int:
     """Re-queues the jobs of dead workers and of a broker that lost its queues; returns
     how many jobs were sent again."""
@@ -810,20 +915,28 @@ def recover_orphans(e: Env) -> int:
     lost = _broker_lost(e)
     for model, task in JOBS:
         with e.sessions() as db:
-            orphans = [(obj_id, attempts, _abandoned(model, e, False)) for obj_id, attempts in
-                       db.execute(select(model.id, model.attempts).where(_abandoned(model, e, False)))]
-            orphans += [(obj_id, attempts, model.worker == holder) for obj_id, attempts, holder in
-                        db.execute(select(model.id, model.attempts, model.worker).where(model.status == "running"))
+            orphans = [(obj_id, attempts, failures, _abandoned(model, e, False)) for obj_id, attempts, failures in
+                       db.execute(select(model.id, model.attempts, model.failures).where(_abandoned(model, e, False)))]
+            orphans += [(obj_id, attempts, failures, model.worker == holder) for obj_id, attempts, failures, holder in
+                        db.execute(select(model.id, model.attempts, model.failures, model.worker)
+                                   .where(model.status == "running"))
                         if holder_died(holder)]
-            for obj_id, attempts, still in orphans:
+            for obj_id, attempts, failures, still in orphans:
+                # a job that killed its worker max_job_attempts times would kill the next one too
+                give_up = failures + 1 >= e.settings.max_job_attempts
                 moved = db.execute(update(model).where(model.id == obj_id, model.attempts == attempts,
                                                        model.status == "running", still)
-                                   .values(status="queued"))
+                                   .values(failures=failures + 1,
+                                           **(_given_up(model, failures + 1) if give_up
+                                              else {"status": "queued", "sent_at": None})))
                 db.commit()
-                if moved.rowcount == 1:
+                if moved.rowcount == 1 and give_up:
+                    log.error("job.given_up", extra={"job": model.__tablename__, "id": str(obj_id),
+                                                     "failures": failures + 1})
+                elif moved.rowcount == 1:
                     log.warning("job.requeued", extra={"job": model.__tablename__, "id": str(obj_id),
                                                        "reason": "its worker died"})
-                    e.queue.send(task, obj_id)
+                    e.queue.send_row(db, model, task, obj_id)
                     sent += 1
             if lost:
                 for obj_id in db.scalars(select(model.id).where(model.status == "queued")):
@@ -831,6 +944,27 @@ def recover_orphans(e: Env) -> int:
                                                      "reason": "the broker lost its queues"})
                     e.queue.send(task, obj_id)
                     sent += 1
+    return sent
+
+
+def resend_unsent(e: Env) -> int:
+    """Sends the jobs of rows committed as queued whose send never happened (the api or
+    worker process died between the commit and the send), once they are
+    job_unsent_seconds old, and of jobs waiting for a storage retry whose retry is that
+    much overdue (its message was lost): a send that is merely slow has happened by then,
+    and a job sent twice runs once (the claim)."""
+    sent = 0
+    before = _now() - timedelta(seconds=e.settings.job_unsent_seconds)
+    for model, task in JOBS:
+        with e.sessions() as db:
+            never = and_(model.sent_at.is_(None), model.created_at < before)
+            overdue_retry = and_(model.error.is_not(None), model.sent_at < before)
+            unsent = db.scalars(select(model.id).where(model.status == "queued", or_(never, overdue_retry))).all()
+            for obj_id in unsent:
+                log.warning("job.resent", extra={"job": model.__tablename__, "id": str(obj_id),
+                                                 "reason": "it was never sent"})
+                e.queue.send_row(db, model, task, obj_id)
+                sent += 1
     return sent
 
 
@@ -880,7 +1014,7 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         e = env()
         while True:
-            for chore in (recover_orphans, sweep_deletions):
+            for chore in (recover_orphans, resend_unsent, sweep_deletions):
                 try:
                     chore(e)
                 except Exception as exc:  # database, broker or store down: try again next round

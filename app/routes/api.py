@@ -2,22 +2,25 @@
 the X-CSRF-Token header on every POST and DELETE."""
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+import anyio
+
+from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from app import i18n
 from app import repositories as repo
 from app import serializers as ser
+from app.basemodels import base_model_choices
 from app.deps import Ctx, ctx, get_db
 from app.errors import BadInput, Message, NotFound, Unprocessable
 from app.presets import EXPERT_FIELDS, PRESETS
-from app.security import csrf_token
-from app.services import auth, galleries, packs, photosets, runs
+from app.security import DEVICE_COOKIE, DEVICE_MAX_AGE, csrf_token, device_cookie, device_id
+from app.services import auth, galleries, packs, photosets, runs, waiting
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -43,7 +46,7 @@ class RunIn(BaseModel):
     preset: str = "quick"
     base_model: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
-    gallery_size: int | None = Field(None, ge=1, le=1000)
+    gallery_size: int | None = Field(None, ge=1, le=100_000)  # the server's max_gallery_size is checked by the service
 
 
 class MoreIn(BaseModel):
@@ -69,16 +72,47 @@ def _signed_in(request: Request, user) -> dict:
             "csrf_token": csrf_token(request.session)}
 
 
+async def password_work(request: Request, fn, *args):
+    """Runs a sign-up or sign-in (argon2: 64 MB and a good part of a second of CPU each) on
+    one of ``password_threads`` threads of its own: 40 concurrent sign-ups took 855 MB and
+    every thread of the pool, and /health of another client took 10 s; now the rest wait
+    without a thread and the other requests keep the pool."""
+    state = request.app.state
+    if getattr(state, "password_limiter", None) is None:  # made on the event loop that serves the app
+        state.password_limiter = anyio.CapacityLimiter(state.settings.password_threads)
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=state.password_limiter)
+
+
 @router.post("/auth/signup", status_code=201)
-def signup(body: SignUp, request: Request, db: Session = Depends(get_db)):
-    return _signed_in(request, auth.sign_up(db, body.email, body.password, body.team_name))
+async def signup(body: SignUp, request: Request, db: Session = Depends(get_db)):
+    user = await password_work(request, auth.sign_up, db, body.email, body.password, body.team_name)
+    return _signed_in(request, user)
 
 
 @router.post("/auth/login")
-def login(body: Login, request: Request, db: Session = Depends(get_db)):
-    user = auth.sign_in(db, request.app.state.login_limiter, body.email, body.password,
-                        request.client.host if request.client else None)
+async def login(body: Login, request: Request, response: Response, db: Session = Depends(get_db)):
+    user = await password_work(request, auth.sign_in, db, request.app.state.login_limiter, body.email, body.password,
+                               client_address(request), known_device(request, body.email))
+    remember_device(request, response, user.email)
     return _signed_in(request, user)
+
+
+def client_address(request: Request) -> str | None:
+    """The client's address: uvicorn takes it from X-Forwarded-For only when the request
+    comes from an address in FORWARDED_ALLOW_IPS (README: behind a reverse proxy)."""
+    return request.client.host if request.client else None
+
+
+def known_device(request: Request, email: str) -> str | None:
+    """The id of this browser's device cookie when it was issued for this account."""
+    return device_id(request.app.state.settings.resolved_secret_key, request.cookies.get(DEVICE_COOKIE), email)
+
+
+def remember_device(request: Request, response, email: str) -> None:
+    """After a successful sign-in: this browser is known to this account from now on."""
+    settings = request.app.state.settings
+    response.set_cookie(DEVICE_COOKIE, device_cookie(settings.resolved_secret_key, email), max_age=DEVICE_MAX_AGE,
+                        httponly=True, samesite="lax", secure=settings.cookie_secure)
 
 
 @router.post("/auth/logout")
@@ -96,7 +130,9 @@ def me(request: Request, c: Ctx = Depends(ctx)):
 
 @router.get("/base-models")
 def base_models(c: Ctx = Depends(ctx)):
-    return {"base_models": c.settings.base_model_list}
+    """The listed base models, and each one's kind and resolution (or why it is refused)."""
+    details = [m.to_dict() for m in base_model_choices(c.settings.base_model_list)]
+    return {"base_models": c.settings.base_model_list, "details": details}
 
 
 @router.get("/presets")
@@ -132,13 +168,23 @@ def delete_photo_set(photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return {"ok": True}
 
 
-async def read_uploads(files: list[UploadFile], max_bytes: int) -> list[tuple[str, bytes]]:
-    """Reads at most max_bytes + 1 of each file: enough to tell that it is too large."""
-    out = []
-    for f in files:
-        out.append((f.filename or "photo", await f.read(max_bytes + 1)))
-        await f.close()
-    return out
+async def add_uploaded_photos(request: Request, c: Ctx, photo_set_id: uuid.UUID,
+                              files: list[UploadFile]) -> photosets.UploadResult:
+    """Checks and stores the files on one of ``upload_threads`` threads of their own: a
+    flood of uploads waits for them without a thread (the other requests keep the
+    threadpool), and each file is read from its spooled copy only when its turn comes, so
+    that waiting uploads hold no file in memory."""
+    state = request.app.state
+    if getattr(state, "upload_limiter", None) is None:  # made on the event loop that serves the app
+        state.upload_limiter = anyio.CapacityLimiter(c.settings.upload_threads)
+    sources = [(f.filename or "photo", f.file) for f in files]
+    try:
+        return await anyio.to_thread.run_sync(
+            functools.partial(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, sources,
+                              state.decode_budget), limiter=state.upload_limiter)
+    finally:
+        for f in files:
+            await f.close()
 
 
 @router.post("/photo-sets/{photo_set_id}/photos")
@@ -146,8 +192,7 @@ async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[U
                         c: Ctx = Depends(ctx)):
     if len(files) > c.settings.max_photos:
         raise BadInput("send at most %(max)s files at once", params={"max": c.settings.max_photos})
-    data = await read_uploads(files, c.settings.max_upload_bytes)
-    result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
+    result = await add_uploaded_photos(request, c, photo_set_id, files)
     if result.refused and not result.added:  # nothing stored: a client error, with each reason
         reasons = [Message("%(file)s: %(reason)s", r) for r in result.refused[:5]]
         raise Unprocessable("no photo was added (%(reasons)s)", params={"reasons": reasons}, added=[],
@@ -162,6 +207,16 @@ def get_photo(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     if p is None:
         raise NotFound("photo not found")
     return ser.photo(p)
+
+
+class PhotoIn(BaseModel):
+    caption: str | None = Field(None, max_length=1000)
+
+
+@router.patch("/photos/{photo_id}")
+def update_photo(photo_id: uuid.UUID, body: PhotoIn, c: Ctx = Depends(ctx)):
+    """Sets the photo's caption (trained after the trigger words); "" or null removes it."""
+    return ser.photo(photosets.set_caption(c.db, c.team_id, photo_id, body.caption))
 
 
 @router.delete("/photos/{photo_id}")
@@ -186,7 +241,8 @@ def start_run(photo_set_id: uuid.UUID, body: RunIn, c: Ctx = Depends(ctx)):
 @router.get("/runs/{run_id}")
 def get_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
-    return ser.run(run, galleries=list(repo.galleries_of_run(c.db, run.id)), lang=c.lang)
+    return ser.run(run, galleries=list(repo.galleries_of_run(c.db, run.id)), lang=c.lang,
+                   queue=waiting.queue_spot(c.db, c.team_id, run))
 
 
 @router.delete("/runs/{run_id}")
@@ -219,14 +275,16 @@ def get_gallery(gallery_id: uuid.UUID, review: str | None = None, c: Ctx = Depen
     g = galleries.get_gallery(c.db, c.team_id, gallery_id)
     if review is not None and review not in galleries.REVIEWS:
         raise BadInput("review must be one of: new, approved, rejected")
-    out = ser.gallery(g, images=list(repo.images_of_gallery(c.db, g.id, review)), lang=c.lang)
+    out = ser.gallery(g, images=list(repo.images_of_gallery(c.db, g.id, review)), lang=c.lang,
+                      queue=waiting.queue_spot(c.db, c.team_id, g))
     out["packs"] = [ser.pack(p, lang=c.lang) for p in repo.packs_of_gallery(c.db, g.id)]
     return out
 
 
 @router.post("/galleries/{gallery_id}/more")
 def generate_more(gallery_id: uuid.UUID, body: MoreIn, c: Ctx = Depends(ctx)):
-    return ser.gallery(galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, body.n), lang=c.lang)
+    return ser.gallery(galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, body.n,
+                                                     c.settings.max_gallery_size), lang=c.lang)
 
 
 @router.post("/galleries/{gallery_id}/cancel")
@@ -251,7 +309,8 @@ def get_image(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
 def create_pack(gallery_id: uuid.UUID, body: PackIn, c: Ctx = Depends(ctx)):
     return ser.pack(packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=body.selection,
                                        format=body.format, size=body.size, image_ids=body.image_ids,
-                                       exclude_near_copies=body.exclude_near_copies, storage=c.storage), lang=c.lang)
+                                       exclude_near_copies=body.exclude_near_copies, storage=c.storage,
+                                       settings=c.settings), lang=c.lang)
 
 
 @router.get("/packs/{pack_id}")

@@ -9,7 +9,8 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app import repositories as repo
 from app.deps import Ctx, ctx
-from app.errors import NotFound, Unavailable
+from app import serializers as ser
+from app.errors import BadInput, NotFound, Unavailable
 from app.services import packs, runs
 from app.storage import ObjectNotFound, StorageError, run_prefix
 
@@ -83,11 +84,18 @@ def run_preview(run_id: uuid.UUID, index: int, c: Ctx = Depends(ctx)):
 
 
 @router.get("/runs/{run_id}/checkpoint/download")
-def checkpoint_download(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
+def checkpoint_download(run_id: uuid.UUID, format: str | None = None, c: Ctx = Depends(ctx)):
+    """The checkpoint's main file; ``format=kohya``: a LoRA run's kohya-layout file."""
     run = runs.get_run(c.db, c.team_id, run_id)
     if run.checkpoint is None:
         raise NotFound("this run has no checkpoint yet")
     ck = run.checkpoint
+    if format == "kohya":
+        if ser.KOHYA_FILE not in (ck.files or []):
+            raise NotFound("this checkpoint has no kohya-format LoRA file (only LoRA runs have one)")
+        return download(c, f"{ck.prefix}/{ser.KOHYA_FILE}", ser.kohya_download_name(ck), "application/octet-stream")
+    if format not in (None, "", "diffusers"):
+        raise BadInput("format must be diffusers or kohya")
     media = "application/zip" if ck.download_name.endswith(".zip") else "application/octet-stream"
     return download(c, ck.download_key, ck.download_name, media)
 

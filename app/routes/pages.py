@@ -14,13 +14,17 @@ from sqlalchemy.orm import Session
 
 from app import i18n
 from app import repositories as repo
+from app import serializers as ser
+from app.basemodels import base_model_choices
 from app.deps import Ctx, check_csrf, ctx, get_db
 from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
-from app.routes.api import read_uploads
+from app.routes.api import add_uploaded_photos, client_address, known_device, password_work, remember_device
 from app.security import csrf_token
 from app.setting_labels import SETTING_TEXTS
-from app.services import auth, galleries, packs, photosets, runs
+from app.demo_models import demo_model
+from app.imagecheck import colour_photos
+from app.services import auth, galleries, packs, photosets, runs, waiting
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
@@ -37,6 +41,7 @@ def _preset_label(context, name: str) -> str:
 
 
 templates.env.globals["preset_label"] = _preset_label
+templates.env.globals["demo_model"] = demo_model
 
 
 def flash(request: Request, message: str | Message, kind: str = "info") -> None:
@@ -48,7 +53,10 @@ def flash(request: Request, message: str | Message, kind: str = "info") -> None:
 def form_errors(request: Request, exc: ServiceError) -> dict:
     """A form's error for its template: beside the field it names (``field_errors``), or
     at the top of the form (``form_error``) when it is about the whole form."""
-    text = i18n.error_message(i18n.request_locale(request), exc)
+    lang = i18n.request_locale(request)
+    text = i18n.error_message(lang, exc)
+    if exc.extra.get("fields"):  # every field's problem (app.services.photosets._checked_fields)
+        return {"field_errors": {k: i18n.translate(lang, m) for k, m in exc.extra["fields"].items()}, "form_error": None}
     field = exc.extra.get("field")
     return {"field_errors": {field: text}, "form_error": None} if field else {"field_errors": {}, "form_error": text}
 
@@ -107,10 +115,10 @@ def signup_page(request: Request):
 
 
 @router.post("/signup", dependencies=[Depends(check_csrf)])
-def signup(request: Request, email: str = Form(""), password: str = Form(""), team_name: str = Form(""),
-           db: Session = Depends(get_db)):
+async def signup(request: Request, email: str = Form(""), password: str = Form(""), team_name: str = Form(""),
+                 db: Session = Depends(get_db)):
     try:
-        user = auth.sign_up(db, email, password, team_name)
+        user = await password_work(request, auth.sign_up, db, email, password, team_name)
     except ServiceError as exc:
         return render(request, "signup.html", status_code=exc.status_code, email=email, **form_errors(request, exc),
                       team_name=team_name)
@@ -125,17 +133,19 @@ def login_page(request: Request):
 
 
 @router.post("/login", dependencies=[Depends(check_csrf)])
-def login(request: Request, email: str = Form(""), password: str = Form(""), db: Session = Depends(get_db)):
+async def login(request: Request, email: str = Form(""), password: str = Form(""), db: Session = Depends(get_db)):
     try:
-        user = auth.sign_in(db, request.app.state.login_limiter, email, password,
-                            request.client.host if request.client else None)
+        user = await password_work(request, auth.sign_in, db, request.app.state.login_limiter, email, password,
+                                   client_address(request), known_device(request, email))
     except ServiceError as exc:
         response = render(request, "login.html", status_code=exc.status_code, email=email, **form_errors(request, exc))
         response.headers.update(exc.headers)
         return response
     request.session.clear()
     request.session["user_id"], request.session["epoch"] = str(user.id), user.session_epoch
-    return redirect("/")
+    response = redirect("/")
+    remember_device(request, response, user.email)
+    return response
 
 
 @router.post("/logout")
@@ -167,9 +177,17 @@ def create_photo_set(request: Request, name: str = Form(""), class_word: str = F
 @router.get("/photo-sets/{photo_set_id}")
 def photo_set_page(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     ps = photosets.get_photo_set(c.db, c.team_id, photo_set_id)
-    return render(request, "photo_set.html", user=c.user, ps=ps, photos=list(ps.photos),
+    photos = sorted(ps.photos, key=lambda p: (p.filename.lower(), p.created_at))  # as chosen, not as uploads finished
+    # Only the models a run can adapt are offered; notes and estimates follow the same list.
+    choices = [m for m in base_model_choices(c.settings.base_model_list) if m.refused is None]
+    models = [m.spec for m in choices]
+    grayscale_demo = [m for m in models if demo_model(m) and not demo_model(m).colour]
+    return render(request, "photo_set.html", user=c.user, ps=ps, photos=photos,
                   runs=repo.runs(c.db, c.team_id, ps.id), presets=PRESETS, expert_fields=EXPERT_FIELDS,
-                  setting_texts=SETTING_TEXTS, base_models=c.settings.base_model_list, settings=c.settings)
+                  setting_texts=SETTING_TEXTS, base_models=models, settings=c.settings,
+                  base_model_choices=choices,
+                  colour_photos=colour_photos(c.storage, photos) if grayscale_demo else 0,
+                  estimates={m: waiting.preset_estimates(c.db, m, c.settings.gallery_size) for m in models})
 
 
 @router.post("/photo-sets/{photo_set_id}/delete")
@@ -186,12 +204,9 @@ def delete_photo_set(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends
 async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[UploadFile] = File(...),
                         c: Ctx = Depends(ctx)):
     """The form upload without JavaScript; the page's drag and drop uses the JSON API."""
-    from starlette.concurrency import run_in_threadpool
-
-    data = await read_uploads(files[: c.settings.max_photos + 1], c.settings.max_upload_bytes)
     back = f"/photo-sets/{photo_set_id}"
     try:
-        result = await run_in_threadpool(photosets.add_photos, c.db, c.storage, c.settings, c.team_id, photo_set_id, data)
+        result = await add_uploaded_photos(request, c, photo_set_id, files[: c.settings.max_photos + 1])
     except NotFound:
         raise
     except ServiceError as exc:
@@ -218,6 +233,23 @@ def delete_photo(request: Request, photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return act(request, action, back)
 
 
+@router.post("/photos/{photo_id}/caption")
+async def photo_caption(request: Request, photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
+    form = await request.form()
+    from starlette.concurrency import run_in_threadpool
+
+    photo = repo.photo(c.db, c.team_id, photo_id)
+    if photo is None:
+        raise NotFound("photo not found")
+    back = f"/photo-sets/{photo.photo_set_id}"
+
+    def action():
+        photosets.set_caption(c.db, c.team_id, photo_id, str(form.get("caption") or ""))
+        return f"{back}#photo-{photo_id}"
+
+    return await run_in_threadpool(act, request, action, back)
+
+
 @router.post("/photo-sets/{photo_set_id}/runs")
 async def start_run(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     form = await request.form()
@@ -238,7 +270,9 @@ async def start_run(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(
 def run_page(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
     return render(request, "run.html", user=c.user, run=run, galleries=repo.galleries_of_run(c.db, run.id),
-                  setting_texts=SETTING_TEXTS, run_seconds=runs.run_seconds(run))
+                  setting_texts=SETTING_TEXTS, run_seconds=runs.run_seconds(run),
+                  checkpoint_downloads=ser.checkpoint_downloads(run.checkpoint) if run.checkpoint else [],
+                  queue=waiting.queue_spot(c.db, c.team_id, run))
 
 
 @router.post("/runs/{run_id}/cancel")
@@ -250,7 +284,8 @@ def cancel_run(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
 @router.post("/galleries/{gallery_id}/more")
 def generate_more(request: Request, gallery_id: uuid.UUID, n: str = Form("8"), c: Ctx = Depends(ctx)):
     back = f"/galleries/{gallery_id}"
-    return act(request, lambda: galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, n) and back, back)
+    limit = c.settings.max_gallery_size
+    return act(request, lambda: galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, n, limit) and back, back)
 
 
 @router.post("/runs/{run_id}/delete")

@@ -13,7 +13,9 @@ from app import repositories as repo
 from app.deps import Ctx, ctx
 from app.errors import BadInput, Message
 from app.routes.pages import _local_path, act, flash, redirect, render
-from app.services import galleries, packs
+from app.demo_models import guard_fits
+from app.imagecheck import colour_photos
+from app.services import galleries, packs, waiting
 
 pages = APIRouter(include_in_schema=False)
 api = APIRouter(prefix="/api", tags=["api"])
@@ -38,9 +40,12 @@ def gallery_page(request: Request, gallery_id: uuid.UUID, show: str = "", review
     # ``review`` is the filter's former name, kept so that old links still work
     view = galleries.gallery_page(c.db, c.team_id, gallery_id, show or review, page)
     g = view.gallery
+    photos = repo.photos_of_set(c.db, g.run.photo_set_id)
+    misfit_possible = g.feature_network and not guard_fits(g.feature_network, True)
     return render(request, "gallery.html", user=c.user, gallery=g, run=g.run, view=view,
-                  network=_network(request, g),
-                  photos=repo.photos_of_set(c.db, g.run.photo_set_id), packs=repo.packs_of_gallery(c.db, g.id),
+                  network=_network(request, g), queue=waiting.queue_spot(c.db, c.team_id, g),
+                  guard_fits=not (misfit_possible and colour_photos(c.storage, photos)),
+                  photos=photos, packs=repo.packs_of_gallery(c.db, g.id),
                   formats=packs.FORMATS, sizes=packs.SIZES, size_labels=packs.size_labels,
                   here=_gallery_url(g.id, view.show, view.page),
                   next_url=_gallery_url(g.id, view.show, view.page + 1) if view.page < view.pages else "",
@@ -51,8 +56,10 @@ def gallery_page(request: Request, gallery_id: uuid.UUID, show: str = "", review
 def image_page(request: Request, image_id: uuid.UUID, show: str = "", c: Ctx = Depends(ctx)):
     v = galleries.image_view(c.db, c.team_id, image_id, show)
     suffix = f"?show={v.show}" if v.show else ""
+    misfit_possible = v.nearest_photo is not None and not guard_fits(v.gallery.feature_network, True)
     return render(request, "image.html", user=c.user, v=v, image=v.image, gallery=v.gallery, run=v.gallery.run,
                   network=_network(request, v.gallery),
+                  guard_fits=not (misfit_possible and colour_photos(c.storage, [v.nearest_photo])),
                   prev_url=f"/images/{v.prev_id}{suffix}" if v.prev_id else "",
                   next_url=f"/images/{v.next_id}{suffix}" if v.next_id else "",
                   back_url=_gallery_url(v.gallery.id, v.show))
@@ -93,7 +100,8 @@ def create_pack(request: Request, gallery_id: uuid.UUID, selection: str = Form("
     def action():
         chosen = _selected(c, gallery_id, selection, image_ids, apply_all)
         packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=selection, format=format, size=size,
-                           image_ids=chosen, exclude_near_copies=exclude_near_copies, storage=c.storage)
+                           image_ids=chosen, exclude_near_copies=exclude_near_copies, storage=c.storage,
+                           settings=c.settings)
         flash(request, Message("the pack is being built; it appears below when ready"))
         return back + "#packs"
 

@@ -8,21 +8,17 @@ from sqlalchemy.orm import Session
 from app import repositories as repo
 from app.errors import BadInput, Conflict, TooManyRequests
 from app.models import Team, User
+from app.passwords import check_password
 from app.security import hash_password, verify_password
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-MIN_PASSWORD = 10
 
 
 def sign_up(db: Session, email: str, password: str, team_name: str | None = None) -> User:
     email = (email or "").strip().lower()
     if not EMAIL_RE.match(email) or len(email) > 320:
         raise BadInput("enter a valid email address", field="email")
-    if len(password or "") < MIN_PASSWORD:
-        raise BadInput("the password must have at least %(min)s characters", params={"min": MIN_PASSWORD},
-                       field="password")
-    if len(password) > 1000:
-        raise BadInput("the password is too long", field="password")
+    check_password(password or "", email)
     if repo.user_by_email(db, email):
         raise Conflict("an account with this email already exists", field="email")
     team = Team(name=(team_name or "").strip()[:200] or f"{email.split('@')[0]}'s team")
@@ -49,17 +45,19 @@ def authenticate(db: Session, email: str, password: str) -> User | None:
     return user
 
 
-def sign_in(db: Session, limiter, email: str, password: str, client_ip: str | None) -> User:
-    """authenticate() behind the sign-in limit: 429 after too many failures, 400 when wrong."""
-    wait = limiter.retry_after(email, client_ip)
+def sign_in(db: Session, limiter, email: str, password: str, client_ip: str | None, device: str | None = None) -> User:
+    """authenticate() behind the sign-in limit (app/ratelimit.py): 429 while the client
+    must wait, 400 when wrong. ``device``: the id of this browser's device cookie for this
+    account (a browser that signed in to it before), which only its own failures slow down."""
+    wait = limiter.retry_after(email, client_ip, device)
     if wait:
         raise TooManyRequests("too many failed sign-ins; try again in %(wait)s seconds", params={"wait": wait},
                               headers={"Retry-After": str(wait)})
     user = authenticate(db, email, password)
     if user is None:
-        limiter.failed(email, client_ip)
+        limiter.failed(email, client_ip, device)
         raise BadInput("wrong email or password")
-    limiter.succeeded(email)
+    limiter.succeeded(email, client_ip, device)
     return user
 
 

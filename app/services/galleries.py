@@ -44,7 +44,8 @@ def get_gallery(db: Session, team_id, gallery_id) -> Gallery:
     return gallery
 
 
-def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n) -> Gallery:
+def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n, limit: int = MAX_GALLERY) -> Gallery:
+    """``limit``: the server's max_gallery_size."""
     gallery = get_gallery(db, team_id, gallery_id)
     try:
         n = int(n)
@@ -52,16 +53,16 @@ def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n) -> Galle
         raise BadInput("the number of images must be a whole number") from None
     if not 1 <= n <= 256:
         raise BadInput("generate between 1 and 256 more images at a time")
-    if gallery.size + n > MAX_GALLERY:
-        raise BadInput("a gallery holds at most %(max)s images", params={"max": MAX_GALLERY})
+    if gallery.size + n > limit:
+        raise BadInput("a gallery holds at most %(max)s images", params={"max": limit})
     if gallery.status in ("queued", "running"):
         raise Conflict("this gallery is still being generated; wait until it is done")
     gallery.size += n
-    gallery.status, gallery.cancel_requested = "queued", False
+    gallery.status, gallery.cancel_requested, gallery.sent_at = "queued", False, None
     set_error(gallery, None)
     db.commit()
     try:
-        queue.send(SAMPLE_GALLERY, gallery.id)
+        queue.send_row(db, Gallery, SAMPLE_GALLERY, gallery.id)
     except Unavailable:
         gallery.status = "failed"
         set_error(gallery, Message("the job queue was unreachable; ask for more images again"))

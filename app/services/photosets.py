@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
 from app.errors import N_, BadInput, Conflict, Message, NotFound, Unavailable
-from app.imagecheck import PhotoRejected, check_photo, clean_filename
+from app.imagecheck import CheckedPhoto, DecodeBudget, PhotoRejected, clean_filename, decode_photo, read_header
 from app.models import PendingDeletion, Photo, PhotoSet
+from app.services import quotas
 from app.settings import Settings
 from app.storage import (Storage, StorageError, gallery_prefix, pack_key, photo_key, photo_thumb_key, run_prefix,
                          team_prefix)
@@ -19,7 +24,8 @@ ACTIVE = ("queued", "running")
 
 
 # the form fields' names as the user reads them in an error (translated when shown)
-FIELD_LABELS = {"name": N_("name"), "class_word": N_("class word"), "notes": N_("notes")}
+FIELD_LABELS = {"name": N_("name"), "class_word": N_("class word"), "notes": N_("notes"), "caption": N_("caption")}
+MAX_CAPTION = 500  # as the core's (worker/domainstudio/data.py)
 
 
 def _text(value: str | None, key: str, limit: int, required: bool = True) -> str:
@@ -33,13 +39,25 @@ def _text(value: str | None, key: str, limit: int, required: bool = True) -> str
     return value
 
 
+def _checked_fields(checks: dict[str, tuple]) -> dict[str, str]:
+    """Each field checked by ``_text``; every field's problem at once (``fields``: name ->
+    Message), so a form flags all of them, not only the first."""
+    values, problems, first = {}, {}, None
+    for key, (value, limit, required) in checks.items():
+        try:
+            values[key] = _text(value, key, limit, required)
+        except BadInput as exc:
+            problems[key] = Message(exc.msgid, exc.params)
+            first = first or exc
+    if first is not None:
+        raise BadInput(first.msgid, params=first.params, field=first.extra["field"], fields=problems)
+    return values
+
+
 def create_photo_set(db: Session, team_id, name: str, class_word: str, notes: str = "") -> PhotoSet:
-    ps = PhotoSet(
-        team_id=team_id,
-        name=_text(name, "name", 200),
-        class_word=_text(class_word, "class_word", 100),
-        notes=_text(notes, "notes", 5000, required=False),
-    )
+    values = _checked_fields({"name": (name, 200, True), "class_word": (class_word, 100, True),
+                              "notes": (notes, 5000, False)})
+    ps = PhotoSet(team_id=team_id, **values)
     db.add(ps)
     db.commit()
     return ps
@@ -57,78 +75,195 @@ class UploadResult:
     added: list[Photo] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)  # {"file": name, "reason": Message saying why}
 
+    def refuse(self, name: str, reason: Message) -> None:
+        self.refused.append({"file": name, "reason": reason})
+
+
+@dataclass
+class _Candidate:
+    """A checked photo whose objects are written, waiting for its row."""
+    name: str
+    checked: CheckedPhoto
+    key: str
+    thumb_key: str
+
+
+# (photo set, sha256) of the photos being checked or stored by an upload in this process:
+# a second upload of the same photo meanwhile is told so before it decodes anything
+_in_flight: set[tuple[uuid.UUID, str]] = set()
+_in_flight_lock = threading.Lock()
+
+
+def _claim(photo_set_id: uuid.UUID, sha: str, mine: set) -> bool:
+    with _in_flight_lock:
+        if (photo_set_id, sha) in _in_flight:
+            return False
+        _in_flight.add((photo_set_id, sha))
+    mine.add((photo_set_id, sha))
+    return True
+
+
+def _release(mine: set) -> None:
+    with _in_flight_lock:
+        _in_flight.difference_update(mine)
+
 
 def add_photos(
-    db: Session, storage: Storage, settings: Settings, team_id, photo_set_id, files: list[tuple[str, bytes]]
+    db: Session, storage: Storage, settings: Settings, team_id, photo_set_id, files: list[tuple[str, bytes | BinaryIO]],
+    decode_budget: DecodeBudget | None = None,
 ) -> UploadResult:
     """Check each file, store the accepted ones, then insert their rows in one commit.
-    If storing or committing fails, the objects written by this call are removed again."""
+
+    The cheap checks (size, format, pixels from the header, the duplicate check on the
+    bytes' hash, room in the set, the request's pixel budget) come before any decoding;
+    decoding waits for room in the process's ``decode_budget``. No database connection is
+    held while files are checked and stored; the rows are inserted under a lock on the
+    photo set, which re-reads its photos, so concurrent uploads of the same photo each get
+    their "duplicate" answer and the set never holds more than ``max_photos``. If storing
+    or committing fails, the objects written by this call are removed again."""
     ps = repo.photo_set(db, team_id, photo_set_id)
     if ps is None:
         raise NotFound("photo set not found")
+    ps_id = ps.id
+    quotas.check_storage(db, settings, team_id)
+    seen = repo.photo_hashes(db, ps_id)
+    room = settings.max_photos - repo.photo_count(db, ps_id)
+    db.rollback()  # hand the connection back while the files are checked (seconds for large ones)
     result = UploadResult()
-    seen = repo.photo_hashes(db, ps.id)
-    room = settings.max_photos - repo.photo_count(db, ps.id)
     written: list[str] = []
+    mine: set = set()
     try:
-        for raw_name, data in files:
-            name = clean_filename(raw_name)
-            try:
-                checked = check_photo(
-                    data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
-                    min_side=settings.min_pixels_side,
-                )
-            except PhotoRejected as exc:
-                result.refused.append({"file": name, "reason": exc.reason})
-                continue
-            if checked.sha256 in seen:
-                result.refused.append({"file": name, "reason": Message("duplicate: the same photo is already in this set")})
-                continue
-            if room <= 0:
-                result.refused.append(
-                    {"file": name, "reason": Message("the photo set already holds the maximum of %(max)s photos",
-                                                     {"max": settings.max_photos})}
-                )
-                continue
-            photo_id = uuid.uuid4()
-            # keys named by content: a retry after a failed upload writes the same keys, so
-            # objects a failed attempt could not remove are taken over, never duplicated
-            key = photo_key(team_id, ps.id, checked.sha256, checked.ext)
-            thumb_key = photo_thumb_key(team_id, ps.id, checked.sha256)
-            storage.put_bytes(key, checked.data, checked.content_type)
-            written.append(key)
-            storage.put_bytes(thumb_key, checked.thumbnail, "image/jpeg")
-            written.append(thumb_key)
-            photo = Photo(
-                id=photo_id, team_id=team_id, photo_set_id=ps.id, filename=name, sha256=checked.sha256,
-                content_type=checked.content_type, width=checked.width, height=checked.height,
-                size_bytes=len(checked.data), key=key, thumb_key=thumb_key,
-            )
-            db.add(photo)
-            result.added.append(photo)
-            seen.add(checked.sha256)
-            room -= 1
-        db.commit()
+        candidates = _check_and_store(storage, settings, team_id, ps_id, files, seen, room, decode_budget,
+                                      result, written, mine)
+        _insert_photos(db, settings, team_id, ps_id, candidates, result)
+        leftovers = [k for c in candidates if c.checked.sha256 not in {p.sha256 for p in result.added}
+                     for k in (c.key, c.thumb_key)]
+        if leftovers:  # refused at insert time: a concurrent upload took the place or the photo
+            _remove_unreferenced(db, storage, ps_id, leftovers)
     except BaseException as exc:
         db.rollback()
-        try:  # a concurrent upload of the same photo committed first: its objects are its own
-            kept = {p.key for p in repo.photos_of_set(db, ps.id)} | {p.thumb_key for p in repo.photos_of_set(db, ps.id)}
-        except Exception:
-            kept = set()
-        unreachable = False
-        for key in (k for k in written if k not in kept):
-            try:
-                if unreachable:  # do not wait out the store's retries once per object
-                    raise StorageError("skipped after an earlier failure")
-                storage.delete(key)
-            except StorageError:
-                unreachable = True
-                log.error("photo.cleanup.failed", extra={"key": key})
+        _remove_unreferenced(db, storage, ps_id, written)
         if isinstance(exc, StorageError):
             raise Unavailable("the object store is unreachable; no photo was saved, please retry") from exc
         raise
-    log.info("photo_set.photos.added", extra={"photo_set": str(ps.id), "added": len(result.added)})
+    finally:
+        _release(mine)
+    log.info("photo_set.photos.added", extra={"photo_set": str(ps_id), "added": len(result.added)})
     return result
+
+
+def _check_and_store(storage: Storage, settings: Settings, team_id, ps_id, files, seen: set, room: int,
+                     decode_budget: DecodeBudget | None, result: UploadResult, written: list[str],
+                     mine: set) -> list[_Candidate]:
+    candidates: list[_Candidate] = []
+    pixels_left = settings.max_request_pixels
+    for raw_name, source in files:
+        name = clean_filename(raw_name)
+        # a file object (the request's spooled copy) is read only now, at most one byte over the limit
+        data = source if isinstance(source, bytes) else source.read(settings.max_upload_bytes + 1)
+        try:
+            header = read_header(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+                                 min_side=settings.min_pixels_side)
+        except PhotoRejected as exc:
+            result.refused.append({"file": name, "reason": exc.reason})
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in seen:
+            result.refuse(name, Message("duplicate: the same photo is already in this set"))
+            continue
+        if len(candidates) >= room:
+            result.refuse(name, Message("the photo set already holds the maximum of %(max)s photos",
+                                        {"max": settings.max_photos}))
+            continue
+        if header.decode_pixels > pixels_left:
+            result.refuse(name, Message("the photos of this upload have more than %(limit)s pixels together; "
+                                        "send this one in another upload",
+                                        {"limit": format(settings.max_request_pixels, ",")}))
+            continue
+        if not _claim(ps_id, sha, mine):
+            result.refuse(name, Message("duplicate: another upload is adding the same photo to this set"))
+            continue
+        try:
+            with decode_budget.hold(header.decode_pixels) if decode_budget else nullcontext():
+                checked = decode_photo(data, header)
+        except PhotoRejected as exc:
+            result.refused.append({"file": name, "reason": exc.reason})
+            continue
+        pixels_left -= header.decode_pixels
+        seen.add(sha)
+        # keys named by content: a retry after a failed upload writes the same keys, so
+        # objects a failed attempt could not remove are taken over, never duplicated
+        key = photo_key(team_id, ps_id, checked.sha256, checked.ext)
+        thumb_key = photo_thumb_key(team_id, ps_id, checked.sha256)
+        storage.put_bytes(key, checked.data, checked.content_type)
+        written.append(key)
+        storage.put_bytes(thumb_key, checked.thumbnail, "image/jpeg")
+        written.append(thumb_key)
+        candidates.append(_Candidate(name, checked, key, thumb_key))
+    return candidates
+
+
+def _insert_photos(db: Session, settings: Settings, team_id, ps_id, candidates: list[_Candidate],
+                   result: UploadResult) -> None:
+    """The rows, under the photo set's lock, against its photos as they are now."""
+    if not candidates:
+        return
+    repo.lock_photo_set(db, ps_id)
+    seen = repo.photo_hashes(db, ps_id)
+    room = settings.max_photos - repo.photo_count(db, ps_id)
+    for c in candidates:
+        if c.checked.sha256 in seen:
+            result.refuse(c.name, Message("duplicate: the same photo is already in this set"))
+            continue
+        if room <= 0:
+            result.refuse(c.name, Message("the photo set already holds the maximum of %(max)s photos",
+                                          {"max": settings.max_photos}))
+            continue
+        photo = Photo(
+            id=uuid.uuid4(), team_id=team_id, photo_set_id=ps_id, filename=c.name, sha256=c.checked.sha256,
+            content_type=c.checked.content_type, width=c.checked.width, height=c.checked.height,
+            size_bytes=len(c.checked.data), key=c.key, thumb_key=c.thumb_key,
+        )
+        db.add(photo)
+        result.added.append(photo)
+        seen.add(c.checked.sha256)
+        room -= 1
+    db.commit()
+
+
+def _remove_unreferenced(db: Session, storage: Storage, ps_id, keys: list[str]) -> None:
+    """Objects this upload wrote that no photo row points at. A concurrent upload of the
+    same photo that committed first owns the same keys: those stay."""
+    try:
+        photos = repo.photos_of_set(db, ps_id)
+        kept = {p.key for p in photos} | {p.thumb_key for p in photos}
+        db.rollback()
+    except Exception:
+        kept = set()
+    unreachable = False
+    for key in (k for k in keys if k not in kept):
+        try:
+            if unreachable:  # do not wait out the store's retries once per object
+                raise StorageError("skipped after an earlier failure")
+            storage.delete(key)
+        except StorageError:
+            unreachable = True
+            log.error("photo.cleanup.failed", extra={"key": key})
+
+
+def set_caption(db: Session, team_id, photo_id, caption: str | None) -> Photo:
+    """The photo's caption, trained after the trigger words; empty removes it. On one line:
+    the worker writes it into photo.txt, which the core reads as one caption."""
+    photo = repo.photo(db, team_id, photo_id)
+    if photo is None:
+        raise NotFound("photo not found")
+    text = " ".join(_text(caption, "caption", MAX_CAPTION * 2, required=False).split())
+    if len(text) > MAX_CAPTION:
+        raise BadInput("%(field)s must be at most %(limit)s characters",
+                       params={"field": Message(FIELD_LABELS["caption"]), "limit": MAX_CAPTION}, field="caption")
+    photo.caption = text or None
+    db.commit()
+    return photo
 
 
 def delete_photo(db: Session, storage: Storage, team_id, photo_id) -> None:

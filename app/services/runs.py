@@ -9,7 +9,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.errors import BadInput, Message, NotFound, Unavailable, set_error
+from app import runlimits
+from app.basemodels import check_base_model
+from app.services import quotas
+from app.errors import BadInput, Message, NotFound, TooManyRequests, Unavailable, set_error
 from app.jobs import ADAPT_RUN, JobQueue
 from app.models import Gallery, Run
 from app.presets import SettingsError, build_settings
@@ -18,7 +21,9 @@ from app.settings import Settings
 log = logging.getLogger("domainstudio.runs")
 TERMINAL = ("succeeded", "failed", "canceled")
 # the stages a run's time goes to, in order (runs.stage_times; the report shows them so)
-STAGES = ("queued", "download", "adapt", "publish", "gallery")
+STAGES = ("queued", "download", "adapt", "publish", "gallery_queued", "gallery")
+# the run's own stages, up to its checkpoint: what the run page's "Elapsed" adds up
+RUN_STAGES = STAGES[:4]
 # loss chart points kept per run: enough for a smooth curve, small enough that a 100k-step
 # run's row stays a few hundred kilobytes
 MAX_LOSS_POINTS = 1000
@@ -41,17 +46,26 @@ def start_run(
     if base_model not in allowed:
         raise BadInput("unknown base model %(model)s; choose one of: %(choices)s",
                        params={"model": repr(base_model), "choices": ", ".join(allowed)})
+    check_base_model(base_model)
     gallery_size = settings.gallery_size if gallery_size in (None, "") else gallery_size
     try:
         gallery_size = int(gallery_size)
     except (TypeError, ValueError):
         raise BadInput("gallery size must be a whole number") from None
-    if not 1 <= gallery_size <= 1000:
-        raise BadInput("gallery size must be between 1 and 1000")
+    if not 1 <= gallery_size <= settings.max_gallery_size:
+        raise BadInput("gallery size must be between 1 and %(max)s", params={"max": settings.max_gallery_size})
     try:
         run_settings = build_settings(preset, base_model, ps.class_word, expert or {}, settings.device)
     except SettingsError as exc:
         raise BadInput(exc.reason.msgid, params=exc.reason.params) from None
+    check_what_the_worker_can_do(settings, base_model, run_settings, n)
+    quotas.check_storage(db, settings, team_id)
+    repo.lock_team(db, team_id)  # two runs started at once are counted one after the other
+    active = repo.active_runs(db, team_id)
+    if active >= settings.max_active_runs_per_team:
+        db.rollback()
+        raise TooManyRequests("your team has %(n)s runs waiting or training, the most it may have; "
+                              "wait for one to finish or cancel one", params={"n": active})
     run = Run(
         team_id=team_id, photo_set_id=ps.id, preset=preset, base_model=base_model, settings=run_settings,
         gallery_size=gallery_size, status="queued", total_steps=run_settings["steps"],
@@ -59,7 +73,7 @@ def start_run(
     db.add(run)
     db.commit()  # the job is sent only once the row is committed
     try:
-        queue.send(ADAPT_RUN, run.id)
+        queue.send_row(db, Run, ADAPT_RUN, run.id)
     except Unavailable:
         run.status, run.finished_at = "failed", _now()
         set_error(run, Message("the job queue was unreachable; start the run again"))
@@ -67,6 +81,29 @@ def start_run(
         raise
     log.info("run.queued", extra={"run": str(run.id), "preset": preset, "base_model": base_model})
     return run
+
+
+def check_what_the_worker_can_do(settings: Settings, base_model: str, run_settings: dict, num_photos: int) -> None:
+    """Refuses at creation what the worker would refuse or could not hold: too many steps,
+    LoRA on an unconditional model, a training step that needs more memory than a worker has."""
+    if run_settings["steps"] > settings.max_run_steps:
+        raise BadInput("a run may train at most %(max)s steps on this server", params={"max": settings.max_run_steps})
+    facts = runlimits.model_facts(base_model)
+    if facts is None:  # a model whose size cannot be read without loading it: the worker judges
+        log.info("run.estimate.skipped", extra={"base_model": base_model})
+        return
+    if facts.kind == runlimits.UNCONDITIONAL and run_settings.get("mode") == "lora":
+        raise BadInput("lora mode is for text-to-image models; use mode full for an unconditional model")
+    values = runlimits.resolved(facts, run_settings, num_photos)
+    need = runlimits.estimate_mb(facts, values)
+    if need > settings.worker_memory_mb:
+        raise BadInput("a training step with these settings needs about %(need)s MB of memory and the workers "
+                       "have %(budget)s MB; lower the resolution (%(resolution)s), the batch size (%(batch)s) "
+                       "or the similarity samples (%(samples)s)",
+                       params={"need": format(round(need, -2), ",.0f"),
+                               "budget": format(settings.worker_memory_mb, ","),
+                               "resolution": values["resolution"], "batch": values["batch_size"],
+                               "samples": values["num_similarity_samples"]})
 
 
 def get_run(db: Session, team_id, run_id) -> Run:
@@ -143,13 +180,16 @@ def total_seconds(times: Mapping[str, float | None] | None) -> float | None:
 
 
 def run_seconds(run: Run, now: datetime | None = None) -> float | None:
-    """What the run page shows as "Elapsed": while the run is queued or running, the time
-    since it was created (the wait in the queue included, as in the report); once it is
-    finished, the report's total. Not the core's ``elapsed_seconds``: that is the time of the
-    training loop alone (of this attempt), without the queue, the download, loading the
-    base model and saving the checkpoint."""
+    """What the run page shows as "Elapsed", the time the user has waited for the run since
+    starting it: while it is queued or running, the time since it was created (the wait in
+    the queue included, shown beside it); once it is finished, its stages up to the
+    checkpoint, so the figure stays put while the gallery is generated (the report's total
+    adds the gallery). Not the core's ``elapsed_seconds``: that is the time of the training
+    loop alone (of this attempt), without the queue, the download, loading the base model
+    and saving the checkpoint."""
     if run.status in TERMINAL:
-        total = total_seconds(run.stage_times)
+        times = run.stage_times or {}
+        total = total_seconds({s: times[s] for s in RUN_STAGES if s in times})
         if total is None and run.finished_at is not None:  # canceled in the queue: nothing measured
             total = (_aware(run.finished_at) - _aware(run.created_at)).total_seconds()
         return total

@@ -125,8 +125,51 @@ def test_run_form_explains_the_demo_model_only_when_it_is_offered(make_client, l
     demo = make_client(local_pg_settings.model_copy(update={"base_models": "builtin:fmnist-sd-32,builtin:tiny-sd"}))
     sign_up(demo)
     page = demo.get(f"/photo-sets/{new_photo_set(demo, n_photos=0)}").text
-    assert 'id="demo-model-note"' in page and "32×32 grey" in page and "Stable Diffusion model" in page
-    assert "ankle boot, shoe" in page and "draws without a prompt" not in page  # only the offered model
+    assert 'class="help demo-model-note"' in page and "Stable Diffusion model (1.x, 2.x or SDXL)" in page
+    assert 'data-model="builtin:fmnist-sd-32"' in page and "32×32 grey pictures" in page and "ankle boot and shoe" in page
+    assert "fmnist-ddpm-32" not in page  # only the offered demo model
     plain = make_client(local_pg_settings.model_copy(update={"base_models": "builtin:tiny-sd"}))
     sign_up(plain)
-    assert 'id="demo-model-note"' not in plain.get(f"/photo-sets/{new_photo_set(plain, n_photos=0)}").text
+    assert "demo-model-note" not in plain.get(f"/photo-sets/{new_photo_set(plain, n_photos=0)}").text
+
+
+def test_base_models_are_listed_with_their_kind_and_unadaptable_ones_refused(make_client, local_pg_settings, tmp_path):
+    """SDXL shows as SDXL with its resolution; a Flux folder the administrator listed is not
+    offered, and a run on it is refused naming the supported kinds."""
+    import json
+
+    flux = tmp_path / "flux-dev"
+    flux.mkdir()
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "transformer": ["diffusers", "x"]}))
+    client = make_client(local_pg_settings.model_copy(update={"base_models": f"builtin:tiny-sdxl,{flux}"}))
+    sign_up(client)
+    details = {d["spec"]: d for d in client.get("/api/base-models").json()["details"]}
+    assert details["builtin:tiny-sdxl"]["kind"] == "SDXL" and details["builtin:tiny-sdxl"]["resolution"] == 32
+    assert "is a Flux model" in details[str(flux)]["refused"] and "SDXL" in details[str(flux)]["refused"]
+
+    ps = new_photo_set(client, n_photos=10)
+    page = client.get(f"/photo-sets/{ps}").text
+    assert "builtin:tiny-sdxl (SDXL, 32 px)" in page
+    assert f'value="{flux}"' not in page
+    r = client.post(f"/api/photo-sets/{ps}/runs", json={"preset": "quick", "base_model": str(flux)})
+    assert r.status_code == 400 and "does not adapt" in r.text and "Stable Diffusion 1.x and 2.x" in r.text
+    assert client.get(f"/api/photo-sets/{ps}/runs").json()["runs"] == []  # nothing half-made
+
+
+def test_captions_are_edited_on_the_photo_set_page_and_in_the_api(make_client, local_pg_settings):
+    client = make_client(local_pg_settings)
+    sign_up(client)
+    ps = new_photo_set(client, n_photos=2)
+    photo = client.get(f"/api/photo-sets/{ps}").json()["photos"][0]
+    page = client.get(f"/photo-sets/{ps}").text
+    assert f'action="/photos/{photo["id"]}/caption"' in page and 'id="caption-help"' in page
+    r = client.post(f"/photos/{photo['id']}/caption", data={"caption": "in the snow", "csrf_token": form_token(page)})
+    assert r.status_code == 200 and 'value="in the snow"' in r.text
+    assert client.get(f"/api/photos/{photo['id']}").json()["caption"] == "in the snow"
+    r = client.patch(f"/api/photos/{photo['id']}", json={"caption": "x" * 501})
+    assert r.status_code == 400 and "at most 500 characters" in r.text
+    assert client.get(f"/api/photos/{photo['id']}").json()["caption"] == "in the snow"  # unchanged
+    assert client.patch(f"/api/photos/{photo['id']}", json={"caption": ""}).json()["caption"] == ""
+    other = make_client(local_pg_settings)
+    sign_up(other)
+    assert other.patch(f"/api/photos/{photo['id']}", json={"caption": "mine"}).status_code == 404

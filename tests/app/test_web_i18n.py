@@ -24,7 +24,7 @@ import translations  # noqa: E402  (scripts/translations.py)
 ALLOWED = {
     "domainstudio", "zip", "jpeg", "png", "webp", "csv", "json", "lora", "px", "b", "kb", "mb", "gb", "tb", "gpu",
     "cpu", "ema", "mse", "adamw", "unet", "vae", "ddpm", "fp", "bf", "fashion", "mnist", "stable", "diffusion", "clip",
-    "dino", "id", "api", "url", "cuda", "diffusers", "lpips", "intra", "utc",
+    "dino", "id", "api", "url", "cuda", "diffusers", "lpips", "intra", "utc", "sdpa",
 }
 # text a user typed, ids and file names: not the interface's words
 DATA_PATTERNS = [
@@ -179,7 +179,14 @@ def test_api_errors_come_back_in_japanese_and_english_stays_the_same(make_client
     r = client.post("/api/photo-sets", json={"name": "", "class_word": "bottle"}, headers={"Accept-Language": "ja"})
     assert r.status_code == 400 and r.json()["detail"] == "名前を入力してください"
     r = client.post("/api/photo-sets", json={"name": "", "class_word": "bottle"})
-    assert r.json() == {"detail": "name is required", "field": "name"}
+    assert r.json() == {"detail": "name is required", "field": "name", "fields": {"name": "name is required"}}
+    # an empty form: every field's problem at once, in the API and beside each field of the page
+    r = client.post("/api/photo-sets", json={"name": "", "class_word": ""}, headers={"Accept-Language": "ja"})
+    assert r.json()["fields"] == {"name": "名前を入力してください", "class_word": r.json()["fields"]["class_word"]}
+    assert r.json()["fields"]["class_word"] != r.json()["fields"]["name"]
+    token = client.headers["X-CSRF-Token"]
+    page = client.post("/photo-sets", data={"name": "", "class_word": "", "csrf_token": token}).text
+    assert page.count('aria-invalid="true"') == 2 and "class word is required" in page
     ps = client.post("/api/photo-sets", json={"name": "Mugs", "class_word": "mug"}).json()["id"]
     r = client.post(f"/api/photo-sets/{ps}/runs", json={"preset": "quick"}, headers={"Accept-Language": "ja"})
     assert r.status_code == 400 and "10" in r.json()["detail"] and "写真" in r.json()["detail"], r.json()

@@ -36,6 +36,8 @@ def call(client, method: str, path: str, ids: dict):
         return client.get(url, follow_redirects=False)
     if method == "DELETE":
         return client.delete(url, follow_redirects=False)
+    if method == "PATCH":
+        return client.patch(url, json={"caption": "changed by another team"}, follow_redirects=False)
     if path.endswith("/photos"):
         return client.post(url, files=[("files", ("x.png", png_bytes(99), "image/png"))], data={"csrf_token": token},
                            follow_redirects=False)
@@ -68,6 +70,7 @@ def test_every_route_answers_404_to_another_team(team_a, make_client, local_pg_s
     assert ps["photo_count"] == 10
     assert owner.get(f"/api/images/{ids['image_id']}").json()["review"] == "approved"
     assert owner.get(f"/api/runs/{ids['run_id']}").json()["status"] == "succeeded"
+    assert owner.get(f"/api/photos/{ids['photo_id']}").json()["caption"] == ""
     assert len(owner.get(f"/api/photo-sets/{ids['photo_set_id']}/runs").json()["runs"]) == 1
     assert owner.get(f"/packs/{ids['pack_id']}/download").content == b"zip"
     # and the intruder's lists are empty

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import threading
 import time
 import uuid
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from app import runwatch
 from app.models import Checkpoint, Gallery, Run
 from app.routes import live
 from app.services.runs import MAX_LOSS_POINTS, add_loss_point, loss_point, with_stage_time
@@ -200,7 +202,7 @@ def test_event_stream_has_a_bounded_lifetime_and_is_team_scoped(make_client, loc
         raise OperationalError("SELECT", {}, Exception("connection refused"))
 
     with monkeypatch.context() as patch, Captured("domainstudio.live") as logs:
-        patch.setattr(live, "_snapshot", unreachable)
+        patch.setattr(runwatch, "fetch_runs", unreachable)
         r = owner.get(f"/api/runs/{run_id}/events")
     assert r.status_code == 200 and parse_events(r.text) == []
     assert [rec.reason for rec in logs.records] == ["database error: OperationalError"]
@@ -211,10 +213,9 @@ def test_event_stream_has_a_bounded_lifetime_and_is_team_scoped(make_client, loc
     assert [rec.reason for rec in logs.records] == ["canceled"]
 
 
-@pytest.fixture
-def embedded_server(tmp_path, monkeypatch):
+def start_embedded(tmp_path, monkeypatch, **over):
     """The app as the embedded default serves it: its uvicorn server, SQLite, the local
-    object folder."""
+    object folder (``over``: other settings)."""
     import uvicorn
 
     from app.embedded import make_server
@@ -222,7 +223,7 @@ def embedded_server(tmp_path, monkeypatch):
     from app.migrate import upgrade
     from app.settings import Settings
 
-    settings = Settings(data_dir=tmp_path, secret_key="live-test-secret", base_models="builtin:tiny-ddpm")
+    settings = Settings(data_dir=tmp_path, secret_key="live-test-secret", base_models="builtin:tiny-ddpm", **over)
     upgrade(settings.resolved_database_url)
     monkeypatch.setattr(live, "_stopping", threading.Event())  # a stop here stops no other test's streams
     app = create_app(settings)
@@ -230,7 +231,13 @@ def embedded_server(tmp_path, monkeypatch):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started, 20, "uvicorn")
-    yield app, f"http://127.0.0.1:{server.config.port}", server, thread
+    return app, f"http://127.0.0.1:{server.config.port}", server, thread
+
+
+@pytest.fixture
+def embedded_server(tmp_path, monkeypatch):
+    app, url, server, thread = start_embedded(tmp_path, monkeypatch)
+    yield app, url, server, thread
     server.should_exit = True
     thread.join(10)
 
@@ -305,6 +312,105 @@ def test_a_stopping_server_ends_the_event_streams(embedded_server):
     assert [rec.reason for rec in logs.records] == ["server stopping"]
 
 
+def open_raw_streams(url: str, cookies, run_id: str, count: int, headers: str = "") -> list[socket.socket]:
+    """``count`` event streams on sockets of their own, each read up to its first line (the
+    response has started); the client reads nothing more, as a tab in the background."""
+    host, port = url.removeprefix("http://").split(":")
+    cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    request = (f"GET /api/runs/{run_id}/events HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+               f"Accept: text/event-stream\r\n{headers}\r\n").encode()
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection((host, int(port)), timeout=60)
+        sock.sendall(request)
+        socks.append(sock)
+    for sock in socks:
+        head = b""
+        while b"retry:" not in head and b"\r\n\r\n{" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, "the server closed a stream"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return socks
+
+
+def timed_health(client: httpx.Client) -> float:
+    started = time.monotonic()
+    r = client.get("/health")
+    assert r.status_code == 200, r.text
+    return time.monotonic() - started
+
+
+def test_hundreds_of_open_streams_leave_other_clients_answered(tmp_path, monkeypatch):
+    """The finding: ~100 streams of one user (each polling its run with a pooled connection
+    of the embedded default's 5 + 10) made /health of another client time out for the whole
+    window. Streams now wait on one poller and hold no connection."""
+    count = 300
+    app, url, server, thread = start_embedded(tmp_path, monkeypatch, max_event_streams_per_user=count,
+                                              max_event_streams=count)
+    socks = []
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client, httpx.Client(base_url=url, timeout=30) as other:
+            sign_up(client)
+            run_id = add_running_run(app, client)
+            baseline = min(timed_health(other) for _ in range(3))
+            socks = open_raw_streams(url, client.cookies, run_id, count)
+            assert app.state.stream_slots.open == count
+            # several poll periods with every stream open: each answer comes at once
+            worst = max(timed_health(other) for _ in range(8) if time.sleep(0.3) is None)
+            print(f"/health with {count} streams open: worst {worst * 1000:.0f} ms (alone {baseline * 1000:.0f} ms)")
+            assert worst < max(1.0, 10 * baseline), f"/health took {worst:.2f} s with {count} streams open"
+            assert client.get(f"/api/runs/{run_id}").status_code == 200
+            # one more stream than the cap: 429 with the reason, the open ones are not disturbed
+            r = client.get(f"/api/runs/{run_id}/events")
+            assert r.status_code == 429 and "streams open" in r.json()["detail"] and r.headers["retry-after"]
+            for sock in socks:  # the client goes away: every slot comes back, the app keeps answering
+                sock.close()
+            socks = []
+            wait_for(lambda: app.state.stream_slots.open == 0, 60, "the streams to close")
+            assert timed_health(other) < max(1.0, 10 * baseline)
+    finally:
+        for sock in socks:
+            sock.close()
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_event_stream_caps_per_user_and_in_all(tmp_path, monkeypatch):
+    app, url, server, thread = start_embedded(tmp_path, monkeypatch, max_event_streams_per_user=2,
+                                              max_event_streams=3)
+    socks = []
+    try:
+        with httpx.Client(base_url=url, timeout=30) as first, httpx.Client(base_url=url, timeout=30) as second:
+            sign_up(first)
+            sign_up(second)
+            run_a, run_b = add_running_run(app, first), add_running_run(app, second)
+            socks += open_raw_streams(url, first.cookies, run_a, 2)
+            r = first.get(f"/api/runs/{run_a}/events")  # a third of one user's
+            assert r.status_code == 429 and "2 live progress streams" in r.json()["detail"]
+            socks += open_raw_streams(url, second.cookies, run_b, 1)
+            r = second.get(f"/api/runs/{run_b}/events")  # the user's second, the server's fourth
+            assert r.status_code == 429 and "as many live progress streams" in r.json()["detail"]
+            socks.pop(0).close()  # one closes: its place is free again
+            wait_for(lambda: app.state.stream_slots.open == 2, 20, "the stream to close")
+            socks += open_raw_streams(url, second.cookies, run_b, 1)
+            assert app.state.stream_slots.by_user and app.state.stream_slots.open == 3
+            # a refused or failed request takes no place: a 404 and an absurd Last-Event-ID
+            for sock in socks:
+                sock.close()
+            socks = []
+            wait_for(lambda: app.state.stream_slots.open == 0, 20, "the streams to close")
+            assert first.get(f"/api/runs/{uuid.uuid4()}/events").status_code == 404
+            r = first.get(f"/api/runs/{run_a}/events", headers={"Last-Event-ID": "9" * 5000})
+            assert r.status_code == 400 and "Last-Event-ID" in r.json()["detail"]
+            assert app.state.stream_slots.open == 0 and app.state.stream_slots.by_user == {}
+    finally:
+        for sock in socks:
+            sock.close()
+        server.should_exit = True
+        thread.join(10)
+
+
 # ------------------------------------------------------------------------------- report
 def seed_reported_run(client) -> tuple[str, str]:
     ps = new_photo_set(client, n_photos=0)
@@ -348,7 +454,7 @@ def test_report_json_and_page(make_client, local_pg_settings):
     assert len(report["loss_history"]) == 5 and report["loss_terms"] == ["img", "simple", "total"]
     assert report["stage_times"] == [{"stage": "queued", "seconds": 2.5}, {"stage": "download", "seconds": 0.4},
                                      {"stage": "adapt", "seconds": 61.0}, {"stage": "publish", "seconds": 1.5},
-                                     {"stage": "gallery", "seconds": None}]
+                                     {"stage": "gallery_queued", "seconds": None}, {"stage": "gallery", "seconds": None}]
     assert report["total_seconds"] == 65.4
     measured, waiting = report["galleries"]
     assert measured["id"] == gallery_id and measured["diversity"]["mean_pairwise_distance"] == 0.4321

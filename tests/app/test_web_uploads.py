@@ -156,7 +156,7 @@ def test_bad_api_input_gets_a_reason(make_client, local_pg_settings):
         ({"preset": "quick", "settings": {"warp": 9}}, "unknown setting 'warp'"),
         ({"preset": "quick", "settings": {"mode": "half"}}, "'mode' must be one of"),
         ({"preset": "quick", "base_model": "/etc"}, "unknown base model"),
-        ({"preset": "quick", "gallery_size": 5000}, "gallery_size"),
+        ({"preset": "quick", "gallery_size": 5000}, "gallery size must be between 1 and 1000"),
     ]
     for body, reason in cases:
         r = client.post(f"/api/photo-sets/{ps}/runs", json=body)

@@ -67,16 +67,20 @@ def test_a_batch_of_two_keeps_three_similarity_samples():
 
 
 def test_gradient_norm_is_clipped():
-    def grad_norm_after_step(max_norm: float) -> float:
+    def grad_norm_after_step(max_norm: float, accumulated: int = 1) -> float:
         tr = trainer(l_img=1e5, l_hf=1e5)
         params = [p for _, p in tr.named_params]
-        optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: the step leaves the gradients to read
+        optimizer = torch.optim.SGD(params, lr=0.0)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
-        _step(tr, optimizer, scaler, torch.arange(3), torch.Generator().manual_seed(0), 0, max_norm)
+        batches = [torch.arange(3)] * accumulated
+        # lr 0: the step leaves the gradients to read
+        _step(tr, optimizer, scaler, batches, torch.Generator().manual_seed(0), 0, 0.0, max_norm)
         return torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
 
     assert grad_norm_after_step(0.0) > 1.0  # these weights make a large gradient
     assert grad_norm_after_step(1.0) == pytest.approx(1.0, rel=1e-3)
+    # with gradient accumulation the clip acts once, on the accumulated gradient
+    assert grad_norm_after_step(1.0, accumulated=2) == pytest.approx(1.0, rel=1e-3)
 
 
 def _learned_variance_ddpm() -> BaseModel:

@@ -36,7 +36,7 @@ def e2e_settings(tmp_path_factory, pg_url, s3_endpoint, queues):
     """Production-like settings with the builtin tiny model: a gallery of 8 images of 2
     sampling steps keeps the whole flow at about a minute on 2 cores."""
     return production_settings(tmp_path_factory.mktemp("e2e-data"), pg_url, s3_endpoint, queues,
-                               base_models="builtin:tiny-ddpm", gallery_size=8, sample_steps=2)
+                               base_models="builtin:tiny-ddpm,builtin:fmnist-ddpm-32", gallery_size=8, sample_steps=2)
 
 
 @pytest.fixture(scope="session")

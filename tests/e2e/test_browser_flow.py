@@ -29,7 +29,43 @@ RUN_STEPS = 100
 APPROVE, REJECT = "a", "r"
 # the pack's sizes (the builder's checkboxes) and what each image of that size must be
 PACK_SIZES = {"1024": lambda w, h: max(w, h) == 1024, "4x5": lambda w, h: abs(w / h - 0.8) < 0.05}
-TIMEOUT_MS = 120_000
+# Waits on the worker end only when progress stalls: the allowed silence comes from the step
+# rate the test measures (issue 15: a fixed 120 s expired at 80% and 99% under CPU load)
+STALL_FACTOR = 10  # silence allowed: this many times the longest gap between two advances seen
+STALL_FLOOR_S = 20.0  # ... and never less (the page's own updates come every 1-2 s)
+FIRST_PROGRESS_S = 300.0  # loading the model before the first step: no rate measured yet
+TIMEOUT_MS = 30_000  # a page answering or reloading (no worker work in between)
+
+
+class Progress:
+    """Waits while a value advances: fails only when it stands still for longer than
+    STALL_FACTOR times the longest gap between advances measured so far."""
+
+    def __init__(self, what: str, first_limit: float = FIRST_PROGRESS_S):
+        self.what, self.first_limit = what, first_limit
+        self.last_value, self.last_change, self.longest_gap = None, time.monotonic(), None
+
+    def allowed(self) -> float:
+        if self.longest_gap is None:
+            return self.first_limit
+        return max(STALL_FLOOR_S, STALL_FACTOR * self.longest_gap)
+
+    def wait(self, read, done) -> object:
+        """Calls read() until done(value); returns the last value."""
+        while True:
+            value = read()
+            now = time.monotonic()
+            if value is not None and value != self.last_value:
+                if self.last_value is not None:
+                    gap = now - self.last_change
+                    self.longest_gap = gap if self.longest_gap is None else max(self.longest_gap, gap)
+                self.last_value, self.last_change = value, now
+            if value is not None and done(value):
+                return value
+            if now - self.last_change > self.allowed():
+                raise AssertionError(f"{self.what} stalled at {self.last_value!r} for {now - self.last_change:.0f} s "
+                                     f"(allowed {self.allowed():.0f} s from the measured rate)")
+            time.sleep(0.1)
 
 
 def test_whole_flow_in_the_browser(browser, app_server, output_dir):
@@ -45,14 +81,22 @@ def test_whole_flow_in_the_browser(browser, app_server, output_dir):
         sign_up(page, shots)
         photo_set_path = create_photo_set(page, shots)
         upload_photos(page, shots, output_dir)
+        demo_model_colour_notice(page, shots)
         run_path = start_run(page, shots)
+        second_run_waits_in_the_queue(context, photo_set_path, shots)
         watch_progress(page, shots)
+        expert_details_toggle(page, shots)
         report_path = open_run_report(page, shots)
         gallery_path = open_gallery(page, shots)
+        preset_estimate_after_a_run(page, photo_set_path, shots)
+        page.goto(gallery_path)
         reviews = review_with_keyboard(page, shots)
         zip_path = build_and_download_pack(page, shots, gallery_path, output_dir)
         check_pack_zip(page, zip_path, gallery_path, reviews)
         bulk_reject_a_shift_click_range(page, shots, gallery_path)
+        selection_bar_leaves_generate_more_free(page)
+
+        api_docs_offline(page, shots)
 
         image_path = "/images/" + next(iter(reviews))
         signed_in = dict(base_url=app_server.url, storage_state=context.storage_state())
@@ -108,13 +152,13 @@ def create_photo_set(page, shots: Screenshots) -> str:
 
 
 def upload_photos(page, shots: Screenshots, output_dir) -> None:
-    """The file picker, as a person uses it: choose 10 files, press Upload; the page
-    uploads them one by one and reloads with the photos."""
+    """The file picker, as a person uses it: choosing 10 files uploads them (no button to
+    press); the page reloads with the photos, in the order chosen."""
     photos = product_photos(output_dir / "photos")
-    page.locator('input[type="file"]').set_input_files([str(p) for p in photos])
-    with page.expect_navigation(timeout=TIMEOUT_MS):  # the page reloads when all are in
-        page.get_by_role("button", name="Upload", exact=True).click()
+    with page.expect_navigation(timeout=120_000):  # the page reloads when all are in
+        page.locator('input[type="file"]').set_input_files([str(p) for p in photos])
     expect(page.locator('img[src^="/photos/"]')).to_have_count(len(photos))
+    assert page.locator('#photo-grid img').evaluate_all("els => els.map(e => e.alt)") == [p.name for p in photos]
     shots.take(page, "photo-set-10-photos")
 
 
@@ -131,6 +175,68 @@ def start_run(page, shots: Screenshots) -> str:
     return _path(page)
 
 
+def demo_model_colour_notice(page, shots: Screenshots) -> None:
+    """Choosing the demo model for colour photos shows what it can draw and a notice, before
+    any run starts; the default (tiny) model shows neither. No estimate yet: nothing ran."""
+    notice = page.locator(".colour-notice")
+    expect(notice).to_be_hidden()
+    expect(page.locator('.preset-estimate:visible').first).to_contain_text("once a run of this model has finished")
+    page.locator("#run-base-model").select_option("builtin:fmnist-ddpm-32")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("Your photos are in colour")
+    expect(page.locator(".demo-model-note:visible")).to_contain_text("32×32 grayscale")
+    shots.take(page, "run-form-demo-model-colour-notice")
+    page.locator("#run-base-model").select_option("builtin:tiny-ddpm")
+    expect(notice).to_be_hidden()
+
+
+def second_run_waits_in_the_queue(context, photo_set_path: str, shots: Screenshots) -> None:
+    """A second run started while the first trains shows its place in the queue and the
+    first run ahead of it; then it is canceled (a queued run stops at once)."""
+    page = context.new_page()
+    page.goto(photo_set_path)
+    page.locator("details").filter(has=page.locator('[name="x_steps"]')).locator("summary").click()
+    page.locator('[name="x_steps"]').fill("2")
+    page.locator('[name="gallery_size"]').fill("1")
+    page.get_by_role("button", name="Start run", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
+    spot = page.locator("#queue-spot")
+    expect(spot).to_contain_text("Number 2 in the queue")
+    expect(spot.locator(".queue-ahead")).to_contain_text("Run of Summer bottle launch")
+    shots.take(page, "run-queued-second")
+    page.get_by_role("button", name="Cancel run", exact=True).click()
+    expect(page.locator("#run-status")).to_contain_text(re.compile("canceled", re.I))
+    page.close()
+
+
+def expert_details_toggle(page, shots: Screenshots) -> None:
+    """The loss charts are behind "Expert details", closed at first; opening shows them."""
+    charts = page.locator("#loss-charts")
+    expect(charts).to_be_hidden()
+    page.locator("#expert-details summary").click()
+    expect(charts).to_be_visible()
+    expect(charts.locator("svg").first).to_be_visible()
+    shots.take(page, "run-expert-details")
+
+
+def preset_estimate_after_a_run(page, photo_set_path: str, shots: Screenshots) -> None:
+    """Once a run of the model has finished here, each preset shows its time on this machine."""
+    page.goto(photo_set_path)
+    estimate = page.locator(".preset-estimate:visible")
+    expect(estimate).to_have_count(3)
+    expect(estimate.first).to_contain_text(re.compile(r"about \d+:\d\d:\d\d on this machine"))
+    shots.take(page, "run-form-with-estimates")
+
+
+def api_docs_offline(page, shots: Screenshots) -> None:
+    """/docs and /redoc render from the app's own files (the browser here has no internet)."""
+    page.goto("/docs")
+    expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+    shots.take(page, "api-docs")
+    page.goto("/redoc")
+    expect(page.locator("h1").first).to_contain_text("DomainStudio")
+
+
 def _progress(page) -> float | None:
     """The run page's progress bar as a fraction (a <progress> or an ARIA progressbar)."""
     try:
@@ -145,18 +251,19 @@ def _progress(page) -> float | None:
 def watch_progress(page, shots: Screenshots) -> None:
     """Watches the live progress bar until it is full and the run has succeeded; on the
     way it must have shown a value between 0 and 100% without a reload."""
-    seen, deadline, mid_shot = set(), time.monotonic() + TIMEOUT_MS / 1000, False
-    while time.monotonic() < deadline:
+    seen, mid_shot = set(), False
+
+    def read():
+        nonlocal mid_shot
         value = _progress(page)
         if value is not None:
             seen.add(round(value, 3))
             if 0.2 < value < 0.9 and not mid_shot:
                 shots.take(page, "run-in-progress")
                 mid_shot = True
-            if value >= 1:
-                break
-        time.sleep(0.1)
-    assert max(seen, default=0) >= 1, f"the progress bar never reached 100%; it showed {sorted(seen)}"
+        return value
+
+    Progress("the run's progress bar").wait(read, lambda v: v >= 1)
     assert any(0 < v < 1 for v in seen), f"the progress bar did not move live; it showed {sorted(seen)}"
     expect(page.locator("#run-status")).to_contain_text(re.compile("succeeded", re.I), timeout=TIMEOUT_MS)
     shots.take(page, "run-succeeded")
@@ -177,14 +284,23 @@ def open_gallery(page, shots: Screenshots) -> str:
     expect(gallery_link).to_be_visible(timeout=TIMEOUT_MS)  # the run page reloads with it
     gallery_link.click()
     expect(page).to_have_url(re.compile(r"/galleries/[0-9a-f-]{36}$"))
-    # the page reloads itself while the images are generated
-    expect(page.locator('img[src^="/images/"]')).to_have_count(8, timeout=TIMEOUT_MS)
+    # the page reloads itself while the images are generated: waits while their number grows
+    images = page.locator('img[src^="/images/"]')
+    Progress("the gallery's images").wait(lambda: _count(images), lambda n: n >= 8)
+    expect(images).to_have_count(8)
     expect(page.locator("#gallery-status")).to_contain_text(re.compile("succeeded", re.I), timeout=TIMEOUT_MS)
     shots.take(page, "gallery")
     return _path(page)
 
 
 IMAGE_URL = re.compile(r"/images/([0-9a-f-]{36})")
+
+
+def _count(locator) -> int | None:
+    try:
+        return locator.count()
+    except PlaywrightError:  # between two pages (the page reloads itself)
+        return None
 
 
 def _image_id(page) -> str:
@@ -243,7 +359,18 @@ def build_and_download_pack(page, shots: Screenshots, gallery_url: str, output_d
     shots.take(page, "gallery-reviewed-pack-options")
     builder.get_by_role("button", name="Build pack", exact=True).click()
     download_link = page.locator('a[href^="/packs/"][href$="/download"]')
-    expect(download_link).to_be_visible(timeout=TIMEOUT_MS)  # the page follows the build
+    bar = page.locator(".pack-progress")  # the page follows the build: waits while it advances
+
+    def built() -> float | None:
+        if _count(download_link):
+            return 2.0
+        try:
+            return float(bar.first.get_attribute("value", timeout=1_000) or 0) if _count(bar) else None
+        except PlaywrightError:
+            return None
+
+    Progress("the pack's build").wait(built, lambda v: v == 2.0)
+    expect(download_link).to_be_visible()
     shots.take(page, "pack-ready")
     with page.expect_download() as download:
         download_link.click()
@@ -273,6 +400,14 @@ def bulk_reject_a_shift_click_range(page, shots: Screenshots, gallery_url: str) 
     expect(page.locator('[data-count="new"]').first).to_have_text("1")
 
 
+def selection_bar_leaves_generate_more_free(page) -> None:
+    """Scrolled to "Generate more", the sticky selection bar does not cover its heading."""
+    heading = page.get_by_role("heading", name="Generate more", exact=True)
+    heading.evaluate("el => el.scrollIntoView({block: 'start'})")
+    bar, head = page.locator("#bulk-bar").bounding_box(), heading.bounding_box()
+    assert bar["y"] + bar["height"] <= head["y"] or bar["y"] >= head["y"] + head["height"], (bar, head)
+
+
 def check_pack_zip(page, zip_path, gallery_url: str, reviews: dict[str, str]) -> None:
     """The ZIP holds the approved images in each chosen size (a folder per size), JPEG,
     and a manifest naming each file with its seed."""
@@ -293,6 +428,10 @@ def check_pack_zip(page, zip_path, gallery_url: str, reviews: dict[str, str]) ->
     assert sorted(r["file"] for r in rows) == sorted(images)
     assert sorted(int(r["seed"]) for r in rows) == sorted(approved * len(PACK_SIZES))
     assert {r["base_model"] for r in rows} == {"builtin:tiny-ddpm"}
+    assert {r["review"] for r in rows} == {"approved"}
+    for row in rows:  # the pixel size of each file, as written
+        with zipfile.ZipFile(zip_path) as zf, Image.open(io.BytesIO(zf.read(row["file"]))) as img:
+            assert (int(row["width"]), int(row["height"])) == img.size, row
 
 
 # ---------------------------------------------------------------- languages and widths

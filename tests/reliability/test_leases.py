@@ -7,6 +7,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import redis
 from sqlalchemy import update
 
@@ -15,6 +16,27 @@ from app.models import Run
 from web_helpers import REDIS, new_photo_set, production_settings, sign_up
 from worker import tasks
 from worker.celery_app import make_celery
+
+
+@pytest.fixture(autouse=True)
+def no_jobs_left_waiting(pg_url):
+    """These tests write queued and running rows straight into the session's database; none
+    is left waiting before or after each one, so that no watchdog of another module's worker
+    sends them to its queues (it would train them) and the queue-order test sees only its own."""
+    from sqlalchemy import create_engine
+
+    from app.models import Gallery, Pack
+
+    def cancel_all():
+        engine = create_engine(pg_url)
+        with engine.begin() as conn:
+            for model in (Run, Gallery, Pack):
+                conn.execute(update(model).where(model.status.in_(("queued", "running"))).values(status="canceled"))
+        engine.dispose()
+
+    cancel_all()
+    yield
+    cancel_all()
 
 
 def make_env(settings):
@@ -112,3 +134,75 @@ def test_a_holder_counts_as_dead_only_on_this_machine_and_namespace():
     assert tasks.holder_died(f"{here}:{child.pid}")  # gone
     assert not tasks.holder_died(f"other-host/1:{child.pid}")  # elsewhere: only the heartbeat can tell
     assert not tasks.holder_died(None) and not tasks.holder_died("garbage")
+
+
+def test_a_job_whose_worker_keeps_dying_is_given_up_with_the_reason(make_client, pg_url, s3_endpoint, queues,
+                                                                   tmp_path):
+    """The finding: nothing capped attempts, so the watchdog (and a restart) sent a job that
+    killed its worker (the OOM killer's SIGKILL) to the next worker, again and again."""
+    q = {k: v + "-giveup" for k, v in queues.items()}
+    settings = production_settings(tmp_path, pg_url, s3_endpoint, q, job_stale_seconds=30, max_job_attempts=3)
+    client = make_client(settings)
+    team = sign_up(client)["user"]["team_id"]
+    ps = new_photo_set(client, n_photos=0)
+    e = make_env(settings)
+    broker = redis.Redis.from_url(REDIS)
+    broker.set(f"domainstudio:broker-marker:{q['queue_gpu']}", "1")
+    stale = datetime.now(timezone.utc) - timedelta(minutes=5)
+    run = add_run(e, team, ps, status="running", heartbeat_at=stale, worker="gpu-7/4026531836:123", attempts=1)
+    try:
+        for died in (1, 2):  # the first two deaths: sent to the next worker, which dies on it too
+            assert tasks.recover_orphans(e) == 1
+            assert tasks.claim(e, Run, run) == died + 1
+            with e.sessions() as db:
+                db.execute(update(Run).where(Run.id == run).values(heartbeat_at=stale))
+                db.commit()
+        assert tasks.recover_orphans(e) == 0  # the third: given up, not sent again
+        with e.sessions() as db:
+            row = db.get(Run, run)
+            assert (row.status, row.failures, row.attempts) == ("failed", 3, 3) and row.finished_at is not None
+            assert "stopped 3 times" in row.error and row.error_detail["params"] == {"n": 3}
+        assert broker.llen(q["queue_gpu"]) == 2
+        assert tasks.claim(e, Run, run) is None
+        r = client.get(f"/api/runs/{run}")
+        assert r.json()["status"] == "failed" and "smaller settings" in r.json()["error"]
+    finally:
+        broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
+        broker.close()
+
+
+def test_a_job_committed_but_never_sent_is_sent_by_the_watchdog(make_client, pg_url, s3_endpoint, queues, tmp_path):
+    """The finding: a run whose job could not be sent after its commit (the api died in
+    between) stayed queued forever; the watchdog re-sent queued jobs only after Redis lost
+    its data. The same held for a gallery whose run's worker died after the run's commit."""
+    q = {k: v + "-unsent" for k, v in queues.items()}
+    settings = production_settings(tmp_path, pg_url, s3_endpoint, q, job_unsent_seconds=60)
+    client = make_client(settings)
+    team = sign_up(client)["user"]["team_id"]
+    ps = new_photo_set(client, n_photos=10)
+    e = make_env(settings)
+    broker = redis.Redis.from_url(REDIS)
+    broker.set(f"domainstudio:broker-marker:{q['queue_gpu']}", "1")
+    old = datetime.now(timezone.utc) - timedelta(minutes=5)
+    try:
+        r = client.post(f"/api/photo-sets/{ps}/runs", json={"preset": "quick"})  # sent, and marked so
+        assert r.status_code == 201 and broker.llen(q["queue_gpu"]) == 1
+        lost = add_run(e, team, ps, status="queued", created_at=old)  # committed; the api died before the send
+        fresh = add_run(e, team, ps, status="queued")  # its send may still be on its way
+        with e.sessions() as db:
+            assert db.get(Run, uuid.UUID(r.json()["id"])).sent_at is not None
+        assert tasks.resend_unsent(e) == 1 and broker.llen(q["queue_gpu"]) == 2
+        with e.sessions() as db:
+            assert db.get(Run, lost).sent_at is not None and db.get(Run, fresh).sent_at is None
+        assert tasks.resend_unsent(e) == 0  # once
+        assert tasks.claim(e, Run, lost) == 1  # and the worker that takes it claims it as usual
+        # a job waiting for a storage retry (due at sent_at) whose retry message was lost
+        retrying = add_run(e, team, ps, status="queued", sent_at=old, error="the object store failed (x); trying again")
+        waiting = add_run(e, team, ps, status="queued", sent_at=datetime.now(timezone.utc) + timedelta(seconds=30),
+                          error="the object store failed (x); trying again")  # not due yet
+        assert tasks.resend_unsent(e) == 1 and broker.llen(q["queue_gpu"]) == 3
+        with e.sessions() as db:
+            assert db.get(Run, retrying).sent_at > old and db.get(Run, waiting).sent_at > old
+    finally:
+        broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
+        broker.close()

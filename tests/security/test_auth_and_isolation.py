@@ -54,6 +54,8 @@ def send(client, method: str, path: str, ids: dict, token: str | None = "header"
         return client.get(url, follow_redirects=False, **kw)
     if method == "DELETE":
         return client.request("DELETE", url, headers=headers, follow_redirects=False)
+    if method == "PATCH":
+        return client.patch(url, json={"caption": "changed"}, headers=headers, follow_redirects=False)
     if path.endswith("/photos"):
         return client.post(url, files=[("files", ("x.png", png_bytes(77), "image/png"))], headers=headers,
                            follow_redirects=False)
@@ -187,11 +189,16 @@ def test_security_headers_on_every_kind_of_answer(make_client, local_pg_settings
     r = client.post("/api/auth/signup", json={"email": f"c-{uuid.uuid4().hex[:8]}@example.com",
                                               "password": "correct horse battery"})
     cookie = r.headers["set-cookie"]
-    # the API docs page may run Swagger UI from its CDN; no other page may
-    docs = client.get("/docs")
-    assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"] and "frame-ancestors 'none'" in \
-        docs.headers["content-security-policy"]
-    assert "cdn.jsdelivr.net" not in client.get("/").headers["content-security-policy"]
+    # the API docs pages may start Swagger UI / ReDoc with an inline script, from files this
+    # server serves (no CDN); no other page may run inline scripts
+    for page in ("/docs", "/redoc"):
+        docs = client.get(page)
+        csp = docs.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "'unsafe-inline'" in csp and "https:" not in csp, page
+        scripts = re.findall(r'<script[^>]+src="([^"]+)"', docs.text)
+        assert scripts and all(s.startswith(("/static/apidocs/", "/apidocs/")) for s in scripts), scripts
+        assert all(client.get(s).status_code == 200 for s in scripts)
+    assert "unsafe-inline" not in client.get("/").headers["content-security-policy"]
     assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
     secure = make_client(local_pg_settings.model_copy(update={"cookie_secure": True}))
     r = secure.post("/api/auth/signup", json={"email": f"s-{uuid.uuid4().hex[:8]}@example.com",
@@ -221,7 +228,7 @@ def test_sessions_expire_and_sign_out_ends_them(make_client, local_pg_settings):
 
 
 def test_sign_in_is_throttled(make_client, local_pg_settings):
-    settings = local_pg_settings.model_copy(update={"login_max_failures": 3, "login_window_seconds": 3})
+    settings = local_pg_settings.model_copy(update={"login_max_failures": 1, "login_window_seconds": 30})
     client = make_client(settings)
     email = sign_up(client)["user"]["email"]
     client.post("/api/auth/logout")
@@ -229,19 +236,24 @@ def test_sign_in_is_throttled(make_client, local_pg_settings):
     other_email = sign_up(other)["user"]["email"]
     other.post("/api/auth/logout")
 
+    # progressive delays: each failure past the first makes this client wait twice as long
+    waits = []
     for _ in range(3):
         r = client.post("/api/auth/login", json={"email": email, "password": "wrong password"})
         assert r.status_code == 400
-    r = client.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
-    assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 3, r.text
+        r = client.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
+        assert r.status_code == 429, r.text
+        waits.append(int(r.headers["retry-after"]))
+        time.sleep(waits[-1] if len(waits) < 3 else 0)
+    assert waits[0] <= 2 and waits[1] <= 3 and 3 <= waits[2] <= 5, waits
     client.headers.pop("X-CSRF-Token")  # a browser: the form's token only
     page = client.get("/login").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     r = client.post("/login", data={"email": email.upper(), "password": "correct horse battery", "csrf_token": token})
     assert r.status_code == 429 and "too many failed sign-ins" in r.text
-    # another account is not locked by this one's failures
+    # another account is not slowed down by this one's failures
     assert other.post("/api/auth/login", json={"email": other_email, "password": "correct horse battery"}).status_code == 200
-    time.sleep(3.2)  # the window passes
+    time.sleep(int(r.headers["retry-after"]))  # the delay passes
     r = client.post("/api/auth/login", json={"email": email, "password": "correct horse battery"})
     assert r.status_code == 200
 

@@ -9,6 +9,7 @@ fails before the first saved state, and files are written under temporary names 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -25,8 +26,9 @@ from .data import Photos, load_photos
 from .errors import Canceled, InputError, ModelError, Notice
 from .models import BaseModel, load_base_model
 from .sampling import sample_with
-from .training import (STATE_FILE, autocast_dtype, load_state, resolve_device, rng_state, save_atomic,
-                       set_rng_state)
+from .training import (STATE_FILE, autocast_dtype, check_optimizer, compile_module, hold_frozen_weights_in,
+                       load_state, make_optimizer, resolve_device, rng_state, sampling_dtype, save_atomic,
+                       set_attention, set_rng_state, warmup_learning_rate)
 
 log = logging.getLogger("domainstudio.adapt")
 
@@ -52,6 +54,7 @@ class AdaptResult:
     warnings: list[str] = field(default_factory=list)
     resumed_from: int = 0
     elapsed_seconds: float = 0.0
+    prompts: dict[str, str] = field(default_factory=dict)  # text-to-image: photo name -> trained prompt
 
 
 Progress = Callable[[ProgressEvent], None]
@@ -73,7 +76,9 @@ def adapt(config: AdaptConfig, photos, output_dir: str | Path, progress: Progres
 
 def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptResult:
     device = resolve_device(config.device)
+    check_optimizer(config.optimizer, device)
     base = load_base_model(config.base_model)
+    set_attention((base.unet, base.vae), config.attention)
     loaded = load_photos(photos, config.resolution or base.resolution, base.channels)
     cfg = config.resolved(base.kind, len(loaded.names), base.resolution)
     cfg, notices = known_class_word(cfg, base)
@@ -82,12 +87,15 @@ def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptRes
         return done
     state = _resume_state(out, cfg, base, resume)
     out.mkdir(parents=True, exist_ok=True)
+    prompts = _trained_prompts(base, cfg, loaded)
     write_json_atomic(out / CONFIG_FILE, {**cfg.to_dict(), "base_fingerprint": base.fingerprint,
-                                          "photos": loaded.names, "gallery_prompts": gallery_prompts(cfg, base)})
+                                          "photos": loaded.names, "gallery_prompts": gallery_prompts(cfg, base),
+                                          "prompts": prompts})
     amp = autocast_dtype(cfg.mixed_precision, device)
     trainer = _make_trainer(base, cfg, loaded, device, amp, out, progress)
+    prepare_for_training(trainer, cfg, amp)
     result = _train(trainer, base, cfg, len(loaded.names), out, device, amp, state, progress, should_stop)
-    result.warnings = loaded.warnings + notices
+    result.warnings, result.prompts = loaded.warnings + notices, prompts
     return result
 
 
@@ -118,14 +126,22 @@ def gallery_prompts(cfg: AdaptConfig, base: BaseModel) -> list[str] | None:
     return [cfg.prompt(t) for t in templates]
 
 
+def _trained_prompts(base: BaseModel, cfg: AdaptConfig, photos: Photos) -> dict[str, str]:
+    """Each photo's instance prompt: the trigger words, then its caption (text-to-image)."""
+    if not base.is_text_to_image:
+        return {}
+    return {name: cfg.photo_prompt(caption) for name, caption in zip(photos.names, photos.captions)}
+
+
 def _finished(out: Path, cfg: AdaptConfig, base: BaseModel) -> AdaptResult | None:
     """A finished run with at least the asked-for steps is returned as is (idempotent retries)."""
     info = read_checkpoint(out) if out.is_dir() else None
     if info is None or info.get("steps", 0) < cfg.steps:
         return None
     _check_compatible(info, cfg, base, out)
+    saved = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else {}
     return AdaptResult(out, info["steps"], info["kind"], info["mode"], info.get("losses", {}),
-                       resumed_from=info["steps"])
+                       resumed_from=info["steps"], prompts=saved.get("prompts") or {})
 
 
 def _resume_state(out: Path, cfg: AdaptConfig, base: BaseModel, resume: bool) -> dict | None:
@@ -146,6 +162,9 @@ def _resume_state(out: Path, cfg: AdaptConfig, base: BaseModel, resume: bool) ->
         return None
     state = load_state(state_path)
     _check_compatible(state["meta"], cfg, base, out)
+    if state["meta"].get("optimizer", "adamw") != cfg.optimizer:  # their saved states differ
+        raise InputError("%(folder)s holds a run trained with optimizer %(saved)s; resume it with that optimizer",
+                         folder=str(out), saved=str(state["meta"].get("optimizer", "adamw")))
     if state["step"] > cfg.steps:
         raise InputError("%(folder)s is already at step %(step)s, beyond the %(steps)s steps asked for",
                          folder=str(out), step=state["step"], steps=cfg.steps)
@@ -171,10 +190,25 @@ def _make_trainer(base, cfg, photos: Photos, device, amp, out: Path, progress):
         folder = Path(cfg.class_images_dir) if cfg.class_images_dir else out / "class_images"
         report = _class_image_progress(progress) if progress is not None else None
         prior = class_images(base, cfg, folder, device, report)
-        return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp)
+        return TextToImageTrainer(base, cfg, device, photos.pixels, prior, amp, masks=photos.masks,
+                                  captions=photos.captions)
     from .unconditional import UnconditionalTrainer
 
-    return UnconditionalTrainer(base, cfg, device, photos.pixels)
+    return UnconditionalTrainer(base, cfg, device, photos.pixels, masks=photos.masks)
+
+
+def prepare_for_training(trainer, cfg: AdaptConfig, amp: torch.dtype | None) -> None:
+    """The memory and speed options that act on a built trainer (benchmarks/gpu.py calls this too)."""
+    if frozen_in_half(cfg, amp):
+        hold_frozen_weights_in([m for m in (trainer.unet, trainer.base.text_encoder, trainer.base.text_encoder_2)
+                                if m is not None], amp)
+    if cfg.torch_compile:
+        compile_module(trainer.unet)
+
+
+def frozen_in_half(cfg: AdaptConfig, amp: torch.dtype | None) -> bool:
+    """LoRA text-to-image runs under mixed precision hold the frozen weights in its dtype."""
+    return cfg.mode == "lora" and amp is not None
 
 
 def _class_image_progress(progress: Progress) -> Callable[[int, int], None]:
@@ -185,14 +219,15 @@ def _class_image_progress(progress: Progress) -> Callable[[int, int], None]:
 
 def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, should_stop) -> AdaptResult:
     params = [p for _, p in trainer.named_params]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    optimizer = make_optimizer(params, cfg.optimizer, cfg.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     generator = torch.Generator().manual_seed(cfg.seed)
     start = 0
     if state is not None:
         start = _restore(state, trainer, optimizer, scaler, generator)
         log.info("run.resumed step=%d output=%s", start, out)
-    meta = {"base_model": cfg.base_model, "base_fingerprint": base.fingerprint, "mode": cfg.mode}
+    meta = {"base_model": cfg.base_model, "base_fingerprint": base.fingerprint, "mode": cfg.mode,
+            "optimizer": cfg.optimizer}
     clock = _Clock(start, cfg.steps)
     # RNG as of the last completed step: a crash mid-step resumes exactly where it left off.
     completed, rng_done, terms = start, rng_state(generator), {}
@@ -200,12 +235,14 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
         for step in range(start, cfg.steps):
             if should_stop is not None and should_stop():
                 raise Canceled("the run was canceled at step %(step)s of %(steps)s", step=step, steps=cfg.steps)
-            index = torch.randperm(n_photos, generator=generator)[: cfg.batch_size]
-            terms = _step(trainer, optimizer, scaler, index, generator, step, cfg.max_grad_norm)
+            batches = [torch.randperm(n_photos, generator=generator)[: cfg.batch_size]
+                       for _ in range(cfg.gradient_accumulation_steps)]
+            lr = warmup_learning_rate(cfg.learning_rate, cfg.lr_warmup_steps, step)
+            terms = _step(trainer, optimizer, scaler, batches, generator, step, lr, cfg.max_grad_norm)
             completed, rng_done = step + 1, rng_state(generator)
             if completed % cfg.checkpoint_every == 0 or completed == cfg.steps:
                 _save(out, completed, trainer, optimizer, scaler, rng_done, meta)
-            previews = _previews(trainer, base, cfg, device, completed)
+            previews = _previews(trainer, base, cfg, device, amp, completed)
             if progress is not None:
                 progress(ProgressEvent(completed, cfg.steps, terms, clock.eta(completed), clock.elapsed(), previews))
     except Canceled:
@@ -218,26 +255,37 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
     return _publish(trainer, cfg, out, meta, terms, start, clock)
 
 
-def _step(trainer, optimizer, scaler, index, generator, step: int, max_grad_norm: float = 0.0) -> dict[str, float]:
-    terms = trainer.losses(index, generator)
-    total = terms["total"]
-    if not torch.isfinite(total):
-        raise ModelError(
-            "training diverged at step %(step)s (loss %(loss)s): lower the learning rate "
-            "or the DomainStudio weights, or keep ds_max_timestep small",
-            step=step, loss=total.item(),
-        )
+def _step(trainer, optimizer, scaler, batches, generator, step: int, lr: float,
+          max_grad_norm: float = 0.0) -> dict[str, float]:
+    """One optimizer step over ``batches`` (gradient accumulation: their mean gradient);
+    returns the terms averaged over them. With ``max_grad_norm`` the accumulated gradient is
+    clipped to that norm before the step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
+    averaged: dict[str, float] = {}
+    for index in batches:
+        terms = trainer.losses(index, generator)
+        total = terms["total"]
+        if not torch.isfinite(total):
+            raise ModelError(
+                "training diverged at step %(step)s (loss %(loss)s): lower the learning rate "
+                "or the DomainStudio weights, or keep ds_max_timestep small",
+                step=step, loss=total.item(),
+            )
+        scaler.scale(total / len(batches)).backward()
+        for name, value in terms.items():
+            averaged[name] = averaged.get(name, 0.0) + float(value.detach()) / len(batches)
     if max_grad_norm:
         # the DomainStudio weights (100 / 100 / 0.1 for text-to-image) make rare steps with
-        # huge gradients; clipping keeps one such step from undoing the adaptation
+        # huge gradients; clipping keeps one such step from undoing the adaptation. It acts on
+        # the accumulated gradient, unscaled first so the norm is the true one
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     trainer.after_step()
-    return {name: float(value.detach()) for name, value in terms.items()}
+    return averaged
 
 
 def _restore(state, trainer, optimizer, scaler, generator) -> int:
@@ -259,15 +307,17 @@ def _save(out, step, trainer, optimizer, scaler, rng, meta) -> None:
     log.info("run.checkpoint.saved step=%d", step)
 
 
-def _previews(trainer, base, cfg, device, completed: int) -> list[Image.Image] | None:
+def _previews(trainer, base, cfg, device, amp, completed: int) -> list[Image.Image] | None:
     if not cfg.preview_every or not cfg.num_previews:
         return None
     if completed % cfg.preview_every and completed != cfg.steps:
         return None
     prompt = cfg.prompt(cfg.instance_prompt) if base.is_text_to_image else None
+    # half-precision frozen weights beside fp32 LoRA weights need autocast, whatever was asked
+    precision = sampling_dtype(cfg.sampling_precision, device) or (amp if frozen_in_half(cfg, amp) else None)
     with trainer.sampling_weights():
         images = sample_with(base, cfg.num_previews, prompt=prompt, seed=cfg.seed, device=device,
-                             batch_size=cfg.num_previews, resolution=cfg.resolution)
+                             batch_size=cfg.num_previews, resolution=cfg.resolution, precision=precision)
     return [g.image for g in images]
 
 

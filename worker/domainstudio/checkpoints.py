@@ -5,6 +5,7 @@ A run's output folder:
     checkpoint.json    kind, base model, steps, files (written last: its presence means done)
     model/             full mode: a diffusers pipeline folder (safetensors)
     lora.safetensors   LoRA mode: the UNet adapter, for diffusers' load_lora_weights
+    lora_kohya.safetensors  the same adapter in kohya's layout (ComfyUI, A1111/Forge)
     state/             training state for resume (optimizer, step, RNG, EMA)
     previews/          preview grids reported during training
 """
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from .errors import ModelError
+from .model_kinds import LABELS
 from .models import BaseModel, load_base_model, load_local_folder
 from .text_to_image import LORA_FILE
 
@@ -105,9 +107,11 @@ def describe(model: str | Path) -> dict[str, Any]:
                 "settings": config}
     base = load_base_model(str(model))
     params = {name: sum(p.numel() for p in m.parameters())
-              for name, m in (("unet", base.unet), ("vae", base.vae), ("text_encoder", base.text_encoder))
+              for name, m in (("unet", base.unet), ("vae", base.vae), ("text_encoder", base.text_encoder),
+                              ("text_encoder_2", base.text_encoder_2))
               if m is not None}
-    return {"type": "base model", "spec": base.spec, "kind": base.kind, "resolution": base.resolution,
+    return {"type": "base model", "spec": base.spec, "kind": base.kind, "family": LABELS.get(base.family, base.family),
+            "resolution": base.resolution,
             "channels": base.channels, "description": base.description, "parameters": params,
             "fingerprint": base.fingerprint}
 

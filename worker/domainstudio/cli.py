@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import AdaptConfig
 from .errors import DomainStudioError
 
-EPILOG = "Base models: builtin:fmnist-sd-32 (text-to-image demo), builtin:fmnist-ddpm-32 (unconditional demo), builtin:tiny-sd, builtin:tiny-ddpm (tests), or a local diffusers folder."
+EPILOG = "Base models: builtin:fmnist-sd-32 (text-to-image demo), builtin:fmnist-ddpm-32 (unconditional demo), builtin:tiny-sd, builtin:tiny-sdxl, builtin:tiny-ddpm (tests), a local diffusers folder or a single .safetensors/.ckpt file (SD 1.x, 2.x, SDXL)."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +100,8 @@ def _sample_parser(sub) -> None:
     p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance [default: 7.5]")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch [default: 8]")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto [default: auto]")
+    p.add_argument("--precision", choices=("auto", "no", "fp16", "bf16"), default="auto",
+                   help="weights' precision while sampling: auto = fp16 on a GPU, fp32 on the CPU [default: auto]")
     p.set_defaults(func=cmd_sample)
 
 
@@ -171,7 +173,7 @@ def cmd_sample(args) -> int:
         images = sample(args.model, args.n, prompt=args.prompt, seed=args.seed, steps=args.steps,
                         scheduler=args.scheduler, guidance_scale=args.guidance_scale,
                         batch_size=args.batch_size, device=args.device, negative_prompt=args.negative_prompt,
-                        progress=_count_progress(args.n))
+                        progress=_count_progress(args.n), precision=args.precision)
         _write_samples(images, args.output)
     except BaseException:
         if created and args.output.exists():

@@ -45,11 +45,19 @@ class AdaptConfig:
     instance_token: str = _f("sks", "Rare token that names this product in the instance prompt.")
     instance_prompt: str | None = _f(None, "Instance prompt (default: 'a photo of {token} {class}').")
     class_prompt: str | None = _f(None, "Class prompt (default: 'a photo of {class}').")
+    caption_dropout: float = _f(0.1, "Share of steps on which a photo's caption is left out, so that the instance prompt alone (the trigger words) learns the product (text-to-image; photos without a caption are unaffected).")
     num_class_images: int = _f(200, "Class images generated once by the base model for prior preservation (text-to-image).")
     class_images_dir: str | None = _f(None, "Where the class images are cached (default: OUTPUT/class_images).")
     lora_rank: int = _f(8, "LoRA rank (lora mode).")
     gradient_checkpointing: bool = _f(True, "Recompute UNet/VAE activations in the backward pass to save memory (text-to-image).")
     mixed_precision: str = _f("auto", "Mixed precision: auto (bf16 on a CUDA GPU that has it, else fp16 on GPU, none on CPU), no, fp16 or bf16.", ("auto", "no", "fp16", "bf16"))
+    sampling_precision: str = _f("auto", "Precision of the class images and previews: auto (fp16 on a GPU, none on CPU), no, fp16 or bf16.", ("auto", "no", "fp16", "bf16"))
+    optimizer: str = _f("adamw", "Optimizer: adamw, or adamw8bit (bitsandbytes, CUDA GPUs: its state takes a quarter of the memory).", ("adamw", "adamw8bit"))
+    gradient_accumulation_steps: int = _f(1, "Batches whose gradients are averaged into each optimizer step (a larger batch in the same memory, at the time of N steps).")
+    lr_warmup_steps: int = _f(0, "Steps over which the learning rate rises linearly to its value (0 = off).")
+    attention: str = _f("sdpa", "Attention kernel: sdpa (PyTorch scaled_dot_product_attention, memory-efficient) or classic (the attention matrix in full, as diffusers before PyTorch 2).", ("sdpa", "classic"))
+    torch_compile: bool = _f(False, "Compile the UNet with torch.compile: a few minutes at the start, then faster steps on a GPU.")
+    vae_decode_chunk: int = _f(1, "Samples the VAE decodes at once for the DomainStudio terms (text-to-image): 1 keeps peak memory lowest; more can be faster on a GPU.")
     checkpoint_every: int = _f(200, "Save the training state (for resume) every N steps.")
     preview_every: int = _f(100, "Report preview images every N steps (0 = never).")
     num_previews: int = _f(4, "Preview images per report.")
@@ -107,7 +115,10 @@ class AdaptConfig:
         _positive(self, "resolution", 8, 4096)
         _positive(self, "lora_rank", 1, 1024)
         _positive(self, "checkpoint_every", 1, 10_000_000)
-        _positive(self, "num_class_images", 1, 100_000)
+        _positive(self, "num_class_images", 2, 100_000)  # loaded as photos: at least 2 must be usable
+        _positive(self, "gradient_accumulation_steps", 1, 1024)
+        _positive(self, "lr_warmup_steps", 0, 1_000_000)
+        _positive(self, "vae_decode_chunk", 1, 64)
         if self.num_similarity_samples is not None and not 3 <= self.num_similarity_samples <= 64:
             raise InputError("num_similarity_samples must be between 3 and 64: the pairwise terms compare each "
                              "sample with the others, and with 2 that comparison is always equal (a zero loss)")
@@ -124,6 +135,8 @@ class AdaptConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1e6:
                 raise InputError("%(name)s must be between 0 and 1e6, got %(value)s", name=name, value=value)
+        if not 0 <= self.caption_dropout <= 1:
+            raise InputError("caption_dropout must be between 0 and 1, got %(value)s", value=self.caption_dropout)
         if self.preview_every < 0 or self.num_previews < 0:
             raise InputError("preview_every and num_previews must not be negative")
 
@@ -161,6 +174,11 @@ class AdaptConfig:
 
     def prompt(self, template: str) -> str:
         return template.replace("{token}", self.instance_token).replace("{class}", self.class_word)
+
+    def photo_prompt(self, caption: str) -> str:
+        """The instance prompt of one photo: the trigger words first, then its caption."""
+        prompt = self.prompt(self.instance_prompt or "a photo of {token} {class}")
+        return f"{prompt}, {caption}" if caption else prompt
 
 
 def _positive(config: AdaptConfig, name: str, low: int, high: int) -> None:

@@ -1,7 +1,14 @@
 """Photos in: read, check and convert the training photos to model tensors.
 
 A single bad file is skipped with a warning that names it (a marketing folder often holds
-a stray PDF or a thumbnail); too few usable photos is an error before any work starts.
+a stray PDF); too few usable photos is an error before any work starts.
+
+Photos are never cropped: each is scaled to fit the training square whole and padded with
+its own border colour (a tall bottle keeps its cap and its base), and a mask marks the
+photo's pixels, so the padding is left out of the losses that compare with the photo.
+Transparent areas (product cut-outs) are filled with white and masked out the same way.
+A photo smaller than the training square is upscaled, with a warning. Why padding and not
+aspect-ratio buckets: docs/photo-shapes.md (benchmarks/photo_shapes.py).
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ from .errors import InputError, Notice
 log = logging.getLogger("domainstudio.data")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CAPTION_SUFFIX = ".txt"  # photo.txt beside photo.jpg: that photo's caption (kohya's habit)
+MAX_CAPTION = 500
 MIN_PHOTOS = 2
 
 
@@ -27,12 +36,35 @@ class Photos:
     pixels: torch.Tensor  # [N, C, R, R] in [-1, 1]
     names: list[str]
     warnings: list[str] = field(default_factory=list)  # Notices: English text, msgid and params
+    # [N, 1, R, R] in [0, 1]: 1 on the photo, 0 on padding and transparent areas (fractional
+    # at anti-aliased edges); None when every photo fills the square and is opaque
+    masks: torch.Tensor | None = None
+    captions: list[str] = field(default_factory=list)  # one per photo, "" when it has none
 
 
 def list_photo_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError("photo folder %(folder)s does not exist", folder=str(folder))
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    stems = {p.stem for p in files if p.suffix.lower() != CAPTION_SUFFIX}
+    # photo.txt beside photo.jpg is that photo's caption; a stray notes.txt is reported as usual
+    return sorted(p for p in files if not (p.suffix.lower() == CAPTION_SUFFIX and p.stem in stems))
+
+
+def read_caption(photo: Path) -> str:
+    """The caption in ``photo.txt`` beside ``photo.jpg``, on one line; "" when there is none."""
+    path = photo.with_suffix(CAPTION_SUFFIX)
+    if not path.is_file():
+        return ""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return clean_caption(text)
+
+
+def clean_caption(text: str) -> str:
+    return " ".join(str(text).split())[:MAX_CAPTION]
 
 
 def load_photos(
@@ -40,13 +72,13 @@ def load_photos(
     resolution: int,
     channels: int,
 ) -> Photos:
-    """Read photos (a folder, or paths / PIL images), square-crop and resize them.
+    """Read photos (a folder, or paths / PIL images), fit each whole into the training square.
 
-    Skips, with a warning, files that are not decodable images or are smaller than
-    ``resolution`` on their short side; raises :class:`InputError` when fewer than two remain.
+    Skips, with a warning, files that are not decodable images; warns about photos it had to
+    upscale; raises :class:`InputError` when fewer than two usable photos remain.
     """
     items = list_photo_files(Path(photos)) if isinstance(photos, (str, Path)) else list(photos)
-    tensors, names, warnings = [], [], []
+    tensors, masks, names, captions, warnings = [], [], [], [], []
     for index, item in enumerate(items):
         # the file's name (the folder is the one the caller gave), or the image's place in the list
         name = Path(item).name if not isinstance(item, Image.Image) else f"#{index + 1}"
@@ -56,16 +88,19 @@ def load_photos(
             warnings.append(Notice("skipped %(name)s: not a readable image (%(error)s)", name=name,
                                    error=exc.params["error"]))
             continue
-        if min(image.size) < resolution:
+        if max(image.size) < resolution:
             warnings.append(Notice(
-                "skipped %(name)s: %(width)sx%(height)s is smaller than the model's %(size)sx%(size)s",
+                "%(name)s is %(width)sx%(height)s, smaller than the model's %(size)sx%(size)s: "
+                "it was upscaled and may make the results softer; use a larger photo if you have one",
                 name=name, width=image.size[0], height=image.size[1], size=resolution,
             ))
-            continue
-        tensors.append(to_tensor(square_resize(image, resolution), channels))
+        fitted, mask = fit_photo(image, resolution)
+        tensors.append(to_tensor(fitted, channels))
+        masks.append(mask)
         names.append(name)
+        captions.append(read_caption(Path(item)) if not isinstance(item, Image.Image) else "")
     for w in warnings:
-        log.warning("data.photo.skipped %s", w)
+        log.warning("data.photo.warning %s", w)
     if len(tensors) < MIN_PHOTOS:
         if warnings:
             raise InputError(
@@ -77,7 +112,8 @@ def load_photos(
             "adaptation needs at least %(needed)s usable photos, found %(found)s of %(total)s",
             needed=MIN_PHOTOS, found=len(tensors), total=len(items),
         )
-    return Photos(torch.stack(tensors), names, warnings)
+    mask = torch.stack(masks)
+    return Photos(torch.stack(tensors), names, warnings, None if bool((mask == 1).all()) else mask, captions)
 
 
 def _open(item: str | Path | Image.Image) -> Image.Image:
@@ -92,8 +128,39 @@ def _open(item: str | Path | Image.Image) -> Image.Image:
 
 
 def square_resize(image: Image.Image, resolution: int) -> Image.Image:
-    """Centre-crop to a square, then resize with a Lanczos filter."""
+    """Centre-crop to a square, then resize with a Lanczos filter (the copy guard's view)."""
     return ImageOps.fit(image, (resolution, resolution), method=Image.LANCZOS)
+
+
+def fit_photo(image: Image.Image, resolution: int) -> tuple[Image.Image, torch.Tensor]:
+    """The whole photo scaled to fit a ``resolution`` square (up or down, Lanczos), centred
+    on its border colour; and its mask [1, R, R]: the photo's opacity there, 0 on padding."""
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    transparent = bool((alpha < 255).any())
+    fill = (255, 255, 255) if transparent else border_colour(image.convert("RGB"))
+    scale = resolution / max(image.size)
+    size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+    # Premultiplied resize: transparent pixels' hidden colours do not bleed into the edges.
+    resized = rgba.convert("RGBa").resize(size, Image.LANCZOS).convert("RGBA")
+    canvas = Image.new("RGBA", (resolution, resolution), fill + (255,))
+    offset = ((resolution - size[0]) // 2, (resolution - size[1]) // 2)
+    opacity = Image.new("L", (resolution, resolution), 0)
+    opacity.paste(resized.getchannel("A"), offset)
+    canvas.alpha_composite(resized, offset)
+    mask = torch.from_numpy(np.asarray(opacity, dtype=np.float32) / 255.0)[None]
+    return canvas.convert("RGB"), mask
+
+
+def border_colour(image: Image.Image) -> tuple[int, int, int]:
+    """Median colour of the edges the padding adjoins (left and right of a tall photo, top
+    and bottom of a wide one): the backdrop the padding continues."""
+    array = np.asarray(image)
+    if image.size[1] >= image.size[0]:
+        edges = np.concatenate([array[:, 0], array[:, -1]])
+    else:
+        edges = np.concatenate([array[0], array[-1]])
+    return tuple(int(v) for v in np.median(edges, axis=0))
 
 
 def to_tensor(image: Image.Image, channels: int) -> torch.Tensor:

@@ -75,9 +75,32 @@ def pairwise_similarity_loss(
     return (log_p_s.exp() * (log_p_s - log_p_a)).mean()
 
 
-def high_frequency_mse(pred_x0: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """``mean((hf(pred_x0) - hf(x0))^2)``: pulls the adapted model's detail towards the photos."""
-    return F.mse_loss(haar_high_frequency(pred_x0).float(), haar_high_frequency(x0).float())
+def high_frequency_mse(pred_x0: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean((hf(pred_x0) - hf(x0))^2)``: pulls the adapted model's detail towards the photos.
+
+    ``mask`` [B, 1, H, W] (1 = photo): only Haar blocks wholly on the photo count (a block
+    that straddles the photo's edge would pull towards the edge against the padding)."""
+    block_mask = None if mask is None else -F.max_pool2d(-mask, 2)
+    return masked_mse(haar_high_frequency(pred_x0).float(), haar_high_frequency(x0).float(), block_mask)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error over the places the mask keeps: ``sum(m * (pred - target)^2) / sum(m)``
+    per channel, with ``mask`` [B, 1, H, W] in [0, 1] (0 = padding or transparent: left out,
+    fractions weigh edge cells); None = plain MSE. For 2x2 inputs with mask [[1, 0], [0, 0]]
+    only the top-left difference counts."""
+    if mask is None:
+        return F.mse_loss(pred, target)
+    weight = mask.to(pred.dtype).expand_as(pred)
+    return (weight * (pred - target) ** 2).sum() / weight.sum().clamp_min(1e-8)
+
+
+def latent_mask(mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """A pixel mask [B, 1, H, W] at latent size: each latent cell weighs the share of photo
+    pixels it covers (a cell wholly on padding or transparency weighs 0)."""
+    if mask is None:
+        return None
+    return F.adaptive_avg_pool2d(mask, size)
 
 
 def loss_terms(
@@ -122,15 +145,16 @@ def domainstudio_terms(
     target_x0: torch.Tensor,
     num_samples: int | None,
     generator: torch.Generator | None = None,
+    target_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """L_img, L_hf and L_hfmse on predicted clean images of the samples the terms apply to.
 
     adapted_x0/source_x0: predictions of the adapted and the source model for the same
-    noisy inputs (or, unpaired, for the class batch); target_x0: the photos themselves.
-    The pairwise terms need 2 samples: with fewer they are None (not a silent 0: the
+    noisy inputs (or, unpaired, for the class batch); target_x0: the photos themselves, and
+    target_mask where they are padded or transparent (left out of L_hfmse). The pairwise terms need 2 samples: with fewer they are None (not a silent 0: the
     caller reports them as not applied).
     """
-    hfmse = high_frequency_mse(adapted_x0, target_x0)
+    hfmse = high_frequency_mse(adapted_x0, target_x0, target_mask)
     n = min(adapted_x0.shape[0], source_x0.shape[0])
     if n < 2:
         return {"img": None, "hf": None, "hfmse": hfmse}

@@ -1,13 +1,15 @@
-"""One way in for every base model: builtin names, local diffusers folders, hub ids.
+"""One way in for every base model: builtin names, local diffusers folders, single-file
+checkpoints, hub ids.
 
 ``load_base_model(spec)`` returns a :class:`BaseModel` holding the diffusers components
-(UNet, scheduler and, for text-to-image, VAE, text encoder and tokenizer). Training and
-sampling code only ever sees that object.
+(UNet, scheduler and, for text-to-image, VAE, text encoder(s) and tokenizer(s)). Training
+and sampling code only ever sees that object. Families: ``ddpm`` (unconditional
+UNet2DModel), ``sd`` (Stable Diffusion 1.x/2.x) and ``sdxl`` (two text encoders, added
+time ids).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ import torch
 
 from .config import TEXT_TO_IMAGE, UNCONDITIONAL
 from .errors import ModelError
+from .model_kinds import DDPM, SD1, SD2, SDXL, SINGLE_FILE_SUFFIXES, read_json, refuse_unsupported
 
 BUILTIN_PREFIX = "builtin:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -35,24 +38,46 @@ class BaseModel:
     text_encoder: Any = None
     tokenizer: Any = None
     fingerprint: str = ""
+    family: str = ""  # model_kinds.DDPM, SD1, SD2 or SDXL; set from kind when not given
+    text_encoder_2: Any = None  # SDXL: the OpenCLIP bigG encoder (with projection)
+    tokenizer_2: Any = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            self.family = SD1 if self.kind == TEXT_TO_IMAGE else DDPM
 
     @property
     def is_text_to_image(self) -> bool:
         return self.kind == TEXT_TO_IMAGE
 
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == SDXL
+
+    @property
+    def modules(self) -> list:
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "BaseModel":
-        for module in (self.unet, self.vae, self.text_encoder):
-            if module is not None:
-                module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
+        for module in self.modules:
+            module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
         return self
 
     def pipeline(self, unet: Any = None):
-        """A plain diffusers pipeline over these components (DDPMPipeline or StableDiffusionPipeline)."""
-        from diffusers import DDPMPipeline, StableDiffusionPipeline
+        """A plain diffusers pipeline over these components (DDPMPipeline, StableDiffusionPipeline
+        or StableDiffusionXLPipeline)."""
+        from diffusers import DDPMPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
         unet = unet if unet is not None else self.unet
+        if self.is_sdxl:
+            # No invisible watermark: it needs a package of its own and alters every image.
+            return StableDiffusionXLPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
+                tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=unet,
+                scheduler=self.scheduler, add_watermarker=False,
+            )
         if self.is_text_to_image:
             return StableDiffusionPipeline(
                 vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
@@ -84,6 +109,16 @@ def _tiny_sd() -> BaseModel:
     return BaseModel("builtin:tiny-sd", TEXT_TO_IMAGE, c["unet"], c["scheduler"], c["resolution"], 3,
                      vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
                      fingerprint="builtin:tiny-sd", description=BUILTINS["tiny-sd"].description)
+
+
+def _tiny_sdxl() -> BaseModel:
+    from .tiny import sdxl_components
+
+    c = sdxl_components()
+    return BaseModel("builtin:tiny-sdxl", TEXT_TO_IMAGE, c["unet"], c["scheduler"], c["resolution"], 3,
+                     vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
+                     text_encoder_2=c["text_encoder_2"], tokenizer_2=c["tokenizer_2"], family=SDXL,
+                     fingerprint="builtin:tiny-sdxl", description=BUILTINS["tiny-sdxl"].description)
 
 
 def _fmnist_ddpm() -> BaseModel:
@@ -123,6 +158,7 @@ def _fmnist_sd() -> BaseModel:
 BUILTINS: dict[str, Builtin] = {
     "tiny-ddpm": Builtin("Unconditional DDPM, 32x32 RGB, random weights (tests and smoke runs).", _tiny_ddpm),
     "tiny-sd": Builtin("Stable-Diffusion-shaped text-to-image model, 32 px, random weights (tests and smoke runs).", _tiny_sd),
+    "tiny-sdxl": Builtin("SDXL-shaped text-to-image model (two text encoders, added time ids), 32 px, random weights (tests and smoke runs).", _tiny_sdxl),
     "fmnist-ddpm-32": Builtin("Demo model: unconditional DDPM, 32x32 grayscale, trained on Fashion-MNIST clothing and bags (no footwear).", _fmnist_ddpm),
     "fmnist-sd-32": Builtin("Demo model: Stable-Diffusion-shaped text-to-image model, 32x32 (grey on RGB), trained on Fashion-MNIST "
                             "with captions: t-shirt, trousers, pullover, dress, coat, shirt, bag, sandal, ankle boot, shoe (never a sneaker).", _fmnist_sd),
@@ -136,15 +172,22 @@ def list_builtin_models() -> dict[str, str]:
 
 # -- loading --------------------------------------------------------------------------
 def load_base_model(spec: str, device: str | torch.device = "cpu") -> BaseModel:
-    """Load a base model from ``builtin:NAME``, a local diffusers folder, or a hub id.
+    """Load a base model from ``builtin:NAME``, a local diffusers folder, a single checkpoint
+    file (.safetensors/.ckpt of SD 1.x, 2.x, SDXL), or a hub id.
 
     Raises :class:`ModelError` with what to do when the model cannot be found or read.
     """
     spec = str(spec).strip()
     if spec.startswith(BUILTIN_PREFIX):
         model = _load_builtin(spec[len(BUILTIN_PREFIX):])
+    elif Path(spec).expanduser().is_file():
+        from .single_file import load_single_file
+
+        model = text_to_image_model(spec, *load_single_file(Path(spec).expanduser()))
     elif Path(spec).expanduser().exists():
         model = load_local_folder(Path(spec).expanduser())
+    elif spec.lower().endswith(SINGLE_FILE_SUFFIXES):  # not a hub id: a file that is not there
+        raise ModelError("the checkpoint file %(path)s does not exist", path=spec)
     elif _HUB_ID.match(spec):
         model = _load_from_hub(spec)
     else:
@@ -153,10 +196,7 @@ def load_base_model(spec: str, device: str | torch.device = "cpu") -> BaseModel:
             "Builtin models: %(choices)s",
             spec=repr(spec), choices=", ".join(list_builtin_models()),
         )
-    for module in (model.unet, model.vae, model.text_encoder):
-        if module is not None:
-            module.to(device)
-    return model
+    return model.to(device)
 
 
 def _load_builtin(name: str) -> BaseModel:
@@ -173,15 +213,14 @@ def load_local_folder(folder: Path) -> BaseModel:
                          path=str(folder))
     index = folder / "model_index.json"
     if index.is_file():
-        info = _read_json(index)
+        info = read_json(index)
         pipeline_class = str(info.get("_class_name", ""))
-        if "unet" not in info:
-            raise ModelError("%(path)s lists no unet; DomainStudio adapts UNet diffusion models", path=str(index))
+        refuse_unsupported(info, pipeline_class, folder)
         if "text_encoder" in info and "vae" in info:
-            return _load_sd_folder(folder, pipeline_class)
+            return _load_sd_folder(folder, pipeline_class, sdxl="text_encoder_2" in info)
         return _load_ddpm_folder(folder, folder / "unet", pipeline_class)
     config = folder / "config.json"
-    if config.is_file() and _read_json(config).get("_class_name") == "UNet2DModel":
+    if config.is_file() and read_json(config).get("_class_name") == "UNet2DModel":
         return _load_ddpm_folder(folder, folder, "UNet2DModel")
     raise ModelError(
         "%(folder)s is not a diffusers model folder: expected model_index.json (a pipeline saved with "
@@ -190,28 +229,47 @@ def load_local_folder(folder: Path) -> BaseModel:
     )
 
 
-def _load_sd_folder(folder: Path, pipeline_class: str) -> BaseModel:
+def _load_sd_folder(folder: Path, pipeline_class: str, sdxl: bool) -> BaseModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    subs = ("unet", "vae", "text_encoder", "tokenizer", "scheduler") + (("text_encoder_2", "tokenizer_2") if sdxl else ())
+    for sub in subs:
         if not (folder / sub).is_dir():
             raise ModelError("%(folder)s lacks the %(sub)s/ folder that a %(pipeline)s model needs",
                              folder=str(folder), sub=sub, pipeline=pipeline_class or "Stable Diffusion")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+        parts = dict(
+            unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
+            text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+            # Training adds noise the DDPM way whatever sampler the folder names.
+            scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        )
+        if sdxl:
+            parts.update(text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2"),
+                         tokenizer_2=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError("could not read the model in %(folder)s: %(detail)s",
                          folder=str(folder), detail=str(exc)) from exc
+    name = pipeline_class or ("Stable Diffusion XL" if sdxl else "Stable Diffusion")
+    return text_to_image_model(str(folder), parts, _folder_fingerprint(folder / "unet"), f"{name} from {folder}")
+
+
+def text_to_image_model(spec: str, parts: dict, fingerprint: str, description: str) -> BaseModel:
+    """A BaseModel over loaded SD or SDXL components; the resolution is the UNet's latent size
+    times the VAE's downscaling (512 px for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL)."""
+    vae, unet = parts["vae"], parts["unet"]
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    return BaseModel(str(folder), TEXT_TO_IMAGE, unet, scheduler, int(unet.config.sample_size) * scale, 3,
-                     vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                     fingerprint=_folder_fingerprint(folder / "unet"),
-                     description=f"{pipeline_class or 'Stable Diffusion'} from {folder}")
+    if parts.get("text_encoder_2") is not None:
+        family = SDXL
+    else:  # SD 2.x: OpenCLIP ViT-H, 1024-wide hidden states
+        family = SD2 if parts["text_encoder"].config.hidden_size == 1024 else SD1
+    return BaseModel(spec, TEXT_TO_IMAGE, unet, parts["scheduler"], int(unet.config.sample_size) * scale, 3,
+                     vae=vae, text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                     text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
+                     family=family, fingerprint=fingerprint, description=description)
 
 
 def _load_ddpm_folder(folder: Path, unet_folder: Path, pipeline_class: str) -> BaseModel:
@@ -237,16 +295,6 @@ def _folder_fingerprint(unet_folder: Path) -> str:
     """Identifies a base model by its UNet config, so adapters are not applied to another model."""
     text = (unet_folder / "config.json").read_bytes() if (unet_folder / "config.json").is_file() else b""
     return "sha256:" + hashlib.sha256(text).hexdigest()[:16]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError("%(path)s is not valid JSON: %(detail)s", path=str(path), detail=str(exc)) from exc
-    if not isinstance(data, dict):
-        raise ModelError("%(path)s does not hold a JSON object", path=str(path))
-    return data
 
 
 def _load_from_hub(repo_id: str) -> BaseModel:

@@ -17,7 +17,7 @@ from .config import SCHEDULERS
 from .data import to_pil
 from .errors import Canceled, InputError
 from .models import BaseModel
-from .training import resolve_device
+from .training import autocast, resolve_device, sampling_dtype
 
 
 
@@ -58,19 +58,32 @@ def sample(
     negative_prompt: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    precision: str = "auto",
 ) -> list[GeneratedImage]:
     """Sample ``n`` images. ``model``: a run's output folder, a diffusers folder or builtin spec.
 
     For text-to-image models ``prompt`` is one prompt or one per image; classifier-free
     guidance uses ``guidance_scale``. ``progress(done, n)`` is called after each batch.
+    ``precision``: auto (fp16 on a GPU, fp32 on the CPU), no, fp16 or bf16; a model loaded
+    here has its weights cast to it, a BaseModel passed in runs under autocast.
     """
     from .checkpoints import load_for_sampling
 
     dev = resolve_device(device)
-    base = model if isinstance(model, BaseModel) else load_for_sampling(model, dev)
+    dtype = sampling_dtype(precision, dev)
+    if isinstance(model, BaseModel):
+        base = model
+    else:
+        base = load_for_sampling(model, dev)
+        if dtype is not None:
+            # Weights of our own copy: cast once, then no autocast (it would re-cast fp32
+            # weights on every call, twice the memory traffic).
+            base.to(dev, dtype)
+            dtype = None
     return sample_with(base, n, prompt=prompt, seed=seed, steps=steps, scheduler=scheduler,
                        guidance_scale=guidance_scale, batch_size=batch_size, device=dev,
-                       negative_prompt=negative_prompt, progress=progress, should_stop=should_stop)
+                       negative_prompt=negative_prompt, progress=progress, should_stop=should_stop,
+                       precision=dtype)
 
 
 def _check(n: int, steps: int, batch_size: int, scheduler: str, prompts: list | None, base: BaseModel) -> None:
@@ -104,8 +117,10 @@ def sample_with(
     resolution: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    precision: torch.dtype | None = None,
 ) -> list[GeneratedImage]:
-    """Sample from an already loaded model (used by the sampler above and for previews)."""
+    """Sample from an already loaded model (used by the sampler above and for previews);
+    ``precision``: autocast dtype (None: the weights' own)."""
     prompts = None
     if base.is_text_to_image and prompt is not None:
         prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
@@ -117,13 +132,14 @@ def sample_with(
         if should_stop is not None and should_stop():
             raise Canceled("sampling was canceled")
         seeds = list(range(seed + first, seed + min(n, first + batch_size)))
-        if base.is_text_to_image:
-            batch_prompts = prompts[first:first + len(seeds)]
-            images = _text_to_image_batch(base, batch_prompts, seeds, steps, scheduler, guidance_scale,
-                                          negative_prompt, resolution, device)
-        else:
-            batch_prompts = [None] * len(seeds)
-            images = _unconditional_batch(base, seeds, steps, scheduler, device)
+        with autocast(device, precision):
+            if base.is_text_to_image:
+                batch_prompts = prompts[first:first + len(seeds)]
+                images = _text_to_image_batch(base, batch_prompts, seeds, steps, scheduler, guidance_scale,
+                                              negative_prompt, resolution, device)
+            else:
+                batch_prompts = [None] * len(seeds)
+                images = _unconditional_batch(base, seeds, steps, scheduler, device)
         for image, s, p in zip(images, seeds, batch_prompts):
             out.append(GeneratedImage(image, s, p, steps, scheduler, base.spec,
                                       {"guidance_scale": guidance_scale if base.is_text_to_image else None}))

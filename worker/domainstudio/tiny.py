@@ -84,6 +84,49 @@ def sd_components(size: str = "tiny"):
     }
 
 
+def sdxl_components():
+    """SDXL-shaped components with random weights: two CLIP text encoders (the second with a
+    projection, whose pooled output and the six added time ids feed the UNet's "text_time"
+    embedding), 32 px images, 16x16 latents. The shapes follow diffusers' own SDXL tests."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = tiny_tokenizer()
+
+    def text(hidden: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77, hidden_size=hidden,
+            intermediate_size=2 * hidden, num_attention_heads=4, num_hidden_layers=2, projection_dim=hidden,
+        )
+
+    with _seeded():
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**_SDXL_UNET)
+        vae = AutoencoderKL(**_SD_SHAPES["tiny"]["vae"])
+        # Two widths, as SDXL's CLIP-L (768) and OpenCLIP bigG (1280): single-file loading
+        # tells the encoders apart by their width.
+        text_encoder = CLIPTextModel(text(32))
+        text_encoder_2 = CLIPTextModelWithProjection(text(48))
+    return {
+        "unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+        "text_encoder_2": text_encoder_2, "tokenizer_2": tiny_tokenizer(),
+        "scheduler": DDPMScheduler(**SD_SCHEDULER), "resolution": 32,
+    }
+
+
+_SDXL_UNET = dict(
+    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+    block_out_channels=(32, 64), norm_num_groups=8, attention_head_dim=(2, 4),
+    use_linear_projection=True, transformer_layers_per_block=(1, 2),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=80,  # the two text encoders' hidden states side by side (32 + 48)
+    addition_embed_type="text_time", addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 48,  # six time ids + the pooled text embedding
+)
+
+
 _SD_SHAPES = {
     "tiny": {
         "resolution": 32,

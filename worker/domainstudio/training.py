@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -42,6 +43,75 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def sampling_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Half precision for sampling: fp16 on a GPU unless asked otherwise (2x the images/s of
+    fp32, and inference needs no loss scaling); off on the CPU, where fp16 is slow."""
+    if setting == "no" or (setting == "auto" and device.type != "cuda"):
+        return None
+    return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
+
+
+# -- memory and speed options (AdaptConfig: optimizer, lr_warmup_steps, attention, torch_compile)
+COMPILE_BACKEND = "inductor"  # tests swap in "eager": inductor takes minutes to compile on a CPU
+
+
+def check_optimizer(name: str, device: torch.device) -> None:
+    """Refuse adamw8bit before any work is done where bitsandbytes cannot run it."""
+    if name != "adamw8bit":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ModelError(
+            "optimizer adamw8bit needs the bitsandbytes package on this worker (pip install bitsandbytes, "
+            "CUDA GPUs only); or use optimizer adamw (%(detail)s)", detail=str(exc)) from exc
+    if device.type != "cuda":
+        raise ModelError("optimizer adamw8bit runs on CUDA GPUs only, not on %(device)s; use optimizer adamw",
+                         device=str(device))
+
+
+def make_optimizer(params: list[torch.nn.Parameter], name: str, learning_rate: float) -> torch.optim.Optimizer:
+    if name == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=learning_rate, weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+
+
+def warmup_learning_rate(learning_rate: float, warmup_steps: int, step: int) -> float:
+    """Learning rate of 0-based optimizer step ``step``: linear from lr/warmup up to lr at
+    step warmup-1, then constant (diffusers' constant_with_warmup)."""
+    if warmup_steps <= 0:
+        return learning_rate
+    return learning_rate * min(1.0, (step + 1) / warmup_steps)
+
+
+def set_attention(modules: Iterable, kind: str) -> None:
+    """sdpa: PyTorch's fused scaled_dot_product_attention (diffusers' AttnProcessor2_0), which
+    never holds the [tokens x tokens] matrix; classic: the matrix in full (AttnProcessor)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    for module in modules:
+        if module is not None and hasattr(module, "set_attn_processor"):
+            module.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
+
+def hold_frozen_weights_in(modules: Iterable, dtype: torch.dtype) -> None:
+    """Frozen weights in the autocast dtype, trained ones (LoRA) in fp32, as diffusers'
+    training scripts hold them: half the memory of the frozen UNet, and autocast computes in
+    that dtype anyway. The VAE stays in fp32 (SDXL's overflows in fp16)."""
+    for module in modules:
+        for p in module.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(dtype)
+
+
+def compile_module(module: torch.nn.Module) -> None:
+    """torch.compile in place (nn.Module.compile): parameter names and state_dict keys stay
+    as they are, so checkpoints and LoRA files do not change."""
+    module.compile(backend=COMPILE_BACKEND)
 
 
 class EMA:
@@ -104,11 +174,17 @@ class TrainableWeights:
                 p.copy_(state[n])
 
 
+def _numpy_state_plain(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
+
+
 def rng_state(generator: torch.Generator) -> dict:
     state = {
         "generator": generator.get_state(),
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        # plain Python values (not numpy's array), so that the state loads with weights_only=True
+        "numpy": _numpy_state_plain(np.random.get_state()),
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -133,9 +209,19 @@ def save_atomic(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# what the training states written before the numpy RNG state was kept as plain values hold
+# (numpy's array reconstruction, nothing that runs code)
+_NUMPY_GLOBALS = [(np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct, np.ndarray, np.dtype,
+                  type(np.dtype(np.uint32))]
+
+
 def load_state(path: Path) -> dict:
+    """The training state to resume from. It may come from object storage (a run resumed on
+    another worker), so only tensors and plain values are read (weights_only=True): a
+    crafted file cannot run code on the worker."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise ModelError("the training state %(path)s is unreadable (%(detail)s); delete it to start over",
                          path=str(path), detail=str(exc)) from exc

@@ -12,19 +12,21 @@ import copy
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .config import AdaptConfig
-from .losses import haar_high_frequency, high_frequency_mse, loss_terms, pairwise_similarity_loss
+from .losses import haar_high_frequency, high_frequency_mse, loss_terms, masked_mse, pairwise_similarity_loss
 from .models import BaseModel
 from .training import EMA, TrainableWeights
 from .diffusion import predicted_clean, training_target
 
 
 class UnconditionalTrainer(TrainableWeights):
-    def __init__(self, base: BaseModel, cfg: AdaptConfig, device: torch.device, pixels: torch.Tensor):
+    def __init__(self, base: BaseModel, cfg: AdaptConfig, device: torch.device, pixels: torch.Tensor,
+                 masks: torch.Tensor | None = None):
         self.base, self.cfg, self.device = base, cfg, device
         self.pixels = pixels.to(device)
+        # Padding and transparent areas stay out of the photo losses (data.fit_photo).
+        self.masks = None if masks is None else masks.to(device)
         self.unet = base.unet.to(device).train()
         self.uses_ds = any(w > 0 for w in (cfg.l_img, cfg.l_hf, cfg.l_hfmse))
         # The source model is a frozen copy made before any update (eps_s in METHOD.md).
@@ -36,18 +38,19 @@ class UnconditionalTrainer(TrainableWeights):
 
     def losses(self, index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         x0 = self.pixels[index.to(self.device)]
+        mask = None if self.masks is None else self.masks[index.to(self.device)]
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         t = torch.randint(0, len(self.alphas_cumprod), (x0.shape[0],), generator=generator).to(self.device)
         x_t = self.base.scheduler.add_noise(x0, noise, t)
         pred = self._eps(self.unet(x_t, t).sample, x0.shape[1])
-        simple = F.mse_loss(pred.float(), training_target(self.base.scheduler, x0, noise, t).float())
+        simple = masked_mse(pred.float(), training_target(self.base.scheduler, x0, noise, t).float(), mask)
         ds = {}
         if self.uses_ds:
             ds = self._pairwise_terms(generator) if self.cfg.l_img > 0 or self.cfg.l_hf > 0 else {}
             small_t = t < self.cfg.ds_max_timestep
             if small_t.any():
                 x0_hat = self._x0(pred[small_t], x_t[small_t], t[small_t])
-                ds["hfmse"] = high_frequency_mse(x0_hat, x0[small_t])
+                ds["hfmse"] = high_frequency_mse(x0_hat, x0[small_t], None if mask is None else mask[small_t])
         return loss_terms(simple=simple, l_img=self.cfg.l_img, l_hf=self.cfg.l_hf, l_hfmse=self.cfg.l_hfmse, **ds)
 
     def _pairwise_terms(self, generator: torch.Generator) -> dict:
