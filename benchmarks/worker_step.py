@@ -98,13 +98,13 @@ def worker_run(settings, steps: int, photos, timeout: float, gallery: int = 1) -
     from sqlalchemy import select
 
     from app.db import make_sessionmaker
-    from app.embedded import prepare_broker, start_workers
+    from app.embedded import WORKERS, prepare_broker, start_worker
     from app.models import Run
     from app.services.runs import total_seconds
 
     prepare_broker(settings)
     engine, run_id, run_settings = make_run(settings, steps, photos, gallery)
-    procs = start_workers(settings, "WARNING")
+    procs = [start_worker(settings, name, "WARNING") for name in WORKERS]  # as scripts/run starts them
     try:
         deadline = time.monotonic() + timeout
         while True:
