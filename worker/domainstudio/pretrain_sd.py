@@ -197,34 +197,48 @@ def train_vae(vae, data: torch.Tensor, config: PretrainSDConfig, state_dir: Path
         return
     _log(f"autoencoder: steps {step}->{config.vae_steps}")
 
-    def save(now):
+    def save(step, now):
         _save_atomic({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
                       "elapsed_seconds": now, "data_rng": gen.get_state(), "rng": torch.get_rng_state(),
                       "config": asdict(config)}, state_dir / "vae.pt")
 
+    def train_step(step):
+        for group in opt.param_groups:  # cosine decay to 10% over the stage
+            group["lr"] = config.vae_lr * (0.55 + 0.45 * math.cos(math.pi * step / config.vae_steps))
+        idx = torch.randint(len(data), (config.vae_batch_size,), generator=gen)
+        return _vae_step(vae, opt, data[idx], config)
+
+    def describe(running):
+        return (f"rec {sum(r for r, _ in running) / len(running):.4f} "
+                f"kl {sum(k for _, k in running) / len(running):.1f}")
+
     vae.train()
+    _resumable_stage("autoencoder", step, config.vae_steps, elapsed, config, train_step, save, describe)
+
+
+def _resumable_stage(name: str, step: int, total: int, elapsed: float, config: PretrainSDConfig,
+                     train_step, save, describe) -> int:
+    """The loop both stages share: ``train_step(step)`` until ``total``, a log line every
+    ``log_every`` steps, ``save(step, elapsed_seconds)`` every ``checkpoint_every`` steps, at
+    the end and when the loop dies (so rerunning resumes). Returns the last step."""
     t0, step0, running = time.time(), step, []
     try:
-        while step < config.vae_steps:
-            for group in opt.param_groups:  # cosine decay to 10% over the stage
-                group["lr"] = config.vae_lr * (0.55 + 0.45 * math.cos(math.pi * step / config.vae_steps))
-            idx = torch.randint(len(data), (config.vae_batch_size,), generator=gen)
-            running.append(_vae_step(vae, opt, data[idx], config))
+        while step < total:
+            running.append(train_step(step))
             step += 1
-            if step % config.log_every == 0 or step == config.vae_steps:
-                rate = (time.time() - t0) / (step - step0)
-                rec = sum(r for r, _ in running) / len(running)
-                kl = sum(k for _, k in running) / len(running)
+            if step % config.log_every == 0 or step == total:
+                rate = (time.time() - t0) / max(step - step0, 1)
+                _log(f"{name} step {step}/{total} {describe(running)} {rate:.3f} s/step "
+                     f"elapsed {_fmt_seconds(elapsed + time.time() - t0)} ETA {_fmt_seconds(rate * (total - step))}")
                 running = []
-                _log(f"autoencoder step {step}/{config.vae_steps} rec {rec:.4f} kl {kl:.1f} "
-                     f"{rate:.3f} s/step ETA {_fmt_seconds(rate * (config.vae_steps - step))}")
             if step % config.checkpoint_every == 0:
-                save(elapsed + time.time() - t0)
+                save(step, elapsed + time.time() - t0)
     except BaseException:
-        save(elapsed + time.time() - t0)
-        _log(f"autoencoder interrupted at step {step}; checkpoint saved, rerun to resume")
+        save(step, elapsed + time.time() - t0)
+        _log(f"{name} interrupted at step {step}; checkpoint saved, rerun to resume")
         raise
-    save(elapsed + time.time() - t0)
+    save(step, elapsed + time.time() - t0)
+    return step
 
 
 @torch.no_grad()
@@ -308,35 +322,23 @@ def train_unet(c: dict, latents: torch.Tensor, labels: torch.Tensor, scale: floa
         gen.set_state(ckpt["data_rng"]); rng.setstate(ckpt["caption_rng"]); torch.set_rng_state(ckpt["rng"])
         _log(f"resumed the UNet stage at step {step}")
 
-    def save(now):
+    def save(step, now):
         _save_atomic({"model": both.state_dict(), "optimizer": opt.state_dict(), "ema": ema, "step": step,
                       "elapsed_seconds": now, "data_rng": gen.get_state(), "caption_rng": rng.getstate(),
                       "rng": torch.get_rng_state(), "config": asdict(config), "latent_scale": scale},
                      state_dir / "unet.pt")
 
+    def train_step(step):
+        loss = _unet_step(c, opt, latents, labels, rng, gen, scale, config)
+        _ema_update(ema, both, config.ema_decay)
+        return loss
+
     _log(f"UNet + text encoder: {sum(p.numel() for p in c['unet'].parameters()) / 1e6:.2f}M + "
          f"{sum(p.numel() for p in c['text_encoder'].parameters()) / 1e6:.2f}M params, "
          f"{torch.get_num_threads()} threads, steps {step}->{config.steps}")
     both.train()
-    t0, step0, running = time.time(), step, []
-    try:
-        while step < config.steps:
-            running.append(_unet_step(c, opt, latents, labels, rng, gen, scale, config))
-            _ema_update(ema, both, config.ema_decay)
-            step += 1
-            if step % config.log_every == 0 or step == config.steps:
-                rate = (time.time() - t0) / max(step - step0, 1)
-                _log(f"unet step {step}/{config.steps} loss {sum(running) / len(running):.4f} "
-                     f"{rate:.3f} s/step elapsed {_fmt_seconds(elapsed + time.time() - t0)} "
-                     f"ETA {_fmt_seconds(rate * (config.steps - step))}")
-                running = []
-            if step % config.checkpoint_every == 0:
-                save(elapsed + time.time() - t0)
-    except BaseException:
-        save(elapsed + time.time() - t0)
-        _log(f"UNet stage interrupted at step {step}; checkpoint saved, rerun to resume")
-        raise
-    save(elapsed + time.time() - t0)
+    step = _resumable_stage("unet", step, config.steps, elapsed, config, train_step, save,
+                            lambda running: f"loss {sum(running) / len(running):.4f}")
     return ema_weights(ema, config.ema_decay, step)
 
 
