@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.errors import N_
+from worker.domainstudio import demo_words
+from worker.domainstudio.config import AdaptConfig
+from worker.domainstudio.model_kinds import SD1, SD2, SDXL
+
+TEXT_DEMO = "builtin:fmnist-sd-32"
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,7 @@ class DemoModel:
 DEMO_MODELS = {
     m.spec: m
     for m in (
-        DemoModel("builtin:fmnist-sd-32",
+        DemoModel(TEXT_DEMO,
                   N_("32×32 grey pictures of clothing, shoes and bags in the style of Fashion-MNIST, from a prompt; it "
                      "knows the words t-shirt, trousers, pullover, dress, coat, shirt, bag, sandal, ankle boot and "
                      "shoe, and has never seen a sneaker (adapted to photos of sneakers, it learns them as “sks "
@@ -45,3 +50,21 @@ def demo_model(spec: str | None) -> DemoModel | None:
 def guard_fits(feature_network: str | None, photos_in_colour: bool) -> bool:
     """False when the copy guard measured colour photos with a grayscale clothing network."""
     return not (photos_in_colour and feature_network and feature_network.startswith(GRAYSCALE_GUARD_NETWORKS))
+
+
+TEXT_TO_IMAGE_FAMILIES = (SD1, SD2, SDXL)  # "" = only the worker can tell
+
+
+def run_prompts(spec: str, family: str, class_word: str, settings: dict | None = None) -> list[str] | None:
+    """The prompts a run of this model trains and samples with, for the run form and the run
+    page: the instance prompt first (previews use it); the text-to-image demo model says them
+    in its own words and cycles its caption templates (as the core's adapt.gallery_prompts)."""
+    settings = settings or {}
+    token = settings.get("instance_token") or "sks"
+    if spec == TEXT_DEMO:
+        return demo_words.gallery_prompts(class_word, token)
+    if family in TEXT_TO_IMAGE_FAMILIES:
+        config = AdaptConfig(class_word=class_word, instance_token=token,
+                             instance_prompt=settings.get("instance_prompt") or None)
+        return [config.photo_prompt("")]  # the core's instance prompt
+    return None

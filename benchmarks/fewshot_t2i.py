@@ -71,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--base-model", default="builtin:fmnist-sd-32")
     p.add_argument("--max-reference", type=int, default=0, help="cap on real sneakers (0 = all; smoke tests)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for every method (e.g. learning_rate=1e-3); repeatable")
+    p.add_argument("--ds-set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the DomainStudio methods only (domainstudio, full); repeatable, for tuning")
     p.add_argument("--tag", default="")
     p.add_argument("--work-dir", type=Path, default=ROOT / "var" / "fewshot_t2i")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -78,7 +82,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         p.error(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
+    try:
+        args.settings, args.ds_settings = _pairs(args.set), _pairs(args.ds_set)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
+
+
+def _pairs(items: list[str]) -> dict:
+    """NAME=VALUE strings as AdaptConfig values (checked by AdaptConfig.from_dict)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set/--ds-set take NAME=VALUE, got {item!r}")
+        out[name.strip()] = value.strip()
+    AdaptConfig.from_dict({"base_model": "x", **out})  # unknown names and bad values fail here
+    return out
 
 
 def run_name(args) -> str:
@@ -86,12 +106,14 @@ def run_name(args) -> str:
 
 
 def method_config(args, method: str) -> AdaptConfig:
-    return AdaptConfig(base_model=args.base_model, steps=args.steps, seed=args.seed, class_word="shoe",
-                       class_prompt="a photo of a {class}", num_class_images=args.num_class_images,
-                       # class images depend on the base model and the class prompt only: shared
-                       class_images_dir=str(args.work_dir / "class_images"),
-                       preview_every=0, checkpoint_every=max(args.steps // 4, 1), device="cpu",
-                       **METHODS[method])
+    tuned = args.ds_settings if method in ("domainstudio", "full") else {}
+    return AdaptConfig.from_dict(dict(
+        base_model=args.base_model, steps=args.steps, seed=args.seed, class_word="shoe",
+        class_prompt="a photo of a {class}", num_class_images=args.num_class_images,
+        # class images depend on the base model and the class prompt only: shared
+        class_images_dir=str(args.work_dir / "class_images"),
+        preview_every=0, checkpoint_every=max(args.steps // 4, 1), device="cpu",
+        **{**METHODS[method], **args.settings, **tuned}))
 
 
 def _images(model, prompt: str, n: int, seed: int, args) -> torch.Tensor:
@@ -168,7 +190,8 @@ def run(args) -> list[dict]:
     photos = [_pil(a) for a in fmnist.to_uint8(shots)]
     rows = []
     for name in ([] if args.no_source else ["source"]) + args.methods.split(","):
-        folder = args.work_dir / run_name(args) / name
+        # the unadapted model's row depends on the shots (seed) only, not on the steps
+        folder = args.work_dir / (f"source-k{args.shots}-s{args.seed}" if name == "source" else run_name(args)) / name
         row = _cached(folder, args)
         if row is None:
             model, started = args.base_model, time.time()

@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 from app import i18n
 from app import repositories as repo
 from app import serializers as ser
-from app.basemodels import base_model_choices
+from app.basemodels import base_model_choices, describe
 from app.deps import Ctx, check_csrf, ctx, get_db
 from app.errors import BadInput, Message, NotFound, ServiceError
 from app.presets import EXPERT_FIELDS, PRESETS
 from app.routes.api import add_uploaded_photos, client_address, known_device, password_work, remember_device
 from app.security import csrf_token
 from app.setting_labels import SETTING_TEXTS
-from app.demo_models import demo_model
+from app.demo_models import demo_model, run_prompts
 from app.imagecheck import colour_photos
 from app.services import auth, galleries, packs, photosets, runs, waiting
 
@@ -187,6 +187,7 @@ def photo_set_page(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(c
                   setting_texts=SETTING_TEXTS, base_models=models, settings=c.settings,
                   base_model_choices=choices,
                   colour_photos=colour_photos(c.storage, photos) if grayscale_demo else 0,
+                  run_prompts={m.spec: run_prompts(m.spec, m.family, ps.class_word) for m in choices},
                   estimates={m: waiting.preset_estimates(c.db, m, c.settings.gallery_size) for m in models})
 
 
@@ -269,7 +270,9 @@ async def start_run(request: Request, photo_set_id: uuid.UUID, c: Ctx = Depends(
 @router.get("/runs/{run_id}")
 def run_page(request: Request, run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
+    prompts = run_prompts(run.base_model, describe(run.base_model).family, run.photo_set.class_word, run.settings)
     return render(request, "run.html", user=c.user, run=run, galleries=repo.galleries_of_run(c.db, run.id),
+                  preview_prompt=prompts[0] if prompts else None,
                   setting_texts=SETTING_TEXTS, run_seconds=runs.run_seconds(run),
                   checkpoint_downloads=ser.checkpoint_downloads(run.checkpoint) if run.checkpoint else [],
                   queue=waiting.queue_spot(c.db, c.team_id, run))

@@ -33,10 +33,12 @@ OUTPUT = Path(__file__).resolve().parent / "output"
 
 @pytest.fixture(scope="session")
 def e2e_settings(tmp_path_factory, pg_url, s3_endpoint, queues):
-    """Production-like settings with the builtin tiny model: a gallery of 8 images of 2
-    sampling steps keeps the whole flow at about a minute on 2 cores."""
+    """Production-like settings with the embedded default's demo models, the text-to-image one
+    first: a gallery of 8 images of 10 sampling steps keeps the whole flow at a few minutes
+    on 2 cores."""
     return production_settings(tmp_path_factory.mktemp("e2e-data"), pg_url, s3_endpoint, queues,
-                               base_models="builtin:tiny-ddpm,builtin:fmnist-ddpm-32", gallery_size=8, sample_steps=2)
+                               base_models="builtin:fmnist-sd-32,builtin:fmnist-ddpm-32", gallery_size=8,
+                               sample_steps=10)
 
 
 @pytest.fixture(scope="session")

@@ -6,27 +6,20 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 
-def product_photos(folder: Path, n: int = 10, side: int = 256) -> list[Path]:
-    """``n`` distinct photos of a "bottle" on a light background, as a team would upload:
-    the same product in different colours, positions and sizes (not noise, so the
-    screenshots show something recognisable)."""
+def sneaker_photos(folder: Path, n: int = 10, side: int = 256) -> list[Path]:
+    """``n`` Fashion-MNIST sneakers (the class the text-to-image demo model never saw), grey
+    on RGB and upscaled to ``side`` px, as a team trying the demo would upload them."""
+    from worker.domainstudio import fmnist
+
     folder.mkdir(parents=True, exist_ok=True)
+    shots, indices = fmnist.draw_shots(7, n, seed=0)
     paths = []
-    for i in range(n):
-        img = Image.new("RGB", (side, side), (236 - 3 * i, 232, 224 + 2 * i))
-        draw = ImageDraw.Draw(img)
-        colour = ((40 + 37 * i) % 256, (90 + 61 * i) % 256, (150 + 23 * i) % 256)
-        x, w, h = side // 2 + (i % 3 - 1) * 18, side // 5 + 2 * i, side // 2 + 4 * i
-        top = side - 24 - h
-        draw.rounded_rectangle([x - w // 2, top, x + w // 2, side - 24], radius=w // 3, fill=colour)  # body
-        draw.rectangle([x - w // 6, top - side // 8, x + w // 6, top + 4], fill=colour)  # neck
-        draw.rectangle([x - w // 5, top - side // 8 - 10, x + w // 5, top - side // 8], fill=(30, 30, 30))  # cap
-        draw.ellipse([x - w // 2 - 8, side - 30, x + w // 2 + 8, side - 16], fill=(200, 200, 195))  # shadow
-        path = folder / f"bottle-{i + 1:02d}.png"
-        img.save(path)
+    for i, (array, index) in enumerate(zip(fmnist.to_uint8(shots), indices)):
+        path = folder / f"sneaker-{i + 1:02d}-{int(index)}.png"
+        Image.fromarray(array).convert("RGB").resize((side, side), Image.Resampling.BICUBIC).save(path)
         paths.append(path)
     return paths
 

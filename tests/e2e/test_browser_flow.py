@@ -1,9 +1,11 @@
 """The whole flow in headless Chromium, as a person does it, on the real app (uvicorn) and
-real services with the builtin tiny model: sign up, create a photo set, upload 10 photos
-with the file picker, start a run, watch its progress reach 100%, open the gallery, review
-in the large view with the keyboard, build a pack on the page, download it and check the
-ZIP. Then the main pages again in Japanese, and at 420 px and 2560 px wide. Every page is
-saved as a full-page screenshot under tests/e2e/output/<test name>/."""
+real services with the text-to-image demo model (the embedded default's first model): sign
+up, create a photo set of sneakers, upload 10 photos with the file picker, see the prompts
+the run will use, start a run, watch its progress and prompt previews reach 100%, open the
+gallery of the run's prompts, review in the large view with the keyboard, build a pack on
+the page, download it and check the ZIP. Then the main pages again in Japanese, and at
+420 px and 2560 px wide. Every page is saved as a full-page screenshot under
+tests/e2e/output/<test name>/."""
 from __future__ import annotations
 
 import csv
@@ -18,14 +20,17 @@ from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
-from .e2e_helpers import PageProblems, Screenshots, product_photos
+from .e2e_helpers import PageProblems, Screenshots, sneaker_photos
 
 pytestmark = pytest.mark.slow
 
 # enough steps that training lasts several of the run page's 1 s updates, so the page shows
-# progress between 0 and 100% (measured: 100 steps of the tiny model with the DomainStudio
-# terms take 30 s on a busy 2-core machine)
-RUN_STEPS = 100
+# progress between 0 and 100% (a LoRA step of the demo model with the DomainStudio terms
+# takes about 0.3 s on one core)
+RUN_STEPS = 60
+MODEL = "builtin:fmnist-sd-32"
+# what the demo model's prompts say for the photo set's class word "sneaker" (its word: shoe)
+PROMPTS = ["a photo of sks shoe", "a product photo of sks shoe", "sks shoe"]
 APPROVE, REJECT = "a", "r"
 # the pack's sizes (the builder's checkboxes) and what each image of that size must be
 PACK_SIZES = {"1024": lambda w, h: max(w, h) == 1024, "4x5": lambda w, h: abs(w / h - 0.8) < 0.05}
@@ -81,7 +86,7 @@ def test_whole_flow_in_the_browser(browser, app_server, output_dir):
         sign_up(page, shots)
         photo_set_path = create_photo_set(page, shots)
         upload_photos(page, shots, output_dir)
-        demo_model_colour_notice(page, shots)
+        run_form_prompts(page, shots)
         run_path = start_run(page, shots)
         second_run_waits_in_the_queue(context, photo_set_path, shots)
         watch_progress(page, shots)
@@ -135,18 +140,18 @@ def sign_up(page, shots: Screenshots) -> None:
     shots.take(page, "signup")
     page.get_by_label("Email").fill(f"e2e-{uuid.uuid4().hex[:8]}@example.com")
     page.get_by_label(re.compile("^Password")).fill("correct horse battery staple")
-    page.get_by_label(re.compile("^Team name")).fill("Bottle team")
+    page.get_by_label(re.compile("^Team name")).fill("Sneaker team")
     page.get_by_role("button", name="Create account", exact=True).click()
     expect(page).to_have_url(re.compile(r"/$"))
     shots.take(page, "home-empty")
 
 
 def create_photo_set(page, shots: Screenshots) -> str:
-    page.get_by_label("Name", exact=True).fill("Summer bottle launch")
-    page.get_by_label("Class word").fill("bottle")
+    page.get_by_label("Name", exact=True).fill("Summer sneaker launch")
+    page.get_by_label("Class word").fill("sneaker")
     page.get_by_role("button", name="Create photo set", exact=True).click()
     expect(page).to_have_url(re.compile(r"/photo-sets/[0-9a-f-]{36}$"))
-    expect(page.get_by_role("heading", level=1)).to_contain_text("Summer bottle launch")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Summer sneaker launch")
     shots.take(page, "photo-set-empty")
     return _path(page)
 
@@ -154,7 +159,7 @@ def create_photo_set(page, shots: Screenshots) -> str:
 def upload_photos(page, shots: Screenshots, output_dir) -> None:
     """The file picker, as a person uses it: choosing 10 files uploads them (no button to
     press); the page reloads with the photos, in the order chosen."""
-    photos = product_photos(output_dir / "photos")
+    photos = sneaker_photos(output_dir / "photos")
     with page.expect_navigation(timeout=120_000):  # the page reloads when all are in
         page.locator('input[type="file"]').set_input_files([str(p) for p in photos])
     expect(page.locator('img[src^="/photos/"]')).to_have_count(len(photos))
@@ -163,10 +168,10 @@ def upload_photos(page, shots: Screenshots, output_dir) -> None:
 
 
 def start_run(page, shots: Screenshots) -> str:
-    """The Quick preset with a few expert overrides that keep the tiny run short."""
+    """The Quick preset with a few expert overrides that keep the run short."""
     page.locator("details").filter(has=page.locator('[name="x_steps"]')).locator("summary").click()
     for name, value in {"x_steps": RUN_STEPS, "x_batch_size": 2, "x_preview_every": RUN_STEPS // 3,
-                        "x_num_previews": 2, "x_checkpoint_every": RUN_STEPS}.items():
+                        "x_num_previews": 2, "x_checkpoint_every": RUN_STEPS, "x_num_class_images": 8}.items():
         page.locator(f'[name="{name}"]').fill(str(value))
     page.locator('[name="gallery_size"]').fill("8")
     shots.take(page, "run-form")
@@ -175,19 +180,23 @@ def start_run(page, shots: Screenshots) -> str:
     return _path(page)
 
 
-def demo_model_colour_notice(page, shots: Screenshots) -> None:
-    """Choosing the demo model for colour photos shows what it can draw and a notice, before
-    any run starts; the default (tiny) model shows neither. No estimate yet: nothing ran."""
-    notice = page.locator(".colour-notice")
-    expect(notice).to_be_hidden()
+def run_form_prompts(page, shots: Screenshots) -> None:
+    """The run form shows, before any run starts, the prompts a run of the text-to-image demo
+    model will use, in its own word for "sneaker", and what the demo model can draw; the
+    unconditional demo model has no prompts. No estimate yet: nothing ran."""
+    prompts = page.locator(".run-prompts:visible")
     expect(page.locator('.preset-estimate:visible').first).to_contain_text("once a run of this model has finished")
+    expect(page.locator("#run-base-model")).to_have_value(MODEL)
+    for prompt in PROMPTS:
+        expect(prompts).to_contain_text(f"“{prompt}”")
+    expect(page.locator(".demo-model-note:visible")).to_contain_text("never seen a sneaker")
+    expect(page.locator(".colour-notice")).to_have_count(0)  # grey photos: nothing to warn about
+    shots.take(page, "run-form-prompts")
     page.locator("#run-base-model").select_option("builtin:fmnist-ddpm-32")
-    expect(notice).to_be_visible()
-    expect(notice).to_contain_text("Your photos are in colour")
+    expect(prompts).to_have_count(0)
     expect(page.locator(".demo-model-note:visible")).to_contain_text("32×32 grayscale")
-    shots.take(page, "run-form-demo-model-colour-notice")
-    page.locator("#run-base-model").select_option("builtin:tiny-ddpm")
-    expect(notice).to_be_hidden()
+    page.locator("#run-base-model").select_option(MODEL)
+    expect(prompts).to_have_count(1)
 
 
 def second_run_waits_in_the_queue(context, photo_set_path: str, shots: Screenshots) -> None:
@@ -202,7 +211,7 @@ def second_run_waits_in_the_queue(context, photo_set_path: str, shots: Screensho
     expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
     spot = page.locator("#queue-spot")
     expect(spot).to_contain_text("Number 2 in the queue")
-    expect(spot.locator(".queue-ahead")).to_contain_text("Run of Summer bottle launch")
+    expect(spot.locator(".queue-ahead")).to_contain_text("Run of Summer sneaker launch")
     shots.take(page, "run-queued-second")
     page.get_by_role("button", name="Cancel run", exact=True).click()
     expect(page.locator("#run-status")).to_contain_text(re.compile("canceled", re.I))
@@ -266,6 +275,10 @@ def watch_progress(page, shots: Screenshots) -> None:
     Progress("the run's progress bar").wait(read, lambda v: v >= 1)
     assert any(0 < v < 1 for v in seen), f"the progress bar did not move live; it showed {sorted(seen)}"
     expect(page.locator("#run-status")).to_contain_text(re.compile("succeeded", re.I), timeout=TIMEOUT_MS)
+    # previews come from the instance prompt; the run says which word the model used for "sneaker"
+    expect(page.locator("#preview-prompt")).to_contain_text(f"“{PROMPTS[0]}”")
+    expect(page.locator("#run-previews img")).to_have_count(2)
+    expect(page.locator("body")).to_contain_text("its own word 'shoe'")
     shots.take(page, "run-succeeded")
 
 
@@ -289,6 +302,8 @@ def open_gallery(page, shots: Screenshots) -> str:
     Progress("the gallery's images").wait(lambda: _count(images), lambda n: n >= 8)
     expect(images).to_have_count(8)
     expect(page.locator("#gallery-status")).to_contain_text(re.compile("succeeded", re.I), timeout=TIMEOUT_MS)
+    for prompt in PROMPTS:  # the gallery cycles the demo model's prompts with the trigger word
+        expect(page.locator("main")).to_contain_text(f"“{prompt}”")
     shots.take(page, "gallery")
     return _path(page)
 
@@ -427,7 +442,8 @@ def check_pack_zip(page, zip_path, gallery_url: str, reviews: dict[str, str]) ->
         rows = list(csv.DictReader(io.StringIO(zf.read("manifest.csv").decode())))
     assert sorted(r["file"] for r in rows) == sorted(images)
     assert sorted(int(r["seed"]) for r in rows) == sorted(approved * len(PACK_SIZES))
-    assert {r["base_model"] for r in rows} == {"builtin:tiny-ddpm"}
+    assert {r["base_model"] for r in rows} == {MODEL}
+    assert {r["prompt"] for r in rows} <= set(PROMPTS), rows
     assert {r["review"] for r in rows} == {"approved"}
     for row in rows:  # the pixel size of each file, as written
         with zipfile.ZipFile(zip_path) as zf, Image.open(io.BytesIO(zf.read(row["file"]))) as img:

@@ -80,7 +80,7 @@ def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptRes
     base = load_base_model(config.base_model)
     set_attention((base.unet, base.vae), config.attention)
     loaded = load_photos(photos, config.resolution or base.resolution, base.channels)
-    cfg = config.resolved(base.kind, len(loaded.names), base.resolution)
+    cfg = config.resolved(base.kind, len(loaded.names), base.resolution, base.extra.get("default_settings"))
     cfg, notices = known_class_word(cfg, base)
     done = _finished(out, cfg, base) if resume else None
     if done is not None:

@@ -140,7 +140,8 @@ def _fmnist_ddpm() -> BaseModel:
 
 
 def _fmnist_sd() -> BaseModel:
-    from .pretrain_sd import DEFAULT_FOLDER, demo_vocabulary
+    from .demo_words import DEMO_DEFAULT_SETTINGS, demo_vocabulary
+    from .pretrain_sd import DEFAULT_FOLDER
 
     if not (DEFAULT_FOLDER / "model_index.json").is_file():
         raise ModelError(
@@ -151,7 +152,7 @@ def _fmnist_sd() -> BaseModel:
     model = load_local_folder(DEFAULT_FOLDER)
     model.spec = model.fingerprint = "builtin:fmnist-sd-32"
     model.description = BUILTINS["fmnist-sd-32"].description
-    model.extra.update(demo_vocabulary())
+    model.extra.update(demo_vocabulary(), default_settings=DEMO_DEFAULT_SETTINGS)
     return model
 
 

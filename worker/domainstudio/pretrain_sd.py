@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from . import fmnist
 from .pretrain import (_ema_update, _exit_on_sigterm, _fmt_seconds, _log, _save_atomic, _zero_ema,
                        ema_weights)
+from .demo_words import (CLASS_WORD_ALIASES, CLASS_WORDS, DEMO_DEFAULT_SETTINGS, SHOE_CLASSES,  # noqa: F401
+                         TEMPLATES, article, class_prompt, demo_vocabulary)
 from .tiny import SD_SCHEDULER, tiny_tokenizer
 
 MODEL_NAME = "fmnist-sd-32"
@@ -39,13 +41,6 @@ DEFAULT_STATE_DIR = Path("var/pretrain-sd")
 RESOLUTION = 32
 # Sneaker (7) stays out: the class a team's few photos will bring.
 TRAIN_CLASSES = tuple(c for c in range(10) if c != 7)
-
-# The words a caption uses for each class; the prompts of the web app's demo galleries only
-# use these words.
-CLASS_WORDS = {0: "t-shirt", 1: "trousers", 2: "pullover", 3: "dress", 4: "coat", 5: "sandal",
-               6: "shirt", 8: "bag", 9: "ankle boot"}
-SHOE_CLASSES = (5, 9)  # also captioned "shoe", so "shoe" names footwear without a sneaker
-TEMPLATES = ("a photo of {article}{word}", "a product photo of {article}{word}", "{article}{word}")
 
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, sample_size=RESOLUTION,
@@ -88,12 +83,6 @@ class PretrainSDConfig:
 
 # ---------------------------------------------------------------- captions
 
-def article(word: str) -> str:
-    if word == "trousers":
-        return ""
-    return "an " if word[0] in "aeiou" else "a "
-
-
 def caption(label: int, rng: random.Random, config: PretrainSDConfig) -> str:
     """A plain-words caption of one training image: template, class word (or "shoe"), article
     half the time (so both "a photo of a shoe" and the default class prompt "a photo of shoe"
@@ -105,33 +94,6 @@ def caption(label: int, rng: random.Random, config: PretrainSDConfig) -> str:
         word = "shoe"
     art = article(word) if rng.random() < 0.5 else ""
     return rng.choice(TEMPLATES).format(article=art, word=word)
-
-
-# Everyday words for products the demo model draws under one of its own words: a team's
-# photo set says "sneaker", the model knows "shoe".
-CLASS_WORD_ALIASES = {
-    "sneaker": "shoe", "sneakers": "shoe", "trainer": "shoe", "trainers": "shoe", "shoes": "shoe",
-    "footwear": "shoe", "boot": "ankle boot", "boots": "ankle boot", "sandals": "sandal",
-    "tshirt": "t-shirt", "t-shirts": "t-shirt", "tee": "t-shirt", "top": "t-shirt", "pants": "trousers",
-    "jeans": "trousers", "trouser": "trousers", "sweater": "pullover", "jumper": "pullover",
-    "jacket": "coat", "handbag": "bag", "bags": "bag", "purse": "bag", "blouse": "shirt",
-}
-
-
-def demo_vocabulary() -> dict:
-    """What the web app and the core need to know about the words of this model: the class
-    words it was trained on, aliases, and the prompt templates of its captions (a gallery of
-    this model only uses these; other words are unknown to it)."""
-    words = sorted(set(CLASS_WORDS.values()) | {"shoe"})
-    return {"class_words": words, "class_word_aliases": dict(CLASS_WORD_ALIASES),
-            "prompt_templates": ["a photo of {token} {class}", "a product photo of {token} {class}",
-                                 "{token} {class}"]}
-
-
-def class_prompt(label: int) -> str:
-    """The prompt that names one known class, as the prompt-following benchmark asks it."""
-    word = CLASS_WORDS[label]
-    return f"a photo of {article(word)}{word}"
 
 
 # ---------------------------------------------------------------- components

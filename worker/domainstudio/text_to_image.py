@@ -141,14 +141,17 @@ class TextToImageTrainer(TrainableWeights):
         return loss_terms(simple=simple, prior=prior, l_img=self.cfg.l_img, l_hf=self.cfg.l_hf,
                           l_hfmse=self.cfg.l_hfmse, prior_weight=self.cfg.prior_weight, **ds)
 
-    def _domainstudio(self, generator: torch.Generator) -> dict:
-        """L_img, L_hf (and L_hfmse below its gate) on S noisy photo latents of their own."""
+    def _domainstudio(self, generator: torch.Generator, timestep: int | None = None) -> dict:
+        """L_img, L_hf (and L_hfmse below its gate) on S noisy photo latents of their own;
+        ``timestep`` fixes their shared t (benchmarks/term_gradients_t2i.py measures each t)."""
         s = self.cfg.num_similarity_samples
         n = len(self.instance_latents)
         pick = torch.randperm(n, generator=generator)[:s] if n >= s else torch.randint(0, n, (s,), generator=generator)
         latents = self._latents(self.instance_latents, pick, generator)
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        t = torch.randint(0, self.cfg.pairwise_max_timestep, (1,), generator=generator).expand(s).to(self.device)
+        if timestep is None:
+            timestep = int(torch.randint(0, self.cfg.pairwise_max_timestep, (1,), generator=generator))
+        t = torch.full((s,), timestep, dtype=torch.long, device=self.device)
         x_t = self.scheduler.add_noise(latents, noise, t)
         abar = self.alphas_cumprod[t]
         # the picked photos' own prompts (captions, with caption dropout), as the DreamBooth loss sees them
