@@ -21,7 +21,7 @@ from app.db import make_engine, make_sessionmaker
 from app.deps import CSRFFailed, LoginRequired
 from app.errors import ServiceError
 from app.imagecheck import DecodeBudget, return_freed_images_to_the_os
-from app.jobs import JobQueue
+from app.jobs import JobQueue, make_celery
 from app.ratelimit import BodyLimitMiddleware, HeaderLimitMiddleware, LoginLimiter, MemoryCounts, RedisCounts
 from app.settings import Settings, get_settings
 from app.storage import make_storage
@@ -65,8 +65,6 @@ def create_app(settings: Settings | None = None, celery_app=None, workers=None) 
     logs.setup(settings.log_level)
     engine = make_engine(settings.resolved_database_url)
     if celery_app is None:
-        from worker.celery_app import make_celery
-
         celery_app = make_celery(settings)
 
     @asynccontextmanager

@@ -29,18 +29,17 @@ from sqlalchemy import and_, or_, select, update
 from app import repositories as repo
 from app.db import make_engine, make_sessionmaker
 from app.errors import Message, error_values, message_of, set_error, set_warnings
-from app.imagecheck import make_thumbnail
-from app.jobs import ADAPT_RUN, BUILD_PACK, SAMPLE_GALLERY, JobQueue
-from app.models import Checkpoint, Gallery, Image, Pack, Run
-from app.services.galleries import new_gallery
-from app.services.packs import PackCanceled, PackSource, write_pack_zip
-from app.services.runs import add_loss_point, loss_point, with_stage_time
+from app.jobs import JOBS, SAMPLE_GALLERY, JobQueue
+from app.models import TERMINAL, Checkpoint, Gallery, Image, Pack, Run
+from app.packfiles import PackCanceled, PackSource, write_pack_zip
+from app.progress import add_loss_point, loss_point, with_stage_time
 from app.settings import get_settings
+from app.thumbnails import make_thumbnail
 from app.storage import StorageError, gallery_prefix, make_storage, run_prefix
 from worker.celery_app import app
+from worker.domainstudio.layout import STATE_FILE
 
 log = logging.getLogger("domainstudio.worker")
-TERMINAL = ("succeeded", "failed", "canceled")
 _settings = get_settings()
 
 
@@ -311,9 +310,6 @@ class RunReporter:
             return False
 
 
-STATE_FILE = "state/training_state.pt"  # the core's (worker.domainstudio.training.STATE_FILE)
-
-
 def state_key(prefix: str) -> str:
     return f"{prefix}/{STATE_FILE}"
 
@@ -534,12 +530,20 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         set_error(row, None)
         row.stage_times = with_stage_time(row.stage_times, "publish", time.monotonic() - started)
         gallery = repo.galleries_of_run(db, run.id)
-        gallery = gallery[0] if gallery else new_gallery(db, e.settings, row, prompt)
+        gallery = gallery[0] if gallery else _new_gallery(db, e.settings, row, prompt)
         db.commit()
         gallery_id = gallery.id
     log.info("run.succeeded", extra={"run": str(run.id), "steps": result.steps})
     with e.sessions() as db:  # a worker that dies before this leaves the gallery unsent: the watchdog sends it
         e.queue.send_row(db, Gallery, SAMPLE_GALLERY, gallery_id)
+
+
+def _new_gallery(db, settings, run: Run, prompt: str | None) -> Gallery:
+    """The run's first gallery, queued in the same commit as the run's success."""
+    gallery = Gallery(team_id=run.team_id, run_id=run.id, size=run.gallery_size, prompt=prompt,
+                      steps=settings.sample_steps, status="queued")
+    db.add(gallery)
+    return gallery
 
 
 # ------------------------------------------------------------------------- galleries
@@ -895,7 +899,6 @@ def _build_claimed(e: Env, pack: Pack, images, source: PackSource, heartbeat: He
 #    watchdogs exactly one sends the job again; the claim keeps it to one worker;
 #  - sends again every queued job when the broker lost its data: a marker key that lives
 #    in Redis next to the queues is gone (Redis restarted empty). A job sent twice runs once.
-JOBS = ((Run, ADAPT_RUN), (Gallery, SAMPLE_GALLERY), (Pack, BUILD_PACK))
 
 
 def _given_up(model, failures: int) -> dict:

@@ -18,7 +18,7 @@ from sqlalchemy import update
 from app import runwatch
 from app.models import Checkpoint, Gallery, Run
 from app.routes import live
-from app.services.runs import MAX_LOSS_POINTS, add_loss_point, loss_point, with_stage_time
+from app.progress import MAX_LOSS_POINTS, add_loss_point, loss_point, with_stage_time
 from app.setting_labels import SETTING_TEXTS, describe_settings
 from web_helpers import free_port, new_photo_set, poll, sign_up, wait_for
 

@@ -15,7 +15,7 @@ from app.jobs import JobQueue
 from app.models import Run
 from web_helpers import REDIS, new_photo_set, production_settings, sign_up
 from worker import tasks
-from worker.celery_app import make_celery
+from app.jobs import make_celery
 
 
 @pytest.fixture(autouse=True)
