@@ -256,7 +256,7 @@ def test_the_worker_measures_each_image_against_the_training_photos(client, loca
     """The gallery task's copy-guard steps, without Celery or sampling: a copy of a training
     photo is flagged and points at it; the gallery names its network and gets diversity
     (with the proxy Intra-LPIPS where the classifier fits the model: the demo model)."""
-    from worker import tasks
+    from worker.tasks import galleries as tasks
     from worker.domainstudio.sampling import GeneratedImage
 
     g = seed_gallery(client, 0, base_model=base_model)
