@@ -53,16 +53,14 @@ def requeue_interrupted(settings: Settings) -> int:
     from sqlalchemy import select, update
 
     from app.db import make_engine, make_sessionmaker
-    from app.jobs import ADAPT_RUN, BUILD_PACK, SAMPLE_GALLERY, JobQueue
-    from app.models import Gallery, Pack, Run
-    from worker.celery_app import make_celery
+    from app.jobs import JOBS, JobQueue, make_celery
 
     engine = make_engine(settings.resolved_database_url)
     queue = JobQueue(make_celery(settings))
     sent = 0
     try:
         with make_sessionmaker(engine)() as db:
-            for model, task in ((Run, ADAPT_RUN), (Gallery, SAMPLE_GALLERY), (Pack, BUILD_PACK)):
+            for model, task in JOBS:
                 # their workers died with the app: free the jobs for the next claim at once
                 # (and forget their holder, so that no watchdog counts this as a worker that died on the job)
                 db.execute(update(model).where(model.status == "running").values(heartbeat_at=None, worker=None))
@@ -92,7 +90,7 @@ def prepare_broker(settings: Settings) -> None:
     """Creates the SQL broker's tables and queues once, before the workers start: two
     workers creating them at the same moment on a fresh data folder collide ("table
     kombu_queue already exists"), lose their connection and print a page of warnings."""
-    from worker.celery_app import make_celery
+    from app.jobs import make_celery
 
     celery = make_celery(settings)
     with celery.connection_for_write() as conn:

@@ -6,22 +6,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from app import i18n, logs
 from app.basemodels import log_refused
 from app.db import make_engine, make_sessionmaker
-from app.deps import CSRFFailed, LoginRequired
-from app.errors import ServiceError
+from app.handlers import add_exception_handlers
 from app.imagecheck import DecodeBudget, return_freed_images_to_the_os
-from app.jobs import JobQueue
+from app.jobs import JobQueue, make_celery
 from app.ratelimit import BodyLimitMiddleware, HeaderLimitMiddleware, LoginLimiter, MemoryCounts, RedisCounts
 from app.settings import Settings, get_settings
 from app.storage import make_storage
@@ -45,10 +40,6 @@ DOCS_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-
 DOCS_ASSETS = "/static/apidocs"
 
 
-def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
-
-
 def login_counts(settings: Settings) -> MemoryCounts | RedisCounts:
     """Sign-in failures in Redis when the broker is Redis (all api replicas count
     together; keys named after the deployment's queue), else in this process."""
@@ -65,8 +56,6 @@ def create_app(settings: Settings | None = None, celery_app=None, workers=None) 
     logs.setup(settings.log_level)
     engine = make_engine(settings.resolved_database_url)
     if celery_app is None:
-        from worker.celery_app import make_celery
-
         celery_app = make_celery(settings)
 
     @asynccontextmanager
@@ -113,76 +102,7 @@ def create_app(settings: Settings | None = None, celery_app=None, workers=None) 
     app.add_middleware(HeaderLimitMiddleware, per_header=settings.max_header_bytes,
                        total=settings.max_headers_bytes, headers=SECURITY_HEADERS)
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError):
-        lang = i18n.request_locale(request)
-        message = i18n.error_message(lang, exc)
-        if _wants_json(request):
-            response = JSONResponse({"detail": message, **i18n.translate_tree(lang, exc.extra)},
-                                    status_code=exc.status_code)
-        else:
-            from app.routes.pages import render_error
-
-            response = render_error(request, exc.status_code, message)
-        response.headers.update(exc.headers)
-        return response
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        """Starlette's own answers (no such page, a method a page does not take): a page
-        for a browser that asks for HTML, FastAPI's usual JSON for everyone else."""
-        if "text/html" not in request.headers.get("accept", "") or request.url.path.startswith(("/api/", "/static/")):
-            return await http_exception_handler(request, exc)
-        from app.routes.pages import render_error
-
-        lang = i18n.request_locale(request)
-        msg = i18n.t(lang, "this page does not exist; check the address") if exc.status_code == 404 \
-            else i18n.t(lang, "this page cannot answer that request (HTTP %(status)s)", status=exc.status_code)
-        response = render_error(request, exc.status_code, msg)
-        response.headers.update(exc.headers or {})
-        return response
-
-    @app.exception_handler(OperationalError)
-    async def database_down(request: Request, exc: OperationalError):
-        log.error("db.unavailable", extra={"error": str(exc.orig)[:200]})
-        msg = i18n.t(i18n.request_locale(request), "the database is unreachable; try again in a minute")
-        if _wants_json(request):
-            return JSONResponse({"detail": msg}, status_code=503)
-        from app.routes.pages import render_error
-
-        return render_error(request, 503, msg)
-
-    @app.exception_handler(LoginRequired)
-    async def login_required(request: Request, exc: LoginRequired):
-        if _wants_json(request):
-            return JSONResponse({"detail": i18n.t(i18n.request_locale(request), "sign in first")},
-                                status_code=401)
-        return RedirectResponse("/login", status_code=303)  # also for a form posted after the session expired
-
-    @app.exception_handler(CSRFFailed)
-    async def csrf_failed(request: Request, exc: CSRFFailed):
-        msg = i18n.t(i18n.request_locale(request),
-                     "missing or invalid CSRF token; reload the page and try again")
-        if _wants_json(request):
-            return JSONResponse({"detail": msg}, status_code=403)
-        from app.routes.pages import render_error
-
-        return render_error(request, 403, msg)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
-        reasons = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-            reasons.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        # pydantic's reasons stay in English: they name fields for developers
-        msg = "; ".join(reasons) or i18n.t(i18n.request_locale(request), "invalid request")
-        if _wants_json(request):
-            return JSONResponse({"detail": msg, "errors": [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()]},
-                                status_code=422)
-        from app.routes.pages import render_error
-
-        return render_error(request, 422, msg)
+    add_exception_handlers(app)
 
     @app.get("/health", tags=["health"])
     def health():

@@ -6,17 +6,16 @@ the signed-in user's team in one WHERE clause.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, false, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base
+from app.db import Base, utcnow
 
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+# a job (run, gallery, pack) in one of these states is over: no worker touches it again
+TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def _id() -> Mapped[uuid.UUID]:

@@ -1,8 +1,9 @@
 """Run presets and the expert settings of the core's ``adapt``.
 
-The web side never imports the core (it would pull in torch), so the settings a user may
-change are listed here with their types and bounds; the worker turns the stored dict into
-``AdaptConfig.from_dict``, which remains the judge of what is valid.
+The settings, their types, choices and bounds are the core's ``AdaptConfig`` (config.py
+imports no torch); this module only says which of them the expert form offers and turns a
+form's strings into values with messages for the page. The worker turns the stored dict
+into ``AdaptConfig.from_dict``, which remains the judge of what is valid.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.errors import N_, Message
+from worker.domainstudio.config import AdaptConfig, Bound, format_bound
 
 
 @dataclass(frozen=True)
@@ -36,49 +38,27 @@ PRESETS: dict[str, Preset] = {
 @dataclass(frozen=True)
 class Field:
     type: type
-    lo: float | None = None
-    hi: float | None = None
+    bound: Bound | None = None
     choices: tuple[str, ...] | None = None
 
+    @property
+    def lo(self) -> float | None:
+        return self.bound.low if self.bound else None
 
-# Every AdaptConfig setting a user may change (tests check the names against the core);
-# base_model, class_word and device come from the form's model choice, the photo set and
-# the worker settings.
+    @property
+    def hi(self) -> float | None:
+        return self.bound.high if self.bound else None
+
+
+# base_model, class_word and device come from the form's model choice, the photo set and the
+# worker settings; the class images' folder is the worker's
+NOT_EXPERT = frozenset({"base_model", "class_word", "device", "class_images_dir"})
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+# Every AdaptConfig setting a user may change, in the core's order
 EXPERT_FIELDS: dict[str, Field] = {
-    "mode": Field(str, choices=("auto", "full", "lora")),
-    "steps": Field(int, 1, 100_000),
-    "batch_size": Field(int, 1, 64),
-    "learning_rate": Field(float, 1e-8, 0.5),
-    "resolution": Field(int, 8, 2048),
-    "l_img": Field(float, 0.0, 1e6),
-    "l_hf": Field(float, 0.0, 1e6),
-    "l_hfmse": Field(float, 0.0, 1e6),
-    "prior_weight": Field(float, 0.0, 1e6),
-    "num_similarity_samples": Field(int, 3, 64),
-    "ds_max_timestep": Field(int, 1, 1000),
-    "pairwise_max_timestep": Field(int, 1, 1000),
-    "max_grad_norm": Field(float, 0.0, 1e6),
-    "ema_decay": Field(float, 0.0, 0.999999),
-    "source": Field(str, choices=("unpaired", "paired")),
-    "instance_token": Field(str),
-    "instance_prompt": Field(str),
-    "class_prompt": Field(str),
-    "caption_dropout": Field(float, 0.0, 1.0),
-    "num_class_images": Field(int, 2, 10_000),  # the core needs 2 usable images (as photos)
-    "lora_rank": Field(int, 1, 256),
-    "gradient_checkpointing": Field(bool),
-    "mixed_precision": Field(str, choices=("auto", "no", "fp16", "bf16")),
-    "sampling_precision": Field(str, choices=("auto", "no", "fp16", "bf16")),
-    "optimizer": Field(str, choices=("adamw", "adamw8bit")),
-    "gradient_accumulation_steps": Field(int, 1, 1024),
-    "lr_warmup_steps": Field(int, 0, 1_000_000),
-    "attention": Field(str, choices=("sdpa", "classic")),
-    "torch_compile": Field(bool),
-    "vae_decode_chunk": Field(int, 1, 64),
-    "checkpoint_every": Field(int, 1, 10_000_000),
-    "preview_every": Field(int, 0, 10_000_000),
-    "num_previews": Field(int, 0, 16),
-    "seed": Field(int, 0, 2**31 - 1),
+    f["name"]: Field(_TYPES[f["type"]], f["bound"], f["choices"])
+    for f in AdaptConfig.fields_help() if f["name"] not in NOT_EXPERT
 }
 
 
@@ -121,9 +101,9 @@ def _coerce(name: str, f: Field, value: Any) -> Any:
             raise SettingsError("setting %(name)s must be one of: %(choices)s", name=repr(name),
                                 choices=", ".join(f.choices))
         return value
-    if value != value or (f.lo is not None and value < f.lo) or (f.hi is not None and value > f.hi):
-        raise SettingsError("setting %(name)s must be between %(lo)s and %(hi)s", name=repr(name), lo=f"{f.lo:g}",
-                            hi=f"{f.hi:g}")
+    if value != value or (f.bound is not None and not f.bound.holds(value)):
+        raise SettingsError("setting %(name)s must be between %(lo)s and %(hi)s", name=repr(name),
+                            lo=format_bound(f.lo), hi=format_bound(f.hi))
     return value
 
 

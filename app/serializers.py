@@ -4,8 +4,9 @@ from __future__ import annotations
 from app import i18n
 from app.errors import N_
 from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run
-from app.services.runs import STAGES, total_seconds
+from app.progress import STAGES, total_seconds
 from app.setting_labels import describe_settings
+from worker.domainstudio.layout import KOHYA_FILE
 
 
 def photo(p: Photo) -> dict:
@@ -40,7 +41,6 @@ def checkpoint(c: Checkpoint) -> dict:
 
 
 # Which LoRA file each tool takes (the diffusers file is the checkpoint's main download).
-KOHYA_FILE = "lora_kohya.safetensors"  # the core's kohya.KOHYA_FILE (the web side does not import torch)
 LORA_TOOLS = {
     "diffusers": N_("diffusers: pipe.load_lora_weights(file)"),
     "kohya": N_("ComfyUI (LoraLoader), AUTOMATIC1111 / Forge (models/Lora), SD.Next, InvokeAI"),

@@ -31,7 +31,8 @@ ERROR_CLASSES = ("Message", "PhotoRejected", "ServiceError", "BadInput", "NotFou
                  # the core's and the copy guard's (worker/domainstudio/errors.py): msgid, then params
                  "DomainStudioError", "InputError", "ModelError", "Canceled", "CopyGuardError", "Notice")
 TRANSLATION_KEYWORDS = {**DEFAULT_KEYWORDS, **{name: None for name in ERROR_CLASSES},
-                        "t": (2,), "tn": (2, 3)}  # app.i18n.t(lang, msgid), tn(lang, singular, plural, n)
+                        "t": (2,), "tn": (2, 3),  # app.i18n.t(lang, msgid), tn(lang, singular, plural, n)
+                        "_f": (2,)}  # a core setting's help text: worker/domainstudio/config.py _f(default, help)
 
 
 def extract() -> Catalog:

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from worker.domainstudio.errors import DomainStudioError
+
 FMNIST_MODELS = ("builtin:fmnist-ddpm-32", "builtin:fmnist-sd-32")  # both draw Fashion-MNIST
 SIDE = 32  # the demo model's resolution, and the pixel descriptor's
 
@@ -54,12 +56,10 @@ PIXEL_THRESHOLD = 0.02
 PRETRAINED_THRESHOLDS = {"clip": 0.05, "dino": 0.10}
 
 
-class CopyGuardError(Exception):
-    """The configured feature network could not be loaded (a user-fixable setting)."""
-
-    def __init__(self, msgid: str = "", **params):
-        self.msgid, self.params = msgid, params
-        super().__init__(msgid % params if params else msgid)
+class CopyGuardError(DomainStudioError):
+    """The configured feature network could not be loaded (a user-fixable setting). A core
+    error, so that the gallery task fails the gallery with its message as it does for the
+    core's own."""
 
 
 def unit(features: torch.Tensor) -> torch.Tensor:

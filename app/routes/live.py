@@ -30,6 +30,7 @@ from app import serializers as ser
 from app.db import session_scope
 from app.deps import Ctx, ctx, current_user
 from app.errors import BadInput
+from app.models import TERMINAL
 from app.routes.pages import render
 from app.runwatch import RunWatch, StreamSlot
 from app.services import runs
@@ -98,7 +99,7 @@ async def _run_events(watch: RunWatch, slot: StreamSlot, run_id, seen: int, lang
             if new or state != sent:
                 seen, sent, last_write = (new[-1]["step"] if new else seen), state, time.monotonic()
                 yield _event("run", {**body, "history": new}, seen)
-            if body["status"] in runs.TERMINAL:
+            if body["status"] in TERMINAL:
                 reason = body["status"]
                 yield _event("end", {"status": body["status"]})
                 return

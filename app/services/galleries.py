@@ -10,8 +10,7 @@ from sqlalchemy.orm import Session
 from app import repositories as repo
 from app.errors import N_, BadInput, Conflict, Message, NotFound, Unavailable, set_error
 from app.jobs import SAMPLE_GALLERY, JobQueue
-from app.models import Gallery, Image, Photo, Run
-from app.settings import Settings
+from app.models import Gallery, Image, Photo
 
 log = logging.getLogger("domainstudio.galleries")
 REVIEWS = ("new", "approved", "rejected")
@@ -25,16 +24,6 @@ FEATURE_NETWORKS = (
     N_("Fashion-MNIST classifier (last conv stage, 32x32 grayscale)"),
     N_("pixel descriptor (32x32 colour thumbnail; no feature network configured)"),
 )
-
-
-def new_gallery(db: Session, settings: Settings, run: Run, prompt: str | None) -> Gallery:
-    """Called by the worker when a run succeeds; the caller commits."""
-    gallery = Gallery(
-        team_id=run.team_id, run_id=run.id, size=run.gallery_size, prompt=prompt, steps=settings.sample_steps,
-        status="queued",
-    )
-    db.add(gallery)
-    return gallery
 
 
 def get_gallery(db: Session, team_id, gallery_id) -> Gallery:

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -14,19 +12,13 @@ from app.basemodels import check_base_model
 from app.services import quotas
 from app.errors import BadInput, Message, NotFound, TooManyRequests, Unavailable, set_error
 from app.jobs import ADAPT_RUN, JobQueue
-from app.models import Gallery, Run
+from app.db import aware, utcnow
+from app.models import TERMINAL, Gallery, Run
+from app.progress import RUN_STAGES, total_seconds
 from app.presets import SettingsError, build_settings
 from app.settings import Settings
 
 log = logging.getLogger("domainstudio.runs")
-TERMINAL = ("succeeded", "failed", "canceled")
-# the stages a run's time goes to, in order (runs.stage_times; the report shows them so)
-STAGES = ("queued", "download", "adapt", "publish", "gallery_queued", "gallery")
-# the run's own stages, up to its checkpoint: what the run page's "Elapsed" adds up
-RUN_STAGES = STAGES[:4]
-# loss chart points kept per run: enough for a smooth curve, small enough that a 100k-step
-# run's row stays a few hundred kilobytes
-MAX_LOSS_POINTS = 1000
 
 
 def start_run(
@@ -75,7 +67,7 @@ def start_run(
     try:
         queue.send_row(db, Run, ADAPT_RUN, run.id)
     except Unavailable:
-        run.status, run.finished_at = "failed", _now()
+        run.status, run.finished_at = "failed", utcnow()
         set_error(run, Message("the job queue was unreachable; start the run again"))
         db.commit()
         raise
@@ -121,62 +113,10 @@ def cancel_run(db: Session, team_id, run_id) -> Run:
         return run
     run.cancel_requested = True
     if run.status == "queued":
-        run.status, run.finished_at = "canceled", _now()
+        run.status, run.finished_at = "canceled", utcnow()
     db.commit()
     log.info("run.cancel.requested", extra={"run": str(run.id)})
     return run
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-# ------------------------------------------------------------------ loss history, report
-def loss_point(step: int, elapsed: float | None, terms: Mapping[str, float]) -> dict[str, Any]:
-    """One point of the loss chart. Values keep 6 significant digits (plenty for a chart,
-    a third of the JSON); a NaN or infinite loss becomes null (JSON has no NaN)."""
-    return {"step": int(step), "elapsed": round(float(elapsed or 0.0), 3),
-            "terms": {k: float(f"{v:.6g}") if math.isfinite(v) else None for k, v in
-                      ((k, float(v)) for k, v in terms.items())}}
-
-
-def add_loss_point(history: list[dict[str, Any]], point: dict[str, Any],
-                   limit: int = MAX_LOSS_POINTS) -> list[dict[str, Any]]:
-    """The history with ``point`` appended: at most ``limit`` points spread evenly over
-    the run however long it is, the first and the newest always in.
-
-    Points at or after its step go first: a resumed run repeats the steps after its last
-    saved state. The steps are cut into equal buckets, as wide as the smallest power of
-    two that makes fewer than ``limit`` of them up to the newest step, and each bucket
-    keeps its first point; as the run goes on the buckets double and merge in pairs. The
-    result depends only on the points, so the worker needs no state besides the list.
-    """
-    older = [p for p in history if p["step"] < point["step"]]
-    stride = 1
-    while point["step"] // stride >= limit - 1:
-        stride *= 2
-    kept, bucket = [], None
-    for p in older:
-        if p["step"] // stride != bucket:
-            kept.append(p)
-            bucket = p["step"] // stride
-    kept.append(point)
-    return kept
-
-
-def with_stage_time(times: Mapping[str, float] | None, stage: str, seconds: float, add: bool = False) -> dict[str, float]:
-    """``times`` with one stage's seconds set (or added to, for a stage done in several
-    goes such as a gallery grown with "generate more")."""
-    out = dict(times or {})
-    out[stage] = round((out.get(stage, 0.0) if add else 0.0) + max(seconds, 0.0), 3)
-    return out
-
-
-def total_seconds(times: Mapping[str, float | None] | None) -> float | None:
-    """The run's whole time as the report counts it: the sum of its stages' times (queue,
-    download, training, saving, gallery); None when none was measured."""
-    measured = [v for v in (times or {}).values() if v is not None]
-    return round(sum(measured), 3) if measured else None
 
 
 def run_seconds(run: Run, now: datetime | None = None) -> float | None:
@@ -191,14 +131,9 @@ def run_seconds(run: Run, now: datetime | None = None) -> float | None:
         times = run.stage_times or {}
         total = total_seconds({s: times[s] for s in RUN_STAGES if s in times})
         if total is None and run.finished_at is not None:  # canceled in the queue: nothing measured
-            total = (_aware(run.finished_at) - _aware(run.created_at)).total_seconds()
+            total = (aware(run.finished_at) - aware(run.created_at)).total_seconds()
         return total
-    return max(0.0, ((now or _now()) - _aware(run.created_at)).total_seconds())
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes (stored in UTC); Postgres aware ones."""
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return max(0.0, ((now or utcnow()) - aware(run.created_at)).total_seconds())
 
 
 def run_report(db: Session, team_id, run_id) -> tuple[Run, list[Gallery]]:

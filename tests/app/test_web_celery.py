@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from app.settings import Settings
-from worker.celery_app import make_celery
+from app.jobs import make_celery
 
 
 def test_routes_and_reliability_settings(tmp_path):

@@ -18,7 +18,7 @@ from sqlalchemy import update
 from app import runwatch
 from app.models import Checkpoint, Gallery, Run
 from app.routes import live
-from app.services.runs import MAX_LOSS_POINTS, add_loss_point, loss_point, with_stage_time
+from app.progress import MAX_LOSS_POINTS, add_loss_point, loss_point, with_stage_time
 from app.setting_labels import SETTING_TEXTS, describe_settings
 from web_helpers import free_port, new_photo_set, poll, sign_up, wait_for
 
@@ -112,12 +112,12 @@ def test_stage_times_set_or_add():
 
 
 def test_setting_texts_are_the_core_help_texts():
+    from app.setting_labels import LABELS
     from worker.domainstudio.config import AdaptConfig
 
     core = {f["name"]: f["help"] for f in AdaptConfig.fields_help()}
-    assert set(SETTING_TEXTS) == set(core)
-    # a core help text that changed: copy it into app/setting_labels.py
-    assert {n: core[n] for n, text in SETTING_TEXTS.items() if text.help != core[n]} == {}
+    assert set(SETTING_TEXTS) == set(core) and set(LABELS) == set(core)  # a new setting needs a label
+    assert {n: text.help for n, text in SETTING_TEXTS.items()} == core
     for text in SETTING_TEXTS.values():
         assert text.label and "%" not in text.label + text.help  # newstyle gettext formats with %
     rows = describe_settings({"steps": 3, "seed": 0, "future_setting": 1}, chosen={"steps": 3})

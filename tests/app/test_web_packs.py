@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from app.services.packs import FORMATS, SIZES, PackSource, encode, resize, write_pack_zip
+from app.packfiles import FORMATS, SIZES, PackSource, encode, resize, write_pack_zip
 from app.storage import LocalStorage
 
 EXPECTED = {"original": (60, 40), "1024": (1024, 683), "2048": (2048, 1365), "square": (40, 40), "4x5": (32, 40)}

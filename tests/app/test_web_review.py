@@ -18,6 +18,7 @@ from sqlalchemy import insert, select
 
 from app import repositories as repo
 from app.models import Gallery, Image, Pack, Run
+from app import packfiles
 from app.services import galleries, packs
 from web_helpers import new_photo_set, png_bytes, sign_up
 
@@ -206,7 +207,7 @@ def test_the_estimate_is_within_2x_of_the_real_zip(client, tmp_path, fmt, sizes)
         images = list(repo.images_of_gallery(db, uuid.UUID(g["id"])))
     path = tmp_path / "pack.zip"
     pack = SimpleNamespace(id=uuid.uuid4(), format=fmt, size=",".join(sizes))
-    packs.write_pack_zip(client.app.state.storage, pack, images, packs.PackSource("r", "m"), path)
+    packfiles.write_pack_zip(client.app.state.storage, pack, images, packfiles.PackSource("r", "m"), path)
     real = path.stat().st_size
     assert real / 2 <= estimate["estimated_bytes"] <= real * 2, (estimate["estimated_bytes"], real)
 
@@ -225,7 +226,7 @@ def test_several_sizes_go_to_one_folder_each_with_progress(client, tmp_path):
     heard = []
     path = tmp_path / "pack.zip"
     pack = SimpleNamespace(id=uuid.uuid4(), format="jpeg", size="original,square,1024")
-    packs.write_pack_zip(client.app.state.storage, pack, images, packs.PackSource("r", "m"), path,
+    packfiles.write_pack_zip(client.app.state.storage, pack, images, packfiles.PackSource("r", "m"), path,
                          progress=lambda done, total: heard.append((done, total)))
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
@@ -255,7 +256,7 @@ def test_the_worker_measures_each_image_against_the_training_photos(client, loca
     """The gallery task's copy-guard steps, without Celery or sampling: a copy of a training
     photo is flagged and points at it; the gallery names its network and gets diversity
     (with the proxy Intra-LPIPS where the classifier fits the model: the demo model)."""
-    from worker import tasks
+    from worker.tasks import galleries as tasks
     from worker.domainstudio.sampling import GeneratedImage
 
     g = seed_gallery(client, 0, base_model=base_model)

@@ -17,7 +17,7 @@ def test_default_is_half_the_cores_and_the_setting_wins():
 
 
 def test_worker_applies_the_setting():
-    from worker.tasks import use_torch_threads
+    from worker.tasks.env import use_torch_threads
 
     before = torch.get_num_threads()
     try:

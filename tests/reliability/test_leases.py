@@ -11,11 +11,11 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from app.jobs import JobQueue
+from app.jobs import JobQueue, make_celery
 from app.models import Run
 from web_helpers import REDIS, new_photo_set, production_settings, sign_up
-from worker import tasks
-from worker.celery_app import make_celery
+from worker.tasks import leases, watchdog
+from worker.tasks.env import Env
 
 
 @pytest.fixture(autouse=True)
@@ -40,13 +40,10 @@ def no_jobs_left_waiting(pg_url):
 
 
 def make_env(settings):
-    e = tasks.Env.__new__(tasks.Env)
-    e.settings, e.storage = settings, None
     from app.db import make_engine, make_sessionmaker
 
-    e.sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    e.queue = JobQueue(make_celery(settings))
-    return e
+    return Env(settings, make_sessionmaker(make_engine(settings.resolved_database_url)), None,
+               JobQueue(make_celery(settings)))
 
 
 def add_run(e, team, ps, **values) -> uuid.UUID:
@@ -74,19 +71,19 @@ def test_watchdog_requeues_only_stale_jobs_and_a_live_job_is_claimed_once(make_c
     alive = add_run(e, team, ps, status="running", heartbeat_at=now, worker="gpu-8/4026531836:456", attempts=1)
     queued = add_run(e, team, ps, status="queued")
     try:
-        assert tasks.recover_orphans(e) == 1
+        assert watchdog.recover_orphans(e) == 1
         assert broker.llen(q["queue_gpu"]) == 1
         with e.sessions() as db:
             assert [db.get(Run, i).status for i in (dead, alive, queued)] == ["queued", "running", "queued"]
-        assert tasks.recover_orphans(e) == 0  # and only once
+        assert watchdog.recover_orphans(e) == 0  # and only once
 
         # a second delivery of the live run is refused; the re-queued one is claimed once
-        assert tasks.claim(e, Run, alive) is None
-        assert tasks.claim(e, Run, dead) == 2 and tasks.claim(e, Run, dead) is None
+        assert leases.claim(e, Run, alive) is None
+        assert leases.claim(e, Run, dead) == 2 and leases.claim(e, Run, dead) is None
 
         # Redis came back empty: every queued job is sent again
         broker.delete(q["queue_gpu"], f"domainstudio:broker-marker:{q['queue_gpu']}")
-        assert tasks.recover_orphans(e) == 1 and broker.llen(q["queue_gpu"]) == 1  # the queued run
+        assert watchdog.recover_orphans(e) == 1 and broker.llen(q["queue_gpu"]) == 1  # the queued run
     finally:
         broker.delete(*q.values(), f"domainstudio:broker-marker:{q['queue_gpu']}")
         broker.close()
@@ -100,9 +97,9 @@ def test_a_worker_whose_job_was_taken_over_stops(make_client, pg_url, s3_endpoin
     ps = new_photo_set(client, n_photos=0)
     e = make_env(settings)
     run = add_run(e, team, ps, status="queued")
-    attempt = tasks.claim(e, Run, run)
+    attempt = leases.claim(e, Run, run)
     assert attempt == 1
-    with tasks.Heartbeat(e, Run, run, attempt) as beat:
+    with leases.Heartbeat(e, Run, run, attempt) as beat:
         time.sleep(0.3)
         assert not beat.superseded
         with e.sessions() as db:  # another delivery took it over (this worker was taken for dead)
@@ -114,7 +111,7 @@ def test_a_worker_whose_job_was_taken_over_stops(make_client, pg_url, s3_endpoin
         assert beat.superseded
         try:
             beat.check()
-        except tasks.Superseded:
+        except leases.Superseded:
             pass
         else:
             raise AssertionError("check() did not stop the superseded worker")
@@ -124,16 +121,16 @@ def test_a_holder_counts_as_dead_only_on_this_machine_and_namespace():
     import subprocess
 
     child = subprocess.Popen(["sleep", "30"])
-    here = tasks.worker_id().rpartition(":")[0]
+    here = leases.worker_id().rpartition(":")[0]
     try:
-        assert not tasks.holder_died(f"{here}:{child.pid}")  # alive
-        assert not tasks.holder_died(f"{here}:{__import__('os').getpid()}")  # ourselves
+        assert not leases.holder_died(f"{here}:{child.pid}")  # alive
+        assert not leases.holder_died(f"{here}:{__import__('os').getpid()}")  # ourselves
     finally:
         child.kill()
         child.wait()
-    assert tasks.holder_died(f"{here}:{child.pid}")  # gone
-    assert not tasks.holder_died(f"other-host/1:{child.pid}")  # elsewhere: only the heartbeat can tell
-    assert not tasks.holder_died(None) and not tasks.holder_died("garbage")
+    assert leases.holder_died(f"{here}:{child.pid}")  # gone
+    assert not leases.holder_died(f"other-host/1:{child.pid}")  # elsewhere: only the heartbeat can tell
+    assert not leases.holder_died(None) and not leases.holder_died("garbage")
 
 
 def test_a_job_whose_worker_keeps_dying_is_given_up_with_the_reason(make_client, pg_url, s3_endpoint, queues,
@@ -152,18 +149,18 @@ def test_a_job_whose_worker_keeps_dying_is_given_up_with_the_reason(make_client,
     run = add_run(e, team, ps, status="running", heartbeat_at=stale, worker="gpu-7/4026531836:123", attempts=1)
     try:
         for died in (1, 2):  # the first two deaths: sent to the next worker, which dies on it too
-            assert tasks.recover_orphans(e) == 1
-            assert tasks.claim(e, Run, run) == died + 1
+            assert watchdog.recover_orphans(e) == 1
+            assert leases.claim(e, Run, run) == died + 1
             with e.sessions() as db:
                 db.execute(update(Run).where(Run.id == run).values(heartbeat_at=stale))
                 db.commit()
-        assert tasks.recover_orphans(e) == 0  # the third: given up, not sent again
+        assert watchdog.recover_orphans(e) == 0  # the third: given up, not sent again
         with e.sessions() as db:
             row = db.get(Run, run)
             assert (row.status, row.failures, row.attempts) == ("failed", 3, 3) and row.finished_at is not None
             assert "stopped 3 times" in row.error and row.error_detail["params"] == {"n": 3}
         assert broker.llen(q["queue_gpu"]) == 2
-        assert tasks.claim(e, Run, run) is None
+        assert leases.claim(e, Run, run) is None
         r = client.get(f"/api/runs/{run}")
         assert r.json()["status"] == "failed" and "smaller settings" in r.json()["error"]
     finally:
@@ -191,16 +188,16 @@ def test_a_job_committed_but_never_sent_is_sent_by_the_watchdog(make_client, pg_
         fresh = add_run(e, team, ps, status="queued")  # its send may still be on its way
         with e.sessions() as db:
             assert db.get(Run, uuid.UUID(r.json()["id"])).sent_at is not None
-        assert tasks.resend_unsent(e) == 1 and broker.llen(q["queue_gpu"]) == 2
+        assert watchdog.resend_unsent(e) == 1 and broker.llen(q["queue_gpu"]) == 2
         with e.sessions() as db:
             assert db.get(Run, lost).sent_at is not None and db.get(Run, fresh).sent_at is None
-        assert tasks.resend_unsent(e) == 0  # once
-        assert tasks.claim(e, Run, lost) == 1  # and the worker that takes it claims it as usual
+        assert watchdog.resend_unsent(e) == 0  # once
+        assert leases.claim(e, Run, lost) == 1  # and the worker that takes it claims it as usual
         # a job waiting for a storage retry (due at sent_at) whose retry message was lost
         retrying = add_run(e, team, ps, status="queued", sent_at=old, error="the object store failed (x); trying again")
         waiting = add_run(e, team, ps, status="queued", sent_at=datetime.now(timezone.utc) + timedelta(seconds=30),
                           error="the object store failed (x); trying again")  # not due yet
-        assert tasks.resend_unsent(e) == 1 and broker.llen(q["queue_gpu"]) == 3
+        assert watchdog.resend_unsent(e) == 1 and broker.llen(q["queue_gpu"]) == 3
         with e.sessions() as db:
             assert db.get(Run, retrying).sent_at > old and db.get(Run, waiting).sent_at > old
     finally:

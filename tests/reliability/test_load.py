@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, select
 from app.main import create_app
 from app.models import Gallery, Image, Pack, Photo, Run
 from app.services.galleries import PAGE_SIZE
-from app.services.packs import PackSource, write_pack_zip
+from app.packfiles import PackSource, write_pack_zip
 from app.storage import LocalStorage
 from web_helpers import png_bytes
 

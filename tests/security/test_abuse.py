@@ -518,12 +518,13 @@ def test_the_pack_estimate_encodes_only_small_windows(tmp_path, monkeypatch):
     encodes a 256-pixel window of each output, the very pixels the whole output has there."""
     from types import SimpleNamespace
 
+    from app import packfiles
     from app.services import packs
     from app.storage import LocalStorage
 
     source = Image.effect_noise((256, 256), 40).convert("RGB").resize((512, 512))
     for size in packs.SIZES:
-        full, window = packs.resize(source, size), packs.output_window(source, size)
+        full, window = packfiles.resize(source, size), packs.output_window(source, size)
         left, top = (full.size[0] - window.size[0]) // 2, (full.size[1] - window.size[1]) // 2
         assert window.tobytes() == full.crop((left, top, left + window.size[0], top + window.size[1])).tobytes()
 

@@ -20,13 +20,14 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .checkpoints import CONFIG_FILE, publish, read_checkpoint, write_json_atomic
+from .checkpoints import publish, read_checkpoint, write_json_atomic
 from .config import AdaptConfig
 from .data import Photos, load_photos
 from .errors import Canceled, InputError, ModelError, Notice
+from .layout import CONFIG_FILE, STATE_FILE
 from .models import BaseModel, load_base_model
 from .sampling import sample_with
-from .training import (STATE_FILE, autocast_dtype, check_optimizer, compile_module, hold_frozen_weights_in,
+from .training import (autocast_dtype, check_optimizer, compile_module, hold_frozen_weights_in,
                        load_state, make_optimizer, resolve_device, rng_state, sampling_dtype, save_atomic,
                        set_attention, set_rng_state, warmup_learning_rate)
 

@@ -1,14 +1,5 @@
-"""What an adaptation leaves on disk, and how sampling and `info` read it back.
-
-A run's output folder:
-    config.json        the run's resolved settings (written at the start)
-    checkpoint.json    kind, base model, steps, files (written last: its presence means done)
-    model/             full mode: a diffusers pipeline folder (safetensors)
-    lora.safetensors   LoRA mode: the UNet adapter, for diffusers' load_lora_weights
-    lora_kohya.safetensors  the same adapter in kohya's layout (ComfyUI, A1111/Forge)
-    state/             training state for resume (optimizer, step, RNG, EMA)
-    previews/          preview grids reported during training
-"""
+"""What an adaptation leaves on disk, and how sampling and `info` read it back (the folder's
+file names: layout.py)."""
 from __future__ import annotations
 
 import json
@@ -23,10 +14,8 @@ import torch
 from .errors import ModelError
 from .model_kinds import LABELS
 from .models import BaseModel, load_base_model, load_local_folder
-from .text_to_image import LORA_FILE
+from .layout import CHECKPOINT_FILE, CONFIG_FILE, LORA_FILE
 
-CHECKPOINT_FILE = "checkpoint.json"
-CONFIG_FILE = "config.json"
 FORMAT = "domainstudio-checkpoint/1"
 
 

@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .config import AdaptConfig
+from .config import AdaptConfig, format_bound
 from .errors import DomainStudioError
 
 EPILOG = "Base models: builtin:fmnist-sd-32 (text-to-image demo), builtin:fmnist-ddpm-32 (unconditional demo), builtin:tiny-sd, builtin:tiny-sdxl, builtin:tiny-ddpm (tests), a local diffusers folder or a single .safetensors/.ckpt file (SD 1.x, 2.x, SDXL)."
@@ -78,10 +78,18 @@ def _adapt_parser(sub) -> None:
                 kwargs["choices"] = f["choices"]
         if f["default"] is not None and f["type"] != "bool":
             kwargs["help"] += f" [default: {f['default']}]"
+        if f["bound"] is not None:
+            kwargs["help"] += f" [{_range(f['bound'])}]"
         if f["name"] == "base_model":
             kwargs["required"] = True
         p.add_argument(flag, **kwargs)
     p.set_defaults(func=cmd_adapt)
+
+
+def _range(bound) -> str:
+    """A setting's bounds as the help shows them: 1..4096, or 0<..<1 for open ends."""
+    return (f"{format_bound(bound.low)}{'<' if bound.low_open else ''}.."
+            f"{'<' if bound.high_open else ''}{format_bound(bound.high)}")
 
 
 def _sample_parser(sub) -> None:

@@ -23,6 +23,51 @@ def _f(default: Any, help: str, choices: tuple | None = None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The values a number setting may take: low..high, each end allowed unless marked open."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+
+# The bounds of every number setting: the one place the CLI, the API, the web's expert form
+# and validate() take them from.
+BOUNDS: dict[str, Bound] = {
+    "steps": Bound(1, 1_000_000),
+    "batch_size": Bound(1, 4096),
+    "learning_rate": Bound(0, 1, low_open=True, high_open=True),
+    "resolution": Bound(8, 4096),
+    "l_img": Bound(0, 1e6),
+    "l_hf": Bound(0, 1e6),
+    "l_hfmse": Bound(0, 1e6),
+    "prior_weight": Bound(0, 1e6),
+    # the pairwise terms compare each sample with the others: with 2 that is always equal
+    "num_similarity_samples": Bound(3, 64),
+    "ds_max_timestep": Bound(1, 1000),
+    "pairwise_max_timestep": Bound(1, 1000),
+    "max_grad_norm": Bound(0, 1e6),
+    "ema_decay": Bound(0, 1, high_open=True),
+    "caption_dropout": Bound(0, 1),
+    "num_class_images": Bound(2, 100_000),  # loaded as photos: at least 2 must be usable
+    "lora_rank": Bound(1, 1024),
+    "gradient_accumulation_steps": Bound(1, 1024),
+    "lr_warmup_steps": Bound(0, 1_000_000),
+    "vae_decode_chunk": Bound(1, 64),
+    "checkpoint_every": Bound(1, 10_000_000),
+    "preview_every": Bound(0, 10_000_000),
+    "num_previews": Bound(0, 16),
+    "seed": Bound(0, 2**31 - 1),
+}
+
+
 @dataclass
 class AdaptConfig:
     base_model: str = _f(None, "Base model: builtin:NAME, a local diffusers folder, or a hub id where a hub is reachable.")
@@ -97,6 +142,7 @@ class AdaptConfig:
                 "default": f.default,
                 "help": f.metadata["help"],
                 "choices": f.metadata["choices"],
+                "bound": BOUNDS.get(f.name),
             })
         return out
 
@@ -110,35 +156,10 @@ class AdaptConfig:
             if choices and value not in choices:
                 raise InputError("%(name)s must be one of %(choices)s, got %(value)s",
                                  name=f.name, choices=", ".join(choices), value=repr(value))
-        _positive(self, "steps", 1, 1_000_000)
-        _positive(self, "batch_size", 1, 4096)
-        _positive(self, "resolution", 8, 4096)
-        _positive(self, "lora_rank", 1, 1024)
-        _positive(self, "checkpoint_every", 1, 10_000_000)
-        _positive(self, "num_class_images", 2, 100_000)  # loaded as photos: at least 2 must be usable
-        _positive(self, "gradient_accumulation_steps", 1, 1024)
-        _positive(self, "lr_warmup_steps", 0, 1_000_000)
-        _positive(self, "vae_decode_chunk", 1, 64)
-        if self.num_similarity_samples is not None and not 3 <= self.num_similarity_samples <= 64:
-            raise InputError("num_similarity_samples must be between 3 and 64: the pairwise terms compare each "
-                             "sample with the others, and with 2 that comparison is always equal (a zero loss)")
-        for name in ("ds_max_timestep", "pairwise_max_timestep"):
-            if getattr(self, name) is not None and not 1 <= getattr(self, name) <= 1000:
-                raise InputError("%(name)s must be between 1 and 1000", name=name)
-        if not 0 <= self.max_grad_norm <= 1e6:
-            raise InputError("max_grad_norm must be between 0 and 1e6 (0 = no clipping)")
-        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
-            raise InputError("learning_rate must be between 0 and 1")
-        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
-            raise InputError("ema_decay must be in [0, 1)")
-        for name in ("l_img", "l_hf", "l_hfmse", "prior_weight"):
+        for name, bound in BOUNDS.items():
             value = getattr(self, name)
-            if value is not None and not 0 <= value <= 1e6:
-                raise InputError("%(name)s must be between 0 and 1e6, got %(value)s", name=name, value=value)
-        if not 0 <= self.caption_dropout <= 1:
-            raise InputError("caption_dropout must be between 0 and 1, got %(value)s", value=self.caption_dropout)
-        if self.preview_every < 0 or self.num_previews < 0:
-            raise InputError("preview_every and num_previews must not be negative")
+            if value is not None and not bound.holds(value):
+                raise _out_of_bounds(name, bound, value)
 
     def resolved(self, kind: str, num_photos: int, native_resolution: int,
                  model_defaults: dict[str, dict[str, Any]] | None = None) -> "AdaptConfig":
@@ -185,11 +206,27 @@ class AdaptConfig:
         return f"{prompt}, {caption}" if caption else prompt
 
 
-def _positive(config: AdaptConfig, name: str, low: int, high: int) -> None:
-    value = getattr(config, name)
-    if value is not None and not low <= value <= high:
-        raise InputError("%(name)s must be between %(low)s and %(high)s, got %(value)s",
-                         name=name, low=low, high=high, value=value)
+def _out_of_bounds(name: str, bound: Bound, value: Any) -> InputError:
+    """The message of a setting outside its bounds; a few say why the bound is there."""
+    if name == "num_similarity_samples":
+        return InputError("num_similarity_samples must be between 3 and 64: the pairwise terms compare each "
+                          "sample with the others, and with 2 that comparison is always equal (a zero loss)")
+    if name == "ema_decay":
+        return InputError("ema_decay must be in [0, 1)")
+    if name == "max_grad_norm":
+        return InputError("max_grad_norm must be between 0 and 1e6 (0 = no clipping)")
+    return InputError("%(name)s must be between %(low)s and %(high)s, got %(value)s",
+                      name=name, low=_plain(bound.low), high=_plain(bound.high), value=value)
+
+
+def _plain(number: float) -> int | float:
+    """A bound as a message param: 1e6 as 1000000 (an int), 0.5 as it is."""
+    return int(number) if float(number).is_integer() else number
+
+
+def format_bound(number: float) -> str:
+    """1000000 and 1e+06 as 1000000, 0.5 as 0.5."""
+    return str(_plain(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _base_type(annotation: Any) -> str:

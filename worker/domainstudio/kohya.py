@@ -17,12 +17,12 @@ import torch
 
 from .config import AdaptConfig
 from .model_kinds import SD2, SDXL
+from .layout import KOHYA_FILE, LORA_FILE
 from .models import BaseModel
 
-KOHYA_FILE = "lora_kohya.safetensors"
 # Which file goes where (shown beside the downloads and in the README).
 WHICH_FILE = {
-    "lora.safetensors": "diffusers (pipe.load_lora_weights)",
+    LORA_FILE: "diffusers (pipe.load_lora_weights)",
     KOHYA_FILE: "ComfyUI (LoraLoader), AUTOMATIC1111 / Forge (models/Lora), SD.Next, InvokeAI",
 }
 

@@ -35,6 +35,7 @@ from .config import AdaptConfig
 from .data import load_photos
 from .diffusion import predicted_clean, training_target
 from .kohya import save_kohya_lora
+from .layout import LORA_FILE
 from .losses import (haar_high_frequency, high_frequency_mse, latent_mask, loss_terms, masked_mse,
                      pairwise_similarity_loss)
 from .models import BaseModel
@@ -42,7 +43,6 @@ from .training import EMA, TrainableWeights, autocast, sampling_dtype
 
 log = logging.getLogger("domainstudio.text_to_image")
 
-LORA_FILE = "lora.safetensors"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 

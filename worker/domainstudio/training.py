@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from .errors import ModelError
-
-STATE_FILE = "state/training_state.pt"
+from .layout import STATE_FILE
 
 
 def resolve_device(name: str) -> torch.device:
