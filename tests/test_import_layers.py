@@ -21,7 +21,7 @@ SHARED = {"app", "app.settings", "app.db", "app.models", "app.repositories", "ap
           "app.jobs", "app.leases", "app.progress", "app.packfiles", "app.thumbnails", "app.migrate"}
 # the core's modules the web may import: none of them imports torch
 CORE_FOR_THE_WEB = {"worker.domainstudio", "worker.domainstudio.config", "worker.domainstudio.errors",
-                    "worker.domainstudio.layout", "worker.domainstudio.model_kinds"}
+                    "worker.domainstudio.layout", "worker.domainstudio.model_kinds", "worker.domainstudio.demo_words"}
 
 
 def modules() -> dict[str, Path]:
