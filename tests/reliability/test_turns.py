@@ -127,7 +127,8 @@ def log_events(log: str) -> list[dict]:
 def test_what_waits_in_line_decides_who_gives_up_a_turn(make_client, turns_db, s3_endpoint, queues, tmp_path):
     """The rule on the database: a gallery, another team's run, or an earlier run of the same
     team in line makes a run give up its turn; a later run of its team, a job not sent yet
-    and a storage retry not yet due do not."""
+    and a storage retry not yet due do not. The page of a run back in line after its turn
+    says so."""
     from sqlalchemy import update
 
     from worker.turns import waiting_before
@@ -164,3 +165,10 @@ def test_what_waits_in_line_decides_who_gives_up_a_turn(make_client, turns_db, s
         db.add(Gallery(team_id=uuid.UUID(team_b), run_id=done, size=2, steps=2, status="queued", sent_at=now))
         db.commit()
     assert reason() == "a gallery is waiting"
+
+    # back in line after a turn: its page says it continues where it stopped
+    with e.sessions() as db:
+        db.execute(update(Run).where(Run.id == running).values(status="queued", step=3, total_steps=8, started_at=now))
+        db.commit()
+    assert "Waiting for its turn; training continues where it stopped" in first.get(f"/runs/{running}").text
+    assert "順番を待っています" in first.get(f"/runs/{running}", headers={"Accept-Language": "ja"}).text
