@@ -54,6 +54,7 @@ def requeue_interrupted(settings: Settings) -> int:
 
     from app.db import make_engine, make_sessionmaker
     from app.jobs import JOBS, JobQueue, make_celery
+    from app.models import ACTIVE, JobStatus
 
     engine = make_engine(settings.resolved_database_url)
     queue = JobQueue(make_celery(settings))
@@ -63,9 +64,9 @@ def requeue_interrupted(settings: Settings) -> int:
             for model, task in JOBS:
                 # their workers died with the app: free the jobs for the next claim at once
                 # (and forget their holder, so that no watchdog counts this as a worker that died on the job)
-                db.execute(update(model).where(model.status == "running").values(heartbeat_at=None, worker=None))
+                db.execute(update(model).where(model.status == JobStatus.RUNNING).values(heartbeat_at=None, worker=None))
                 db.commit()
-                for object_id in db.scalars(select(model.id).where(model.status.in_(("queued", "running")))).all():
+                for object_id in db.scalars(select(model.id).where(model.status.in_(ACTIVE))).all():
                     queue.send_row(db, model, task, object_id)
                     sent += 1
     finally:

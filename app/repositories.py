@@ -8,9 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run, Team, User
-
-ACTIVE = ("queued", "running")  # a job waiting in the queue or being worked on
+from app.models import ACTIVE, Checkpoint, Gallery, Image, JobStatus, Pack, Photo, PhotoSet, Run, Team, User
 
 
 def user_by_email(db: Session, email: str) -> User | None:
@@ -204,7 +202,7 @@ def gpu_jobs_ahead(db: Session, since) -> tuple[Sequence[tuple[Run, str]], Seque
     those in line before it (the gpu workers take jobs in the order they were sent); each
     with its photo set's name."""
     def ahead(model):
-        return (model.status == "running") | ((model.status == "queued") & (in_line_since(model) < since))
+        return (model.status == JobStatus.RUNNING) | ((model.status == JobStatus.QUEUED) & (in_line_since(model) < since))
 
     run_rows = db.execute(select(Run, PhotoSet.name).join(PhotoSet, PhotoSet.id == Run.photo_set_id)
                           .where(ahead(Run)).order_by(in_line_since(Run)))
@@ -217,5 +215,5 @@ def gpu_jobs_ahead(db: Session, since) -> tuple[Sequence[tuple[Run, str]], Seque
 def finished_runs_of_model(db: Session, base_model: str, limit: int = 5) -> Sequence[Run]:
     """The latest succeeded runs of a base model on this installation (their stage times
     tell how fast this machine is)."""
-    return db.scalars(select(Run).where(Run.base_model == base_model, Run.status == "succeeded")
+    return db.scalars(select(Run).where(Run.base_model == base_model, Run.status == JobStatus.SUCCEEDED)
                       .order_by(Run.finished_at.desc()).limit(limit)).all()

@@ -11,6 +11,7 @@ from app import repositories as repo
 from app.deps import Ctx, ctx
 from app import serializers as ser
 from app.errors import BadInput, NotFound, Unavailable
+from app.models import JobStatus
 from app.services import packs, runs
 from app.storage import ObjectNotFound, StorageError, run_prefix
 
@@ -113,7 +114,7 @@ def checkpoint_download(run_id: uuid.UUID, format: str | None = None, c: Ctx = D
 @router.get("/packs/{pack_id}/download", **binary("application/zip", redirect=True))
 def pack_download(pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
     pack = packs.get_pack(c.db, c.team_id, pack_id)
-    if pack.status != "succeeded":
+    if pack.status != JobStatus.SUCCEEDED:
         raise NotFound("this pack is not ready yet")
     gallery = repo.gallery(c.db, c.team_id, pack.gallery_id)
     return download(c, pack.key, packs.pack_filename(gallery, pack), "application/zip")

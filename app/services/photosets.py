@@ -13,14 +13,13 @@ from sqlalchemy.orm import Session
 from app import repositories as repo
 from app.errors import N_, BadInput, Conflict, Message, NotFound, Unavailable
 from app.imagecheck import CheckedPhoto, DecodeBudget, PhotoRejected, clean_filename, decode_photo, read_header
-from app.models import PendingDeletion, Photo, PhotoSet
+from app.models import ACTIVE, PendingDeletion, Photo, PhotoSet
 from app.services import quotas
 from app.settings import Settings
 from app.storage import (Storage, StorageError, gallery_prefix, pack_key, photo_key, photo_thumb_key, run_prefix,
                          team_prefix)
 
 log = logging.getLogger("domainstudio.photosets")
-ACTIVE = ("queued", "running")
 
 
 # the form fields' names as the user reads them in an error (translated when shown)

@@ -17,7 +17,7 @@ from app import repositories as repo
 from app.db import aware, utcnow
 from app.errors import Message, error_values, message_of
 from app.jobs import SAMPLE_GALLERY
-from app.models import Checkpoint, Gallery, Image, Run
+from app.models import ACTIVE, Checkpoint, Gallery, Image, JobStatus, Run
 from app.progress import with_stage_time
 from app.settings import get_settings
 from app.storage import gallery_prefix
@@ -65,10 +65,10 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
         ck = repo.checkpoint_of_run(db, gallery.run_id)
         missing = sorted(set(range(gallery.size)) - repo.image_seeds(db, gallery.id))
         if ck is None:
-            set_row(e, Gallery, gallery_id, status="failed", **error_values(Message("the run has no checkpoint")))
-            return "failed"
-        if not missing and gallery.status in ("queued", "running"):
-            set_row(e, Gallery, gallery_id, status="succeeded")
+            set_row(e, Gallery, gallery_id, status=JobStatus.FAILED, **error_values(Message("the run has no checkpoint")))
+            return JobStatus.FAILED
+        if not missing and gallery.status in ACTIVE:
+            set_row(e, Gallery, gallery_id, status=JobStatus.SUCCEEDED)
             return "skipped"
     started = []
 
@@ -78,8 +78,8 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
         started.append(time.monotonic())
 
     def fail(heartbeat: Heartbeat, error: Message) -> str:
-        set_row(e, Gallery, gallery_id, status="failed", **error_values(error))
-        return "failed"
+        set_row(e, Gallery, gallery_id, status=JobStatus.FAILED, **error_values(error))
+        return JobStatus.FAILED
 
     outcome = run_job(e, Gallery, gallery_id, "gallery", lambda heartbeat: _sample(e, gallery, ck, missing, heartbeat),
                       fail, claimed=claimed)
@@ -145,15 +145,15 @@ def _sample(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int], heartb
         # them, so "generate more" adds only what is asked for
         with e.sessions() as db:
             have = len(repo.image_seeds(db, gallery_id))
-        set_row(e, Gallery, gallery_id, status="canceled", size=have)
+        set_row(e, Gallery, gallery_id, status=JobStatus.CANCELED, size=have)
         log.info("gallery.canceled", extra={"gallery": str(gallery_id)})
-        return "canceled"
+        return JobStatus.CANCELED
     except DomainStudioError as exc:  # the core's, and the copy guard's (CopyGuardError)
-        set_row(e, Gallery, gallery_id, status="failed", **error_values(message_of(exc)))
-        return "failed"
-    set_row(e, Gallery, gallery_id, status="succeeded")
+        set_row(e, Gallery, gallery_id, status=JobStatus.FAILED, **error_values(message_of(exc)))
+        return JobStatus.FAILED
+    set_row(e, Gallery, gallery_id, status=JobStatus.SUCCEEDED)
     log.info("gallery.succeeded", extra={"gallery": str(gallery_id)})
-    return "succeeded"
+    return JobStatus.SUCCEEDED
 
 
 def _consecutive(seeds: list[int]) -> list[tuple[int, int]]:

@@ -19,6 +19,7 @@ from sqlalchemy import and_, or_, select, update
 
 from app.db import utcnow as _now
 from app.errors import Message, error_values
+from app.models import JobStatus
 from app.settings import get_settings
 from app.storage import StorageError
 from worker.tasks.env import Env
@@ -38,7 +39,7 @@ def abandoned(model, e: Env, or_never_beat: bool = True):
     """Running, but its worker stopped sending heartbeats. A running job without any
     heartbeat was released by its owner (the embedded app's restart) or predates them."""
     stale = model.heartbeat_at < _stale_before(e)
-    return and_(model.status == "running", or_(model.heartbeat_at.is_(None), stale) if or_never_beat else stale)
+    return and_(model.status == JobStatus.RUNNING, or_(model.heartbeat_at.is_(None), stale) if or_never_beat else stale)
 
 
 def _machine() -> str:
@@ -82,12 +83,12 @@ def claim(e: Env, model, obj_id) -> int | None:
         if row is None:
             return None
         attempts, status, holder = row
-        free = or_(model.status == "queued", abandoned(model, e))
-        if status == "running" and holder_died(holder):
-            free = and_(model.status == "running", model.worker == holder)
+        free = or_(model.status == JobStatus.QUEUED, abandoned(model, e))
+        if status == JobStatus.RUNNING and holder_died(holder):
+            free = and_(model.status == JobStatus.RUNNING, model.worker == holder)
         done = db.execute(
             update(model).where(model.id == obj_id, model.attempts == attempts, free)
-            .values(status="running", heartbeat_at=_now(), attempts=attempts + 1, worker=worker_id()))
+            .values(status=JobStatus.RUNNING, heartbeat_at=_now(), attempts=attempts + 1, worker=worker_id()))
         db.commit()
     if done.rowcount != 1:
         log.info("job.claim.skipped", extra={"job": model.__tablename__, "id": str(obj_id)})
@@ -160,7 +161,7 @@ def retry_or_fail(e: Env, model, obj_id, heartbeat: Heartbeat, exc: StorageError
     due = _now() + timedelta(seconds=retry_delay(e.settings.storage_retries - _retries_left.get()))
     with e.sessions() as db:
         mine = db.execute(update(model).where(model.id == obj_id, model.attempts == heartbeat.attempt)
-                          .values(status="queued", heartbeat_at=None, worker=None, sent_at=due,
+                          .values(status=JobStatus.QUEUED, heartbeat_at=None, worker=None, sent_at=due,
                                   **error_values(message)))
         db.commit()
     if mine.rowcount == 1:

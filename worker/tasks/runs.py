@@ -18,7 +18,7 @@ from app import repositories as repo
 from app.db import aware, utcnow
 from app.errors import Message, error_values, message_of, set_error, set_warnings
 from app.jobs import ADAPT_RUN, SAMPLE_GALLERY
-from app.models import TERMINAL, Checkpoint, Gallery, Run
+from app.models import TERMINAL, Checkpoint, Gallery, JobStatus, Run
 from app.progress import add_loss_point, loss_point, with_stage_time
 from app.settings import get_settings
 from app.storage import StorageError, run_prefix
@@ -172,8 +172,8 @@ def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
         if run is None or run.status in TERMINAL:
             return "skipped"
         if run.cancel_requested:
-            _finish_run(e, run_id, "canceled")
-            return "canceled"
+            _finish_run(e, run_id, JobStatus.CANCELED)
+            return JobStatus.CANCELED
     photos = []
 
     def claimed() -> None:
@@ -182,7 +182,7 @@ def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
             photos.extend(repo.photos_of_set(db, run.photo_set_id))
 
     def fail(heartbeat: Heartbeat, error: Message) -> str:
-        return _end(e, run_id, heartbeat, "failed", error)
+        return _end(e, run_id, heartbeat, JobStatus.FAILED, error)
 
     return run_job(e, Run, run_id, "run", lambda heartbeat: _adapt(e, run, photos, heartbeat), fail,
                    claimed=claimed, crashed=_crashed)
@@ -223,14 +223,14 @@ def _adapt(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
         _drop_state(e, run)
     except Canceled:
         _drop_state(e, run)
-        return _end(e, run_id, heartbeat, "canceled")
+        return _end(e, run_id, heartbeat, JobStatus.CANCELED)
     except DomainStudioError as exc:
-        return _end(e, run_id, heartbeat, "failed", message_of(exc))
+        return _end(e, run_id, heartbeat, JobStatus.FAILED, message_of(exc))
     except SoftTimeLimitExceeded:
         reporter.sync_state()  # the core saved the state on its way out
-        return _end(e, run_id, heartbeat, "failed",
+        return _end(e, run_id, heartbeat, JobStatus.FAILED,
                     Message("the run reached its time limit; its training state was saved"))
-    return "succeeded"
+    return JobStatus.SUCCEEDED
 
 
 def _drop_state(e: Env, run: Run) -> None:
@@ -286,7 +286,7 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         ck.settings = {k: v for k, v in config.items() if k not in ("photos", "prompts")}
         ck.prompts = _prompts_by_filename(db, run, config.get("prompts") or {}) or None
         db.add(ck)
-        row.status, row.step, row.total_steps, row.finished_at = "succeeded", result.steps, result.steps, utcnow()
+        row.status, row.step, row.total_steps, row.finished_at = JobStatus.SUCCEEDED, result.steps, result.steps, utcnow()
         set_warnings(row, result.warnings or [])
         set_error(row, None)
         row.stage_times = with_stage_time(row.stage_times, "publish", time.monotonic() - started)
@@ -302,6 +302,6 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
 def _new_gallery(db, settings, run: Run, prompt: str | None) -> Gallery:
     """The run's first gallery, queued in the same commit as the run's success."""
     gallery = Gallery(team_id=run.team_id, run_id=run.id, size=run.gallery_size, prompt=prompt,
-                      steps=settings.sample_steps, status="queued")
+                      steps=settings.sample_steps, status=JobStatus.QUEUED)
     db.add(gallery)
     return gallery

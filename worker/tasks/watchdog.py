@@ -23,7 +23,7 @@ from sqlalchemy import and_, or_, select, update
 from app.db import utcnow
 from app.errors import Message, error_values
 from app.jobs import JOBS
-from app.models import PendingDeletion, Photo
+from app.models import JobStatus, PendingDeletion, Photo
 from app.storage import StorageError
 from worker.tasks.env import Env, env
 from worker.tasks.leases import abandoned, holder_died
@@ -33,7 +33,7 @@ log = logging.getLogger("domainstudio.worker")
 
 def _given_up(model, failures: int) -> dict:
     """The values of a job failed because its workers kept dying on it."""
-    values = {"status": "failed", "heartbeat_at": None,
+    values = {"status": JobStatus.FAILED, "heartbeat_at": None,
               **error_values(Message("the worker stopped %(n)s times while working on this (killed, or out of "
                                      "memory); it was given up: try again with smaller settings", {"n": failures}))}
     if hasattr(model, "finished_at"):
@@ -52,16 +52,16 @@ def recover_orphans(e: Env) -> int:
                        db.execute(select(model.id, model.attempts, model.failures).where(abandoned(model, e, False)))]
             orphans += [(obj_id, attempts, failures, model.worker == holder) for obj_id, attempts, failures, holder in
                         db.execute(select(model.id, model.attempts, model.failures, model.worker)
-                                   .where(model.status == "running"))
+                                   .where(model.status == JobStatus.RUNNING))
                         if holder_died(holder)]
             for obj_id, attempts, failures, still in orphans:
                 # a job that killed its worker max_job_attempts times would kill the next one too
                 give_up = failures + 1 >= e.settings.max_job_attempts
                 moved = db.execute(update(model).where(model.id == obj_id, model.attempts == attempts,
-                                                       model.status == "running", still)
+                                                       model.status == JobStatus.RUNNING, still)
                                    .values(failures=failures + 1,
                                            **(_given_up(model, failures + 1) if give_up
-                                              else {"status": "queued", "sent_at": None})))
+                                              else {"status": JobStatus.QUEUED, "sent_at": None})))
                 db.commit()
                 if moved.rowcount == 1 and give_up:
                     log.error("job.given_up", extra={"job": model.__tablename__, "id": str(obj_id),
@@ -72,7 +72,7 @@ def recover_orphans(e: Env) -> int:
                     e.queue.send_row(db, model, task, obj_id)
                     sent += 1
             if lost:
-                for obj_id in db.scalars(select(model.id).where(model.status == "queued")):
+                for obj_id in db.scalars(select(model.id).where(model.status == JobStatus.QUEUED)):
                     log.warning("job.resent", extra={"job": model.__tablename__, "id": str(obj_id),
                                                      "reason": "the broker lost its queues"})
                     e.queue.send(task, obj_id)
@@ -92,7 +92,7 @@ def resend_unsent(e: Env) -> int:
         with e.sessions() as db:
             never = and_(model.sent_at.is_(None), model.created_at < before)
             overdue_retry = and_(model.error.is_not(None), model.sent_at < before)
-            unsent = db.scalars(select(model.id).where(model.status == "queued", or_(never, overdue_retry))).all()
+            unsent = db.scalars(select(model.id).where(model.status == JobStatus.QUEUED, or_(never, overdue_retry))).all()
             for obj_id in unsent:
                 log.warning("job.resent", extra={"job": model.__tablename__, "id": str(obj_id),
                                                  "reason": "it was never sent"})
