@@ -4,7 +4,6 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
@@ -157,11 +156,10 @@ def bulk_review(db: Session, team_id, gallery_id, review: str, image_ids: list |
     are not touched. Returns how many images were updated."""
     _check_review(review)
     gallery = get_gallery(db, team_id, gallery_id)
-    q = update(Image).where(Image.gallery_id == gallery.id, Image.team_id == team_id)
     if show is not None:
         if show != "all" and show not in FILTERS:
             raise BadInput("show must be one of: all, %(choices)s", params={"choices": ", ".join(FILTERS)})
-        q = repo.where_shown(q, "" if show == "all" else show)
+        updated = repo.review_images(db, team_id, gallery.id, review, show="" if show == "all" else show)
     else:
         try:
             ids = {uuid.UUID(str(i)) for i in image_ids or []}
@@ -171,8 +169,7 @@ def bulk_review(db: Session, team_id, gallery_id, review: str, image_ids: list |
             raise BadInput("select at least one image")
         if len(ids) > MAX_GALLERY:
             raise BadInput("select at most %(n)s images", params={"n": MAX_GALLERY})
-        q = q.where(Image.id.in_(ids))
-    updated = db.execute(q.values(review=review).execution_options(synchronize_session=False)).rowcount
+        updated = repo.review_images(db, team_id, gallery.id, review, image_ids=ids)
     db.commit()
     log.info("gallery.bulk_review", extra={"gallery": str(gallery.id), "review": review, "images": updated})
     return updated

@@ -11,13 +11,12 @@ import uuid
 from io import BytesIO
 from pathlib import Path
 
-from sqlalchemy import update
 
 from app import repositories as repo
 from app.db import aware, utcnow
 from app.errors import Message, error_values, message_of
 from app.jobs import SAMPLE_GALLERY
-from app.models import ACTIVE, Checkpoint, Gallery, Image, JobStatus, Run
+from app.models import ACTIVE, Checkpoint, Gallery, Image, JobStatus
 from app.progress import with_stage_time
 from app.settings import get_settings
 from app.storage import gallery_prefix
@@ -93,7 +92,7 @@ def _record_gallery_wait(e: Env, gallery: Gallery) -> None:
     waited for (the report's total); recorded once, at its first claim."""
     try:
         with e.sessions() as db:
-            row = db.get(Run, gallery.run_id, with_for_update=True)
+            row = repo.run_for_update(db, gallery.run_id)
             if row is None or "gallery_queued" in (row.stage_times or {}):
                 return
             waited = (utcnow() - aware(gallery.created_at)).total_seconds()
@@ -245,12 +244,10 @@ def _measure_gallery(e: Env, gallery: Gallery, guard, should_stop) -> None:
         measured = guard.measure([_open_image(BytesIO(e.storage.get_bytes(r.key))) for r in todo])
         with e.sessions() as db:
             for r, m in zip(todo, measured):
-                db.execute(update(Image).where(Image.id == r.id).values(
-                    nearest_distance=m.distance, nearest_photo_id=m.photo_id))
+                repo.set_nearest(db, r.id, m.distance, m.photo_id)
             db.commit()
     with e.sessions() as db:
-        db.execute(update(Image).where(Image.gallery_id == gallery.id, Image.nearest_distance.is_not(None))
-                   .values(near_copy=Image.nearest_distance < guard.threshold))
+        repo.mark_near_copies(db, gallery.id, guard.threshold)
         db.commit()
     step = max(1, -(-len(rows) // DIVERSITY_SAMPLE))
     sample = [_open_image(BytesIO(e.storage.get_bytes(r.key))) for r in rows[::step]]

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
 
 from app import repositories as repo
 from app.db import aware, utcnow
@@ -90,7 +89,7 @@ class RunReporter:
             values.update(preview_count=len(event.previews), preview_step=event.step)
         try:
             with self.e.sessions() as db:
-                db.execute(update(Run).where(Run.id == self.run_id).values(**values))
+                repo.update_job(db, Run, self.run_id, **values)
                 db.commit()
         except Exception as exc:  # progress is best effort: a database blip must not stop training
             log.warning("run.progress.failed", extra={"run": str(self.run_id), "error": str(exc)[:200]})
@@ -128,7 +127,7 @@ def record_stage_time(e: Env, run_id, stage: str, seconds: float, add: bool = Fa
     database blip must not fail a run whose work is done."""
     try:
         with e.sessions() as db:
-            row = db.get(Run, run_id, with_for_update=True)  # a gallery may add to it at the same time
+            row = repo.run_for_update(db, run_id)  # a gallery may add to it at the same time
             if row is not None:
                 row.stage_times = with_stage_time(row.stage_times, stage, seconds, add)
                 db.commit()
@@ -160,8 +159,7 @@ def _mark_started(e: Env, run_id) -> None:
 
 def _finish_run(e: Env, run_id, status: str, error: Message | None = None) -> None:
     with e.sessions() as db:
-        db.execute(update(Run).where(Run.id == run_id).values(status=status, finished_at=utcnow(),
-                                                               **error_values(error)))
+        repo.update_job(db, Run, run_id, status=status, finished_at=utcnow(), **error_values(error))
         db.commit()
     log.info(f"run.{status}", extra={"run": str(run_id), "error": error.render() if error else None})
 
