@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     # storage_retry_seconds (doubling, at most 10 minutes), up to storage_retries times
     storage_retries: int = Field(5, ge=0)
     storage_retry_seconds: float = Field(30, gt=0)
+    # a run that has trained this long in one turn on a gpu worker gives the worker up when a
+    # gallery, another team's run or an earlier run of its team waits (worker/turns.py): its
+    # state is saved and it goes to the back of the queue; 0: runs never give up their turn
+    run_slice_seconds: float = Field(300, ge=0)
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -138,7 +138,7 @@
     if (badge) { badge.textContent = TEXT.status[r.status] || r.status; badge.className = "status status-" + r.status; }
     $("#run-step").textContent = r.step; $("#run-total").textContent = r.total_steps;
     const bar = $("#run-bar"); bar.max = r.total_steps || 1; bar.value = r.step;
-    $("#run-stage").textContent = r.status === "queued" ? TEXT.waiting : TEXT.stages[r.stage] || r.stage;
+    $("#run-stage").textContent = r.status === "queued" ? (r.started_at ? TEXT.turn : TEXT.waiting) : TEXT.stages[r.stage] || r.stage;
     $("#run-eta").textContent = clock(r.eta_seconds);
     showLosses(r.losses);
     showPreviews(r);

@@ -76,6 +76,34 @@ def test_a_crash_saves_the_state_and_the_rerun_finishes_identically(photos, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class GiveUpTurn(Exception):
+    """What the worker raises from should_stop when a run gives its turn (worker/turns.py)."""
+
+
+@pytest.mark.parametrize("stop_after", [3, 4])  # 4: right after a checkpoint (checkpoint_every=2)
+def test_a_stop_from_should_stop_saves_the_state_once_and_resumes_identically(photos, tmp_path, caplog,
+                                                                             stop_after):
+    adapt(tiny(steps=6), photos, tmp_path / "straight")
+    steps = []
+
+    def give_up() -> bool:
+        if len(steps) >= stop_after:
+            raise GiveUpTurn()
+        return False
+    caplog.set_level("INFO", logger="domainstudio.adapt")
+    with pytest.raises(GiveUpTurn):
+        adapt(tiny(steps=6, checkpoint_every=2), photos, tmp_path / "turns", progress=lambda e: steps.append(e.step),
+              should_stop=give_up)
+    saves = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run.checkpoint.saved")]
+    # a checkpoint at step 2 (and 4); the stop saves step 3, or nothing again after step 4
+    assert saves == ["run.checkpoint.saved step=2", f"run.checkpoint.saved step={stop_after}"]
+    assert torch.load(tmp_path / "turns" / STATE_FILE, weights_only=False)["step"] == stop_after
+    result = adapt(tiny(steps=6, checkpoint_every=2), photos, tmp_path / "turns", progress=lambda e: steps.append(e.step))
+    assert result.resumed_from == stop_after and steps == [1, 2, 3, 4, 5, 6][:stop_after] + [*range(stop_after + 1, 7)]
+    a, b = unet_weights(tmp_path / "straight"), unet_weights(tmp_path / "turns")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_finished_run_is_returned_without_training_again(photos, tmp_path):
     adapt(tiny(), photos, tmp_path / "run")
     before = (tmp_path / "run" / "checkpoint.json").read_text()

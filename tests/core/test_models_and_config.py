@@ -84,9 +84,14 @@ def test_defaults_depend_on_the_kind_of_model():
     unconditional = AdaptConfig(base_model="x").resolved("unconditional", 10, 32)
     assert (unconditional.mode, unconditional.l_img, unconditional.l_hfmse, unconditional.learning_rate) == ("full", 4.0, 1.0, 1e-4)
     t2i = AdaptConfig(base_model="x").resolved("text-to-image", 3, 512)
-    assert (t2i.mode, t2i.l_img, t2i.l_hfmse, t2i.batch_size, t2i.steps) == ("lora", 100.0, 0.1, 3, 800)
+    assert (t2i.mode, t2i.l_img, t2i.l_hf, t2i.l_hfmse, t2i.batch_size, t2i.steps) == ("lora", 2.0, 0.2, 0.1, 3, 800)
     full = AdaptConfig(base_model="x", mode="full").resolved("text-to-image", 10, 512)
     assert full.learning_rate == 5e-6
+    # a model's own defaults for its mode win over the kind's; what the user set wins over both
+    demo = {"lora": {"learning_rate": 1e-3}, "full": {"learning_rate": 1e-4}}
+    assert AdaptConfig(base_model="x").resolved("text-to-image", 3, 32, demo).learning_rate == 1e-3
+    assert AdaptConfig(base_model="x", mode="full").resolved("text-to-image", 3, 32, demo).learning_rate == 1e-4
+    assert AdaptConfig(base_model="x", learning_rate=3e-4).resolved("text-to-image", 3, 32, demo).learning_rate == 3e-4
     # the DomainStudio terms' timestep gates differ by kind (README: why)
     assert (unconditional.ds_max_timestep, unconditional.pairwise_max_timestep) == (200, 300)
     assert (t2i.ds_max_timestep, t2i.pairwise_max_timestep, t2i.num_similarity_samples) == (500, 1000, 3)

@@ -187,8 +187,8 @@ def run_form_prompts(page, shots: Screenshots) -> None:
     prompts = page.locator(".run-prompts:visible")
     expect(page.locator('.preset-estimate:visible').first).to_contain_text("once a run of this model has finished")
     expect(page.locator("#run-base-model")).to_have_value(MODEL)
-    for prompt in PROMPTS:
-        expect(prompts).to_contain_text(f"“{prompt}”")
+    # the trained prompt, then the gallery's prompts in turn, each quoted (<q>)
+    expect(prompts.locator("q")).to_have_text([PROMPTS[0], *PROMPTS])
     expect(page.locator(".demo-model-note:visible")).to_contain_text("never seen a sneaker")
     expect(page.locator(".colour-notice")).to_have_count(0)  # grey photos: nothing to warn about
     shots.take(page, "run-form-prompts")
@@ -276,7 +276,7 @@ def watch_progress(page, shots: Screenshots) -> None:
     assert any(0 < v < 1 for v in seen), f"the progress bar did not move live; it showed {sorted(seen)}"
     expect(page.locator("#run-status")).to_contain_text(re.compile("succeeded", re.I), timeout=TIMEOUT_MS)
     # previews come from the instance prompt; the run says which word the model used for "sneaker"
-    expect(page.locator("#preview-prompt")).to_contain_text(f"“{PROMPTS[0]}”")
+    expect(page.locator("#preview-prompt q")).to_have_text(PROMPTS[0])
     expect(page.locator("#run-previews img")).to_have_count(2)
     expect(page.locator("body")).to_contain_text("its own word 'shoe'")
     shots.take(page, "run-succeeded")

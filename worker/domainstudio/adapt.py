@@ -232,6 +232,7 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
     clock = _Clock(start, cfg.steps)
     # RNG as of the last completed step: a crash mid-step resumes exactly where it left off.
     completed, rng_done, terms = start, rng_state(generator), {}
+    saved = start  # the step of the state on disk: a stop right after a checkpoint saves nothing twice
     try:
         for step in range(start, cfg.steps):
             if should_stop is not None and should_stop():
@@ -243,6 +244,7 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
             completed, rng_done = step + 1, rng_state(generator)
             if completed % cfg.checkpoint_every == 0 or completed == cfg.steps:
                 _save(out, completed, trainer, optimizer, scaler, rng_done, meta)
+                saved = completed
             previews = _previews(trainer, base, cfg, device, amp, completed)
             if progress is not None:
                 progress(ProgressEvent(completed, cfg.steps, terms, clock.eta(completed), clock.elapsed(), previews))
@@ -250,7 +252,7 @@ def _train(trainer, base, cfg, n_photos, out, device, amp, state, progress, shou
         raise
     except BaseException:
         # Keep what was learned: a resumed run continues from the last completed step.
-        if completed > start:
+        if completed > saved:
             _save(out, completed, trainer, optimizer, scaler, rng_done, meta)
         raise
     return _publish(trainer, cfg, out, meta, terms, start, clock)

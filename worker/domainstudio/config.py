@@ -76,8 +76,8 @@ class AdaptConfig:
     batch_size: int | None = _f(None, "Photos per step (default: 10 unconditional, 4 text-to-image; capped at the number of photos).")
     learning_rate: float | None = _f(None, "AdamW learning rate (default: 1e-4; 5e-6 for a full text-to-image UNet).")
     resolution: int | None = _f(None, "Training resolution in pixels (default: the base model's).")
-    l_img: float | None = _f(None, "Weight of the image pairwise-similarity term (default 4 unconditional, 100 text-to-image; 0 disables).")
-    l_hf: float | None = _f(None, "Weight of the high-frequency pairwise-similarity term (default 4 / 100; 0 disables).")
+    l_img: float | None = _f(None, "Weight of the image pairwise-similarity term (default 4 unconditional, 2 text-to-image; 0 disables).")
+    l_hf: float | None = _f(None, "Weight of the high-frequency pairwise-similarity term (default 4 unconditional, 0.2 text-to-image; 0 disables).")
     l_hfmse: float | None = _f(None, "Weight of the high-frequency MSE term (default 1 / 0.1; 0 disables).")
     prior_weight: float = _f(1.0, "Weight of the class-prior preservation loss (text-to-image).")
     num_similarity_samples: int | None = _f(None, "Samples S compared by the pairwise terms, S more noisy photos per step (at least 3: with 2 the comparison is always equal; default 4 unconditional, 3 text-to-image).")
@@ -176,8 +176,11 @@ class AdaptConfig:
             "batch_size": 4 if t2i else 10,
             "learning_rate": (5e-6 if mode == "full" else 1e-4) if t2i else 1e-4,
             "resolution": native_resolution,
-            "l_img": 100.0 if t2i else 4.0,
-            "l_hf": 100.0 if t2i else 4.0,
+            # text-to-image: the official 100 / 100 made the pairwise terms' gradients 30-700x
+            # DreamBooth's on the demo model and its Quick runs drew 2% sneakers; 2 / 0.2 keeps
+            # them near L_simple's (benchmarks/term_gradients_t2i.py, fewshot-t2i-tuning.md)
+            "l_img": 2.0 if t2i else 4.0,
+            "l_hf": 0.2 if t2i else 4.0,
             "l_hfmse": 0.1 if t2i else 1.0,
             "ema_decay": 0.0 if t2i else 0.995,
             "num_similarity_samples": 3 if t2i else 4,

@@ -26,6 +26,7 @@ from worker.domainstudio.layout import STATE_FILE
 from worker.tasks.env import Env, env, use_torch_threads
 from worker.tasks.job import download_photos, png, run_job, set_row
 from worker.tasks.leases import Heartbeat, with_storage_retries
+from worker.turns import Turn, TurnOver, give_up_turn
 
 log = logging.getLogger("domainstudio.worker")
 _settings = get_settings()
@@ -43,17 +44,20 @@ class RunReporter:
     every preview and the last step), each written training event also as a point of the
     loss chart (runs.loss_history), and answers the core's should_stop from the row."""
 
-    def __init__(self, e: Env, run: Run, out: Path | None = None, heartbeat: Heartbeat | None = None):
+    def __init__(self, e: Env, run: Run, out: Path | None = None, heartbeat: Heartbeat | None = None,
+                 turn: Turn | None = None):
         self.e, self.run_id, self.prefix = e, run.id, run_prefix(run.team_id, run.id)
         self.last = 0.0
-        self.out, self.heartbeat = out, heartbeat
+        self.out, self.heartbeat, self.turn = out, heartbeat, turn
+        self.step = run.step  # the last step the core reported
         self.synced = None  # (mtime, size) of the training state last copied to object storage
         # kept here and written whole: a resumed run continues the chart of its earlier attempt
         self.history = list(run.loss_history or [])
 
-    def sync_state(self) -> None:
+    def sync_state(self, strict: bool = False) -> None:
         """Copies the core's training state to object storage whenever the core saved a new
-        one (every checkpoint_every steps), so that a run resumes on any worker."""
+        one (every checkpoint_every steps), so that a run resumes on any worker. ``strict``:
+        a failed copy raises (a run that gives up its turn must leave its state behind)."""
         path = self.out / STATE_FILE if self.out else None
         if path is None or not path.is_file():
             return
@@ -63,6 +67,8 @@ class RunReporter:
         try:
             self.e.storage.put_file(state_key(self.prefix), path)
         except StorageError as exc:  # keep training; the next checkpoint tries again
+            if strict:
+                raise
             log.warning("run.state.sync_failed", extra={"run": str(self.run_id), "error": str(exc)[:200]})
             return
         self.synced = (stat.st_mtime_ns, stat.st_size)
@@ -71,6 +77,7 @@ class RunReporter:
     def __call__(self, event) -> None:
         if event.stage == "training":
             self.sync_state()
+            self.step = event.step
         now = time.monotonic()
         if not (event.previews or event.step >= event.total or now - self.last >= 0.5):
             return
@@ -100,9 +107,13 @@ class RunReporter:
             self.heartbeat.check()
         try:
             with self.e.sessions() as db:
-                return repo.is_canceled(db, self.run_id)
+                if repo.is_canceled(db, self.run_id):
+                    return True
         except Exception:  # the database is unreachable: keep going, ask again next step
             return False
+        if self.turn is not None:
+            self.turn.check()  # raises TurnOver: the core saves the state and stops
+        return False
 
 
 def state_key(prefix: str) -> str:
@@ -136,13 +147,18 @@ def record_stage_time(e: Env, run_id, stage: str, seconds: float, add: bool = Fa
 
 
 @contextmanager
-def _timed_stage(e: Env, run_id, stage: str, shown_as: str | None = None):
+def _timed_stage(e: Env, run_id, stage: str, shown_as: str | None = None, add: bool = False):
     """Times a stage of the run when it completes; ``shown_as`` names it on the run page
-    meanwhile (the core names its own stages once its progress events come)."""
+    meanwhile (the core names its own stages once its progress events come). ``add``: a
+    stage done in turns (worker/turns.py) adds up the time of each."""
     set_row(e, Run, run_id, stage=shown_as or stage)
     started = time.monotonic()
-    yield
-    record_stage_time(e, run_id, stage, time.monotonic() - started)
+    try:
+        yield
+    except TurnOver:
+        record_stage_time(e, run_id, stage, time.monotonic() - started, add)
+        raise
+    record_stage_time(e, run_id, stage, time.monotonic() - started, add)
 
 
 def _mark_started(e: Env, run_id) -> None:
@@ -168,9 +184,12 @@ def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
     with e.sessions() as db:
         run = repo.run_by_id(db, run_id)
         if run is None or run.status in TERMINAL:
+            if run is not None and run.status == JobStatus.CANCELED:
+                _drop_state(e, run)  # canceled while it waited for its next turn
             return "skipped"
         if run.cancel_requested:
             _finish_run(e, run_id, JobStatus.CANCELED)
+            _drop_state(e, run)
             return JobStatus.CANCELED
     photos = []
 
@@ -204,21 +223,27 @@ def _adapt(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
 
     run_id = run.id
     work = e.settings.resolved_work_dir / "runs" / str(run_id)
-    reporter = RunReporter(e, run, work / "output", heartbeat)
+    reporter = RunReporter(e, run, work / "output", heartbeat, Turn(e, run))
     try:
         with _timed_stage(e, run_id, "download"):
             paths = download_photos(e, photos, work / "photos")
             config = AdaptConfig.from_dict(run.settings)
             _restore_state(e, run, work / "output")
-        with _timed_stage(e, run_id, "adapt", shown_as="loading"):
-            result = adapt(config, paths, work / "output", progress=reporter, should_stop=reporter.should_stop,
-                           resume=True)
+        with _timed_stage(e, run_id, "adapt", shown_as="loading", add=True):
+            try:
+                result = adapt(config, paths, work / "output", progress=reporter, should_stop=reporter.should_stop,
+                               resume=True)
+            except TurnOver:
+                reporter.sync_state(strict=True)  # the core saved the state as it stopped
+                raise
         if result.resumed_from:
             log.info("run.resumed", extra={"run": str(run_id), "step": result.resumed_from})
         heartbeat.check()
         set_row(e, Run, run_id, stage="publish")
         _publish_checkpoint(e, run, work / "output", result)
         _drop_state(e, run)
+    except TurnOver as over:
+        return give_up_turn(e, run_id, heartbeat, over.reason, reporter.step)
     except Canceled:
         _drop_state(e, run)
         return _end(e, run_id, heartbeat, JobStatus.CANCELED)
