@@ -50,8 +50,8 @@ def requeue_interrupted(settings: Settings) -> int:
     embedded app last stopped. Only this process group's workers work for this database,
     so nothing else holds them; the tasks are idempotent (a run resumes from its saved
     training state, a gallery samples only missing seeds, a built pack is skipped)."""
-    from sqlalchemy import select, update
 
+    from app import repositories as repo
     from app.db import make_engine, make_sessionmaker
     from app.jobs import JOBS, JobQueue, make_celery
 
@@ -63,9 +63,9 @@ def requeue_interrupted(settings: Settings) -> int:
             for model, task in JOBS:
                 # their workers died with the app: free the jobs for the next claim at once
                 # (and forget their holder, so that no watchdog counts this as a worker that died on the job)
-                db.execute(update(model).where(model.status == "running").values(heartbeat_at=None, worker=None))
+                repo.release_running_jobs(db, model)
                 db.commit()
-                for object_id in db.scalars(select(model.id).where(model.status.in_(("queued", "running")))).all():
+                for object_id in repo.active_job_ids(db, model):
                     queue.send_row(db, model, task, object_id)
                     sent += 1
     finally:

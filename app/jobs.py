@@ -15,8 +15,8 @@ import logging
 
 from celery import Celery
 from kombu import Exchange, Queue
-from sqlalchemy import update
 
+from app import repositories as repo
 from app.db import utcnow
 from app.errors import Unavailable
 from app.models import Gallery, Pack, Run
@@ -91,7 +91,7 @@ class JobQueue:
         unsent (the process died between its commit and the send) is sent by the workers'
         watchdog (worker/tasks/watchdog.py, resend_unsent)."""
         self.send(task, object_id)
-        db.execute(update(model).where(model.id == object_id).values(sent_at=utcnow()))
+        repo.mark_sent(db, model, object_id, utcnow())
         db.commit()
 
     def revoke(self, task_id: str) -> None:

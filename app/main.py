@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.middleware.sessions import SessionMiddleware
 
-from app import i18n, logs
+from app import i18n, logs, schemas
 from app.basemodels import log_refused
 from app.db import make_engine, make_sessionmaker
 from app.handlers import add_exception_handlers
@@ -104,7 +104,9 @@ def create_app(settings: Settings | None = None, celery_app=None, workers=None) 
 
     add_exception_handlers(app)
 
-    @app.get("/health", tags=["health"])
+    # the route answers its JSONResponse itself (503 when a check fails): the model is for /docs
+    @app.get("/health", tags=["health"], response_model=schemas.Health,
+             responses={503: {"model": schemas.Health, "description": "a check failed"}})
     def health():
         checks = {}
         try:

@@ -1,10 +1,12 @@
 """Tables: teams, users, photo sets, photos, runs, checkpoints, galleries, images, packs.
+Runs, galleries and packs are jobs: they share the ``Job`` columns and ``JobStatus``.
 
 Every row that belongs to a team carries ``team_id`` so that each query can be scoped to
 the signed-in user's team in one WHERE clause.
 """
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
 from typing import Any
@@ -14,8 +16,24 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, utcnow
 
-# a job (run, gallery, pack) in one of these states is over: no worker touches it again
-TERMINAL = ("succeeded", "failed", "canceled")
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job (run, gallery, pack) stands. A str enum: the database stores, and the
+    API and pages show, the plain values ("queued", ...); a value read back from the
+    database is a plain str and compares equal to its member."""
+
+    QUEUED = "queued"  # waiting for a worker (or for a storage retry, see sent_at)
+    RUNNING = "running"  # claimed by a worker that sends heartbeats
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+# a job in one of these states is over: no worker touches it again
+TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+# a job waiting in the queue or being worked on
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def _id() -> Mapped[uuid.UUID]:
@@ -38,6 +56,26 @@ def _worker() -> Mapped[str | None]:
 
 def _created() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job:
+    """The columns every job row (run, gallery, pack) has: its status, the lease a worker
+    holds on it (app.jobs, worker/tasks/leases.py) and the error it ended with."""
+
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the error as {"msgid", "params"} (English msgid, see worker/domainstudio/errors.py), so
+    # that pages show it in the reader's language; ``error`` keeps the English text
+    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    heartbeat_at: Mapped[datetime | None] = _heartbeat()
+    worker: Mapped[str | None] = _worker()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries that claimed the job
+    # deliveries whose worker died on the job (the watchdog gives up after max_job_attempts)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # when the job was last handed to the broker; None: committed as queued, not sent yet
+    # (the process died in between): the watchdog sends it
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Team(Base):
@@ -94,7 +132,7 @@ class Photo(Base):
     photo_set: Mapped[PhotoSet] = relationship(back_populates="photos", lazy="raise")
 
 
-class Run(Base):
+class Run(Job, Base):
     __tablename__ = "runs"
     id: Mapped[uuid.UUID] = _id()
     team_id: Mapped[uuid.UUID] = _team_fk()
@@ -103,16 +141,8 @@ class Run(Base):
     base_model: Mapped[str] = mapped_column(String(500))
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     gallery_size: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    heartbeat_at: Mapped[datetime | None] = _heartbeat()
-    worker: Mapped[str | None] = _worker()
-    attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries that claimed the job
-    # deliveries whose worker died on the job (the watchdog gives up after max_job_attempts)
-    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # when the job was last handed to the broker; None: committed as queued, not sent yet
-    # (the process died in between): the watchdog sends it
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # runs are looked up by status (the queue position, the speed of finished runs)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
     stage: Mapped[str] = mapped_column(String(30), default="")
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
@@ -122,15 +152,11 @@ class Run(Base):
     preview_count: Mapped[int] = mapped_column(Integer, default=0)
     preview_step: Mapped[int] = mapped_column(Integer, default=0)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
-    warning_details: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)  # as error_detail
+    warning_details: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)  # as Job.error_detail
     # one entry per progress event: {"step", "elapsed", "terms": {name: value}} (the loss chart)
     loss_history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     # seconds each stage took: {"queued", "download", "adapt", "publish", "gallery"} (the run report)
     stage_times: Mapped[dict[str, float]] = mapped_column(JSON, default=dict, server_default="{}")
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # the error as {"msgid", "params"} (English msgid, see worker/domainstudio/errors.py), so
-    # that pages show it in the reader's language; ``error`` keeps the English text
-    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -159,7 +185,7 @@ class Checkpoint(Base):
     run: Mapped[Run] = relationship(back_populates="checkpoint", lazy="raise")
 
 
-class Gallery(Base):
+class Gallery(Job, Base):
     __tablename__ = "galleries"
     id: Mapped[uuid.UUID] = _id()
     team_id: Mapped[uuid.UUID] = _team_fk()
@@ -167,15 +193,6 @@ class Gallery(Base):
     size: Mapped[int] = mapped_column(Integer)  # images wanted in total (grows with "generate more")
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     steps: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # as Run.error_detail
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    heartbeat_at: Mapped[datetime | None] = _heartbeat()
-    worker: Mapped[str | None] = _worker()
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # as Run.failures
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # as Run.sent_at
     # copy guard and diversity: which feature network measured them, the near-copy
     # threshold in force, and {"mean_pairwise_distance", "proxy_intra_lpips", "images"}
     feature_network: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -206,7 +223,7 @@ class Image(Base):
     created_at: Mapped[datetime] = _created()
 
 
-class Pack(Base):
+class Pack(Job, Base):
     __tablename__ = "packs"
     id: Mapped[uuid.UUID] = _id()
     team_id: Mapped[uuid.UUID] = _team_fk()
@@ -218,17 +235,8 @@ class Pack(Base):
     exclude_near_copies: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     estimated_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # 0..1 while building
-    status: Mapped[str] = mapped_column(String(20), default="queued")
     key: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # as Run.error_detail
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    heartbeat_at: Mapped[datetime | None] = _heartbeat()
-    worker: Mapped[str | None] = _worker()
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # as Run.failures
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # as Run.sent_at
     created_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

@@ -1,16 +1,16 @@
-"""Every SELECT lives here. Functions that take a ``team_id`` only ever return that team's
+"""Every query lives here (SELECT and UPDATE; services add and delete rows through the
+session). Functions that take a ``team_id`` only ever return that team's
 rows, so a route cannot forget the team check: another team's id reads as missing."""
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run, Team, User
-
-ACTIVE = ("queued", "running")  # a job waiting in the queue or being worked on
+from app.models import (ACTIVE, Checkpoint, Gallery, Image, JobStatus, Pack, PendingDeletion, Photo, PhotoSet,
+                        Run, Team, User)
 
 
 def user_by_email(db: Session, email: str) -> User | None:
@@ -204,7 +204,7 @@ def gpu_jobs_ahead(db: Session, since) -> tuple[Sequence[tuple[Run, str]], Seque
     those in line before it (the gpu workers take jobs in the order they were sent); each
     with its photo set's name."""
     def ahead(model):
-        return (model.status == "running") | ((model.status == "queued") & (in_line_since(model) < since))
+        return (model.status == JobStatus.RUNNING) | ((model.status == JobStatus.QUEUED) & (in_line_since(model) < since))
 
     run_rows = db.execute(select(Run, PhotoSet.name).join(PhotoSet, PhotoSet.id == Run.photo_set_id)
                           .where(ahead(Run)).order_by(in_line_since(Run)))
@@ -217,5 +217,151 @@ def gpu_jobs_ahead(db: Session, since) -> tuple[Sequence[tuple[Run, str]], Seque
 def finished_runs_of_model(db: Session, base_model: str, limit: int = 5) -> Sequence[Run]:
     """The latest succeeded runs of a base model on this installation (their stage times
     tell how fast this machine is)."""
-    return db.scalars(select(Run).where(Run.base_model == base_model, Run.status == "succeeded")
+    return db.scalars(select(Run).where(Run.base_model == base_model, Run.status == JobStatus.SUCCEEDED)
                       .order_by(Run.finished_at.desc()).limit(limit)).all()
+
+
+def busy_jobs(db: Session, run_ids: list, gallery_ids: list) -> bool:
+    """Whether a run of ``run_ids``, a gallery of those runs or of ``gallery_ids``, or a
+    pack of those galleries is queued or running (its worker would write to what a
+    deletion removes)."""
+    packs_of = Gallery.run_id.in_(run_ids) if run_ids else Gallery.id.in_(gallery_ids)
+    return bool(
+        (run_ids and db.scalar(select(Run.id).where(Run.id.in_(run_ids), Run.status.in_(ACTIVE)).limit(1)))
+        or (run_ids and db.scalar(select(Gallery.id).where(Gallery.run_id.in_(run_ids), Gallery.status.in_(ACTIVE))
+                                  .limit(1)))
+        or (gallery_ids and db.scalar(select(Gallery.id).where(Gallery.id.in_(gallery_ids),
+                                                                Gallery.status.in_(ACTIVE)).limit(1)))
+        or db.scalar(select(Pack.id).join(Gallery, Pack.gallery_id == Gallery.id)
+                     .where(Pack.status.in_(ACTIVE), packs_of).limit(1)))
+
+
+# -------------------------------------------------------------------------- images
+def review_images(db: Session, team_id, gallery_id, review: str, *, show: str | None = None,
+                  image_ids: set[uuid.UUID] | None = None) -> int:
+    """Sets the review of the gallery's images of filter ``show`` (where_shown), or of
+    ``image_ids``, in one UPDATE; returns how many were updated."""
+    q = update(Image).where(Image.gallery_id == gallery_id, Image.team_id == team_id)
+    q = where_shown(q, show) if show is not None else q.where(Image.id.in_(image_ids or ()))
+    return db.execute(q.values(review=review).execution_options(synchronize_session=False)).rowcount
+
+
+def set_nearest(db: Session, image_id, distance: float, photo_id) -> None:
+    """The copy guard's measurement of one image: its distance to the nearest photo."""
+    db.execute(update(Image).where(Image.id == image_id).values(nearest_distance=distance, nearest_photo_id=photo_id))
+
+
+def mark_near_copies(db: Session, gallery_id, threshold: float) -> None:
+    """near_copy of every measured image of the gallery, under ``threshold``."""
+    db.execute(update(Image).where(Image.gallery_id == gallery_id, Image.nearest_distance.is_not(None))
+               .values(near_copy=Image.nearest_distance < threshold))
+
+
+# -------------------------------------------------------- jobs: leases and the watchdog
+# ``model`` is a job table (Run, Gallery or Pack: app.models.Job). A worker serves every
+# team, so these read and write any team's rows; they take ids the worker was sent.
+def run_for_update(db: Session, run_id) -> Run | None:
+    """The run, locked until the transaction ends (a run and its gallery both add to
+    stage_times)."""
+    return db.get(Run, run_id, with_for_update=True)
+
+
+def update_job(db: Session, model, obj_id, **values) -> int:
+    """Sets ``values`` on one job row; returns 1, or 0 when the row is gone."""
+    return db.execute(update(model).where(model.id == obj_id).values(**values)).rowcount
+
+
+def cancel_requested(db: Session, model, obj_id) -> bool:
+    return bool(db.scalar(select(model.cancel_requested).where(model.id == obj_id)))
+
+
+def mark_sent(db: Session, model, obj_id, at) -> None:
+    db.execute(update(model).where(model.id == obj_id).values(sent_at=at))
+
+
+def abandoned(model, stale_before, or_never_beat: bool = True):
+    """Running, but its worker sent no heartbeat since ``stale_before``. A running job
+    without any heartbeat was released by its owner (the embedded app's restart) or
+    predates heartbeats: ``or_never_beat`` counts it too."""
+    stale = model.heartbeat_at < stale_before
+    return and_(model.status == JobStatus.RUNNING, or_(model.heartbeat_at.is_(None), stale) if or_never_beat else stale)
+
+
+def job_lease(db: Session, model, obj_id):
+    """(attempts, status, worker) of the job, or None when it is gone."""
+    return db.execute(select(model.attempts, model.status, model.worker).where(model.id == obj_id)).first()
+
+
+def claim_job(db: Session, model, obj_id, attempts: int, *, stale_before, dead_holder: str | None, worker: str,
+              at) -> bool:
+    """Claims the job in one compare-and-set on ``attempts``: a queued one, an abandoned
+    one, or (``dead_holder``) one whose worker process is known to be gone."""
+    if dead_holder is not None:
+        free = and_(model.status == JobStatus.RUNNING, model.worker == dead_holder)
+    else:
+        free = or_(model.status == JobStatus.QUEUED, abandoned(model, stale_before))
+    done = db.execute(update(model).where(model.id == obj_id, model.attempts == attempts, free)
+                      .values(status=JobStatus.RUNNING, heartbeat_at=at, attempts=attempts + 1, worker=worker))
+    return done.rowcount == 1
+
+
+def update_held_job(db: Session, model, obj_id, attempt: int, **values) -> bool:
+    """Sets ``values`` on the job while delivery ``attempt`` still holds it (a heartbeat, a
+    retry); False when another delivery claimed it since."""
+    done = db.execute(update(model).where(model.id == obj_id, model.attempts == attempt).values(**values))
+    return done.rowcount == 1
+
+
+def stale_jobs(db: Session, model, stale_before) -> list[tuple]:
+    """(id, attempts, failures) of the running jobs whose heartbeat went stale."""
+    return [tuple(r) for r in db.execute(select(model.id, model.attempts, model.failures)
+                                         .where(abandoned(model, stale_before, False)))]
+
+
+def running_jobs(db: Session, model) -> list[tuple]:
+    """(id, attempts, failures, worker) of every running job."""
+    return [tuple(r) for r in db.execute(select(model.id, model.attempts, model.failures, model.worker)
+                                         .where(model.status == JobStatus.RUNNING))]
+
+
+def take_orphan(db: Session, model, obj_id, attempts: int, *, stale_before=None, holder: str | None = None,
+                **values) -> bool:
+    """Sets ``values`` on a job whose worker died (its heartbeat older than
+    ``stale_before``, or held by ``holder``), if no delivery claimed it since: of all
+    watchdogs exactly one moves it."""
+    still = abandoned(model, stale_before, False) if holder is None else model.worker == holder
+    done = db.execute(update(model).where(model.id == obj_id, model.attempts == attempts,
+                                          model.status == JobStatus.RUNNING, still).values(**values))
+    return done.rowcount == 1
+
+
+def queued_job_ids(db: Session, model) -> list:
+    return list(db.scalars(select(model.id).where(model.status == JobStatus.QUEUED)))
+
+
+def unsent_job_ids(db: Session, model, before) -> list:
+    """Queued jobs created before ``before`` and never sent, or whose storage retry was due
+    before ``before``."""
+    never = and_(model.sent_at.is_(None), model.created_at < before)
+    overdue_retry = and_(model.error.is_not(None), model.sent_at < before)
+    return list(db.scalars(select(model.id).where(model.status == JobStatus.QUEUED, or_(never, overdue_retry))))
+
+
+def release_running_jobs(db: Session, model) -> None:
+    """Frees every running job for the next claim and forgets its holder (the embedded
+    app's workers died with it)."""
+    db.execute(update(model).where(model.status == JobStatus.RUNNING).values(heartbeat_at=None, worker=None))
+
+
+def active_job_ids(db: Session, model) -> list:
+    return list(db.scalars(select(model.id).where(model.status.in_(ACTIVE))))
+
+
+def pending_deletions(db: Session, limit: int) -> Sequence[PendingDeletion]:
+    return db.scalars(select(PendingDeletion).order_by(PendingDeletion.created_at).limit(limit)).all()
+
+
+def photo_object_in_use(db: Session, key: str) -> bool:
+    """Whether a photo (or its thumbnail) is stored under ``key`` (the same photo uploaded
+    again after its deletion failed)."""
+    return db.scalar(select(Photo.id).where(or_(Photo.key == key, Photo.thumb_key == key)).limit(1)) is not None

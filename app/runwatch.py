@@ -26,7 +26,7 @@ from app import repositories as repo
 from app import serializers as ser
 from app.db import session_scope
 from app.errors import TooManyRequests
-from app.models import Run
+from app.models import JobStatus, Run
 from app.services import waiting
 from app.services.waiting import QueueSpot
 
@@ -86,7 +86,7 @@ def fetch_runs(sessions: sessionmaker[Session], run_ids: list[uuid.UUID]) -> tup
     each queued one stands in the queue (its page reloads when that changes)."""
     with session_scope(sessions) as db:
         runs = {run.id: run for run in repo.runs_by_ids(db, run_ids)}
-        spots = {run.id: waiting.queue_spot(db, run.team_id, run) for run in runs.values() if run.status == "queued"}
+        spots = {run.id: waiting.queue_spot(db, run.team_id, run) for run in runs.values() if run.status == JobStatus.QUEUED}
         return runs, spots
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from app import i18n
 from app.errors import N_
-from app.models import Checkpoint, Gallery, Image, Pack, Photo, PhotoSet, Run
+from app.models import Checkpoint, Gallery, Image, JobStatus, Pack, Photo, PhotoSet, Run
 from app.progress import STAGES, total_seconds
 from app.setting_labels import describe_settings
 from worker.domainstudio.layout import KOHYA_FILE
@@ -143,6 +143,6 @@ def pack(p: Pack, lang: str | None = None) -> dict:
         "image_count": len(p.image_ids), "status": p.status, "size_bytes": p.size_bytes,
         "estimated_bytes": p.estimated_bytes, "progress": p.progress or 0.0,
         "cancel_requested": bool(p.cancel_requested),
-        "error": i18n.stored_error(lang, p), "download_url": f"/packs/{p.id}/download" if p.status == "succeeded" else None,
+        "error": i18n.stored_error(lang, p), "download_url": f"/packs/{p.id}/download" if p.status == JobStatus.SUCCEEDED else None,
         "created_at": p.created_at.isoformat(),
     }

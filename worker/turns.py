@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import Unavailable
 from app.jobs import ADAPT_RUN
-from app.models import Gallery, Run
+from app.models import Gallery, JobStatus, Run
 
 log = logging.getLogger("domainstudio.worker")
 
@@ -48,7 +48,7 @@ class TurnOver(Exception):
 
 def _in_line(model, now: datetime):
     """Queued and handed to the broker (a storage retry only once it is due)."""
-    return and_(model.status == "queued", model.sent_at.is_not(None), model.sent_at <= now,
+    return and_(model.status == JobStatus.QUEUED, model.sent_at.is_not(None), model.sent_at <= now,
                 model.cancel_requested.is_(False))
 
 
@@ -103,8 +103,8 @@ def give_up_turn(e, run_id, heartbeat, reason: str, step: int) -> str:
         return "superseded"
     with e.sessions() as db:
         mine = db.execute(update(Run).where(Run.id == run_id, Run.attempts == heartbeat.attempt,
-                                            Run.status == "running")
-                          .values(status="queued", step=step, heartbeat_at=None, worker=None, sent_at=None,
+                                            Run.status == JobStatus.RUNNING)
+                          .values(status=JobStatus.QUEUED, step=step, heartbeat_at=None, worker=None, sent_at=None,
                                   eta_seconds=None))
         db.commit()
         if mine.rowcount != 1:

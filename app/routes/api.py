@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app import i18n
 from app import repositories as repo
+from app import schemas
 from app import serializers as ser
 from app.basemodels import base_model_choices
 from app.deps import Ctx, ctx, get_db
@@ -83,13 +84,13 @@ async def password_work(request: Request, fn, *args):
     return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=state.password_limiter)
 
 
-@router.post("/auth/signup", status_code=201)
+@router.post("/auth/signup", status_code=201, response_model=schemas.SignedIn, **schemas.API)
 async def signup(body: SignUp, request: Request, db: Session = Depends(get_db)):
     user = await password_work(request, auth.sign_up, db, body.email, body.password, body.team_name)
     return _signed_in(request, user)
 
 
-@router.post("/auth/login")
+@router.post("/auth/login", response_model=schemas.SignedIn, **schemas.API)
 async def login(body: Login, request: Request, response: Response, db: Session = Depends(get_db)):
     user = await password_work(request, auth.sign_in, db, request.app.state.login_limiter, body.email, body.password,
                                client_address(request), known_device(request, body.email))
@@ -115,27 +116,27 @@ def remember_device(request: Request, response, email: str) -> None:
                         httponly=True, samesite="lax", secure=settings.cookie_secure)
 
 
-@router.post("/auth/logout")
+@router.post("/auth/logout", response_model=schemas.Ok, **schemas.API)
 def logout(request: Request, c: Ctx = Depends(ctx)):
     auth.sign_out(c.db, c.user)
     request.session.clear()
     return {"ok": True}
 
 
-@router.get("/me")
+@router.get("/me", response_model=schemas.SignedIn, **schemas.API)
 def me(request: Request, c: Ctx = Depends(ctx)):
     return {"user": {"id": str(c.user.id), "email": c.user.email, "team_id": str(c.team_id)},
             "csrf_token": csrf_token(request.session)}
 
 
-@router.get("/base-models")
+@router.get("/base-models", response_model=schemas.BaseModels, **schemas.API)
 def base_models(c: Ctx = Depends(ctx)):
     """The listed base models, and each one's kind and resolution (or why it is refused)."""
     details = [m.to_dict() for m in base_model_choices(c.settings.base_model_list)]
     return {"base_models": c.settings.base_model_list, "details": details}
 
 
-@router.get("/presets")
+@router.get("/presets", response_model=schemas.Presets, **schemas.API)
 def presets(c: Ctx = Depends(ctx)):
     return {
         "presets": [{"name": p.name, "label": p.label, "description": p.description, "settings": p.settings}
@@ -145,24 +146,24 @@ def presets(c: Ctx = Depends(ctx)):
     }
 
 
-@router.get("/photo-sets")
+@router.get("/photo-sets", response_model=schemas.PhotoSets, **schemas.API)
 def list_photo_sets(c: Ctx = Depends(ctx)):
     return {"photo_sets": [ser.photo_set(ps, count=n) for ps, n in repo.photo_sets(c.db, c.team_id)]}
 
 
-@router.post("/photo-sets", status_code=201)
+@router.post("/photo-sets", status_code=201, response_model=schemas.PhotoSetOut, **schemas.API)
 def create_photo_set(body: PhotoSetIn, c: Ctx = Depends(ctx)):
     ps = photosets.create_photo_set(c.db, c.team_id, body.name, body.class_word, body.notes)
     return ser.photo_set(ps, photos=[])
 
 
-@router.get("/photo-sets/{photo_set_id}")
+@router.get("/photo-sets/{photo_set_id}", response_model=schemas.PhotoSetOut, **schemas.API)
 def get_photo_set(photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     ps = photosets.get_photo_set(c.db, c.team_id, photo_set_id)
     return ser.photo_set(ps, photos=list(ps.photos))
 
 
-@router.delete("/photo-sets/{photo_set_id}")
+@router.delete("/photo-sets/{photo_set_id}", response_model=schemas.Ok, **schemas.API)
 def delete_photo_set(photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     photosets.delete_photo_set(c.db, c.storage, c.team_id, photo_set_id)
     return {"ok": True}
@@ -187,7 +188,7 @@ async def add_uploaded_photos(request: Request, c: Ctx, photo_set_id: uuid.UUID,
             await f.close()
 
 
-@router.post("/photo-sets/{photo_set_id}/photos")
+@router.post("/photo-sets/{photo_set_id}/photos", response_model=schemas.Uploaded, **schemas.API)
 async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[UploadFile] = File(...),
                         c: Ctx = Depends(ctx)):
     if len(files) > c.settings.max_photos:
@@ -201,7 +202,7 @@ async def upload_photos(request: Request, photo_set_id: uuid.UUID, files: list[U
             "refused": i18n.translate_tree(i18n.request_locale(request), result.refused)}
 
 
-@router.get("/photos/{photo_id}")
+@router.get("/photos/{photo_id}", response_model=schemas.PhotoOut, **schemas.API)
 def get_photo(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     p = repo.photo(c.db, c.team_id, photo_id)
     if p is None:
@@ -213,56 +214,56 @@ class PhotoIn(BaseModel):
     caption: str | None = Field(None, max_length=1000)
 
 
-@router.patch("/photos/{photo_id}")
+@router.patch("/photos/{photo_id}", response_model=schemas.PhotoOut, **schemas.API)
 def update_photo(photo_id: uuid.UUID, body: PhotoIn, c: Ctx = Depends(ctx)):
     """Sets the photo's caption (trained after the trigger words); "" or null removes it."""
     return ser.photo(photosets.set_caption(c.db, c.team_id, photo_id, body.caption))
 
 
-@router.delete("/photos/{photo_id}")
+@router.delete("/photos/{photo_id}", response_model=schemas.Ok, **schemas.API)
 def delete_photo(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     photosets.delete_photo(c.db, c.storage, c.team_id, photo_id)
     return {"ok": True}
 
 
-@router.get("/photo-sets/{photo_set_id}/runs")
+@router.get("/photo-sets/{photo_set_id}/runs", response_model=schemas.Runs, **schemas.API)
 def list_runs(photo_set_id: uuid.UUID, c: Ctx = Depends(ctx)):
     photosets.get_photo_set(c.db, c.team_id, photo_set_id)
     return {"runs": [ser.run(r, lang=c.lang) for r in repo.runs(c.db, c.team_id, photo_set_id)]}
 
 
-@router.post("/photo-sets/{photo_set_id}/runs", status_code=201)
+@router.post("/photo-sets/{photo_set_id}/runs", status_code=201, response_model=schemas.RunOut, **schemas.API)
 def start_run(photo_set_id: uuid.UUID, body: RunIn, c: Ctx = Depends(ctx)):
     run = runs.start_run(c.db, c.queue, c.settings, c.team_id, photo_set_id, preset=body.preset,
                          base_model=body.base_model, expert=body.settings, gallery_size=body.gallery_size)
     return ser.run(run, lang=c.lang)
 
 
-@router.get("/runs/{run_id}")
+@router.get("/runs/{run_id}", response_model=schemas.RunOut, **schemas.API)
 def get_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
     return ser.run(run, galleries=list(repo.galleries_of_run(c.db, run.id)), lang=c.lang,
                    queue=waiting.queue_spot(c.db, c.team_id, run))
 
 
-@router.delete("/runs/{run_id}")
+@router.delete("/runs/{run_id}", response_model=schemas.Ok, **schemas.API)
 def delete_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     photosets.delete_run(c.db, c.storage, c.team_id, run_id)
     return {"ok": True}
 
 
-@router.delete("/galleries/{gallery_id}")
+@router.delete("/galleries/{gallery_id}", response_model=schemas.Ok, **schemas.API)
 def delete_gallery(gallery_id: uuid.UUID, c: Ctx = Depends(ctx)):
     photosets.delete_gallery(c.db, c.storage, c.team_id, gallery_id)
     return {"ok": True}
 
 
-@router.post("/runs/{run_id}/cancel")
+@router.post("/runs/{run_id}/cancel", response_model=schemas.RunOut, **schemas.API)
 def cancel_run(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.run(runs.cancel_run(c.db, c.team_id, run_id), lang=c.lang)
 
 
-@router.get("/runs/{run_id}/checkpoint")
+@router.get("/runs/{run_id}/checkpoint", response_model=schemas.CheckpointOut, **schemas.API)
 def get_checkpoint(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
     if run.checkpoint is None:
@@ -270,7 +271,7 @@ def get_checkpoint(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.checkpoint(run.checkpoint)
 
 
-@router.get("/galleries/{gallery_id}")
+@router.get("/galleries/{gallery_id}", response_model=schemas.GalleryOut, **schemas.API)
 def get_gallery(gallery_id: uuid.UUID, review: str | None = None, c: Ctx = Depends(ctx)):
     g = galleries.get_gallery(c.db, c.team_id, gallery_id)
     if review is not None and review not in galleries.REVIEWS:
@@ -281,23 +282,23 @@ def get_gallery(gallery_id: uuid.UUID, review: str | None = None, c: Ctx = Depen
     return out
 
 
-@router.post("/galleries/{gallery_id}/more")
+@router.post("/galleries/{gallery_id}/more", response_model=schemas.GalleryOut, **schemas.API)
 def generate_more(gallery_id: uuid.UUID, body: MoreIn, c: Ctx = Depends(ctx)):
     return ser.gallery(galleries.generate_more(c.db, c.queue, c.team_id, gallery_id, body.n,
                                                      c.settings.max_gallery_size), lang=c.lang)
 
 
-@router.post("/galleries/{gallery_id}/cancel")
+@router.post("/galleries/{gallery_id}/cancel", response_model=schemas.GalleryOut, **schemas.API)
 def cancel_gallery(gallery_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.gallery(galleries.cancel_gallery(c.db, c.team_id, gallery_id), lang=c.lang)
 
 
-@router.post("/images/{image_id}/review")
+@router.post("/images/{image_id}/review", response_model=schemas.ImageOut, **schemas.API)
 def review_image(image_id: uuid.UUID, body: ReviewIn, c: Ctx = Depends(ctx)):
     return ser.image(galleries.review_image(c.db, c.team_id, image_id, body.review))
 
 
-@router.get("/images/{image_id}")
+@router.get("/images/{image_id}", response_model=schemas.ImageOut, **schemas.API)
 def get_image(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
     i = repo.image(c.db, c.team_id, image_id)
     if i is None:
@@ -305,7 +306,7 @@ def get_image(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.image(i)
 
 
-@router.post("/galleries/{gallery_id}/packs", status_code=201)
+@router.post("/galleries/{gallery_id}/packs", status_code=201, response_model=schemas.PackOut, **schemas.API)
 def create_pack(gallery_id: uuid.UUID, body: PackIn, c: Ctx = Depends(ctx)):
     return ser.pack(packs.request_pack(c.db, c.queue, c.team_id, gallery_id, selection=body.selection,
                                        format=body.format, size=body.size, image_ids=body.image_ids,
@@ -313,11 +314,11 @@ def create_pack(gallery_id: uuid.UUID, body: PackIn, c: Ctx = Depends(ctx)):
                                        settings=c.settings), lang=c.lang)
 
 
-@router.get("/packs/{pack_id}")
+@router.get("/packs/{pack_id}", response_model=schemas.PackOut, **schemas.API)
 def get_pack(pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.pack(packs.get_pack(c.db, c.team_id, pack_id), lang=c.lang)
 
 
-@router.post("/packs/{pack_id}/cancel")
+@router.post("/packs/{pack_id}/cancel", response_model=schemas.PackOut, **schemas.API)
 def cancel_pack(pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return ser.pack(packs.cancel_pack(c.db, c.team_id, pack_id), lang=c.lang)

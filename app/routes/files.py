@@ -11,10 +11,21 @@ from app import repositories as repo
 from app.deps import Ctx, ctx
 from app import serializers as ser
 from app.errors import BadInput, NotFound, Unavailable
+from app.models import JobStatus
 from app.services import packs, runs
 from app.storage import ObjectNotFound, StorageError, run_prefix
 
 router = APIRouter(tags=["files"])
+
+
+def binary(*media_types: str, redirect: bool = False) -> dict:
+    """A route's answer for /docs: the file's bytes in one of ``media_types`` (not JSON), or
+    with ``redirect`` a 303 to a short-lived presigned URL on S3."""
+    responses = {200: {"description": "the file", "content": {
+        m: {"schema": {"type": "string", "format": "binary"}} for m in media_types}}}
+    if redirect:
+        responses[303] = {"description": "S3: a presigned URL of the file (Location)"}
+    return {"response_class": StreamingResponse, "responses": responses}
 
 
 def stream(c: Ctx, key: str, media_type: str, filename: str | None = None, cache: bool = True) -> StreamingResponse:
@@ -43,7 +54,7 @@ def download(c: Ctx, key: str, filename: str, media_type: str):
     return stream(c, key, media_type, filename, cache=False)
 
 
-@router.get("/photos/{photo_id}/thumb")
+@router.get("/photos/{photo_id}/thumb", **binary("image/jpeg"))
 def photo_thumb(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     p = repo.photo(c.db, c.team_id, photo_id)
     if p is None:
@@ -51,7 +62,7 @@ def photo_thumb(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return stream(c, p.thumb_key, "image/jpeg")
 
 
-@router.get("/photos/{photo_id}/file")
+@router.get("/photos/{photo_id}/file", **binary("image/jpeg", "image/png", "image/webp"))
 def photo_file(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     p = repo.photo(c.db, c.team_id, photo_id)
     if p is None:
@@ -59,7 +70,7 @@ def photo_file(photo_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return stream(c, p.key, p.content_type)
 
 
-@router.get("/images/{image_id}/thumb")
+@router.get("/images/{image_id}/thumb", **binary("image/jpeg"))
 def image_thumb(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
     i = repo.image(c.db, c.team_id, image_id)
     if i is None:
@@ -67,7 +78,7 @@ def image_thumb(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return stream(c, i.thumb_key, "image/jpeg")
 
 
-@router.get("/images/{image_id}/file")
+@router.get("/images/{image_id}/file", **binary("image/png"))
 def image_file(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
     i = repo.image(c.db, c.team_id, image_id)
     if i is None:
@@ -75,7 +86,7 @@ def image_file(image_id: uuid.UUID, c: Ctx = Depends(ctx)):
     return stream(c, i.key, "image/png")
 
 
-@router.get("/runs/{run_id}/previews/{index}")
+@router.get("/runs/{run_id}/previews/{index}", **binary("image/png"))
 def run_preview(run_id: uuid.UUID, index: int, c: Ctx = Depends(ctx)):
     run = runs.get_run(c.db, c.team_id, run_id)
     if not 0 <= index < run.preview_count:
@@ -83,7 +94,7 @@ def run_preview(run_id: uuid.UUID, index: int, c: Ctx = Depends(ctx)):
     return stream(c, f"{run_prefix(run.team_id, run.id)}/previews/{index}.png", "image/png", cache=False)
 
 
-@router.get("/runs/{run_id}/checkpoint/download")
+@router.get("/runs/{run_id}/checkpoint/download", **binary("application/octet-stream", "application/zip", redirect=True))
 def checkpoint_download(run_id: uuid.UUID, format: str | None = None, c: Ctx = Depends(ctx)):
     """The checkpoint's main file; ``format=kohya``: a LoRA run's kohya-layout file."""
     run = runs.get_run(c.db, c.team_id, run_id)
@@ -100,10 +111,10 @@ def checkpoint_download(run_id: uuid.UUID, format: str | None = None, c: Ctx = D
     return download(c, ck.download_key, ck.download_name, media)
 
 
-@router.get("/packs/{pack_id}/download")
+@router.get("/packs/{pack_id}/download", **binary("application/zip", redirect=True))
 def pack_download(pack_id: uuid.UUID, c: Ctx = Depends(ctx)):
     pack = packs.get_pack(c.db, c.team_id, pack_id)
-    if pack.status != "succeeded":
+    if pack.status != JobStatus.SUCCEEDED:
         raise NotFound("this pack is not ready yet")
     gallery = repo.gallery(c.db, c.team_id, pack.gallery_id)
     return download(c, pack.key, packs.pack_filename(gallery, pack), "application/zip")

@@ -26,6 +26,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import i18n
+from app import schemas
 from app import serializers as ser
 from app.db import session_scope
 from app.deps import Ctx, ctx, current_user
@@ -171,8 +172,8 @@ async def run_events(run_id: uuid.UUID, request: Request, after: int = -1) -> St
                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/api/runs/{run_id}/report")
-def run_report_json(run_id: uuid.UUID, c: Ctx = Depends(ctx)) -> dict:
+@router.get("/api/runs/{run_id}/report", response_model=schemas.RunReport, **schemas.API)
+def run_report_json(run_id: uuid.UUID, c: Ctx = Depends(ctx)):
     """Settings with readable names, loss curves, gallery diversity and stage times."""
     return ser.run_report(*runs.run_report(c.db, c.team_id, run_id), lang=c.lang)
 

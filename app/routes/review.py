@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from app import i18n
 from app import repositories as repo
+from app import schemas
 from app.deps import Ctx, ctx
 from app.errors import BadInput, Message
 from app.routes.pages import _local_path, act, flash, redirect, render
@@ -126,7 +127,7 @@ class PackChoiceIn(BaseModel):
     show: str | None = None
 
 
-@api.post("/galleries/{gallery_id}/review")
+@api.post("/galleries/{gallery_id}/review", response_model=schemas.BulkReviewed, **schemas.API)
 def bulk_review(gallery_id: uuid.UUID, body: BulkReviewIn, c: Ctx = Depends(ctx)):
     galleries.get_gallery(c.db, c.team_id, gallery_id)  # another team's gallery: 404, whatever the body
     if (body.image_ids is None) == (body.show is None):
@@ -135,7 +136,7 @@ def bulk_review(gallery_id: uuid.UUID, body: BulkReviewIn, c: Ctx = Depends(ctx)
     return {"updated": n, "counts": repo.image_counts(c.db, gallery_id)}
 
 
-@api.post("/galleries/{gallery_id}/packs/estimate")
+@api.post("/galleries/{gallery_id}/packs/estimate", response_model=schemas.PackEstimate, **schemas.API)
 def estimate_pack(request: Request, gallery_id: uuid.UUID, body: PackChoiceIn, c: Ctx = Depends(ctx)):
     """What the pack would hold and its estimated ZIP size, before it is built."""
     ids = _selected(c, gallery_id, body.selection, body.image_ids, body.show)

@@ -4,13 +4,12 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
 from app.errors import N_, BadInput, Conflict, Message, NotFound, Unavailable, set_error
 from app.jobs import SAMPLE_GALLERY, JobQueue
-from app.models import Gallery, Image, Photo
+from app.models import ACTIVE, Gallery, Image, JobStatus, Photo
 
 log = logging.getLogger("domainstudio.galleries")
 REVIEWS = ("new", "approved", "rejected")
@@ -44,16 +43,16 @@ def generate_more(db: Session, queue: JobQueue, team_id, gallery_id, n, limit: i
         raise BadInput("generate between 1 and 256 more images at a time")
     if gallery.size + n > limit:
         raise BadInput("a gallery holds at most %(max)s images", params={"max": limit})
-    if gallery.status in ("queued", "running"):
+    if gallery.status in ACTIVE:
         raise Conflict("this gallery is still being generated; wait until it is done")
     gallery.size += n
-    gallery.status, gallery.cancel_requested, gallery.sent_at = "queued", False, None
+    gallery.status, gallery.cancel_requested, gallery.sent_at = JobStatus.QUEUED, False, None
     set_error(gallery, None)
     db.commit()
     try:
         queue.send_row(db, Gallery, SAMPLE_GALLERY, gallery.id)
     except Unavailable:
-        gallery.status = "failed"
+        gallery.status = JobStatus.FAILED
         set_error(gallery, Message("the job queue was unreachable; ask for more images again"))
         db.commit()
         raise
@@ -64,11 +63,11 @@ def cancel_gallery(db: Session, team_id, gallery_id) -> Gallery:
     """A queued gallery is canceled at once; a sampling one stops before its next batch
     (the images saved so far stay; "generate more" fills in the rest)."""
     gallery = get_gallery(db, team_id, gallery_id)
-    if gallery.status not in ("queued", "running"):
+    if gallery.status not in ACTIVE:
         return gallery
     gallery.cancel_requested = True
-    if gallery.status == "queued":
-        gallery.status, gallery.size = "canceled", len(repo.image_seeds(db, gallery.id))
+    if gallery.status == JobStatus.QUEUED:
+        gallery.status, gallery.size = JobStatus.CANCELED, len(repo.image_seeds(db, gallery.id))
     db.commit()
     log.info("gallery.cancel.requested", extra={"gallery": str(gallery.id)})
     return gallery
@@ -157,11 +156,10 @@ def bulk_review(db: Session, team_id, gallery_id, review: str, image_ids: list |
     are not touched. Returns how many images were updated."""
     _check_review(review)
     gallery = get_gallery(db, team_id, gallery_id)
-    q = update(Image).where(Image.gallery_id == gallery.id, Image.team_id == team_id)
     if show is not None:
         if show != "all" and show not in FILTERS:
             raise BadInput("show must be one of: all, %(choices)s", params={"choices": ", ".join(FILTERS)})
-        q = repo.where_shown(q, "" if show == "all" else show)
+        updated = repo.review_images(db, team_id, gallery.id, review, show="" if show == "all" else show)
     else:
         try:
             ids = {uuid.UUID(str(i)) for i in image_ids or []}
@@ -171,8 +169,7 @@ def bulk_review(db: Session, team_id, gallery_id, review: str, image_ids: list |
             raise BadInput("select at least one image")
         if len(ids) > MAX_GALLERY:
             raise BadInput("select at most %(n)s images", params={"n": MAX_GALLERY})
-        q = q.where(Image.id.in_(ids))
-    updated = db.execute(q.values(review=review).execution_options(synchronize_session=False)).rowcount
+        updated = repo.review_images(db, team_id, gallery.id, review, image_ids=ids)
     db.commit()
     log.info("gallery.bulk_review", extra={"gallery": str(gallery.id), "review": review, "images": updated})
     return updated

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app import repositories as repo
 from app.errors import BadInput, Message, NotFound, TooManyRequests, Unavailable, set_error
 from app.jobs import BUILD_PACK, JobQueue
-from app.models import Gallery, Image, Pack
+from app.models import ACTIVE, Gallery, Image, JobStatus, Pack
 from app.packfiles import FORMATS, SIZES, encode, file_name, output_size, parse_sizes
 from app.services import quotas
 from app.settings import Settings
@@ -77,7 +77,7 @@ def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection
         _check_pack_quotas(db, settings, team_id)
     pack = Pack(
         team_id=team_id, gallery_id=gallery.id, selection=selection, image_ids=[str(i.id) for i in images],
-        format=format, size=",".join(sizes), exclude_near_copies=bool(exclude_near_copies), status="queued", key="",
+        format=format, size=",".join(sizes), exclude_near_copies=bool(exclude_near_copies), status=JobStatus.QUEUED, key="",
         estimated_bytes=estimate_bytes(storage, images, format, sizes) if storage is not None else None,
         progress=0.0,
     )
@@ -88,7 +88,7 @@ def request_pack(db: Session, queue: JobQueue, team_id, gallery_id, *, selection
     try:
         queue.send_row(db, Pack, BUILD_PACK, pack.id)
     except Unavailable:
-        pack.status = "failed"
+        pack.status = JobStatus.FAILED
         set_error(pack, Message("the job queue was unreachable; build the pack again"))
         db.commit()
         raise
@@ -198,11 +198,11 @@ def cancel_pack(db: Session, team_id, pack_id) -> Pack:
     """A queued pack is canceled at once; one being built stops before its next image and
     its ZIP is never stored."""
     pack = get_pack(db, team_id, pack_id)
-    if pack.status not in ("queued", "running"):
+    if pack.status not in ACTIVE:
         return pack
     pack.cancel_requested = True
-    if pack.status == "queued":
-        pack.status = "canceled"
+    if pack.status == JobStatus.QUEUED:
+        pack.status = JobStatus.CANCELED
     db.commit()
     log.info("pack.cancel.requested", extra={"pack": str(pack.id)})
     return pack

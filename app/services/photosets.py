@@ -13,14 +13,13 @@ from sqlalchemy.orm import Session
 from app import repositories as repo
 from app.errors import N_, BadInput, Conflict, Message, NotFound, Unavailable
 from app.imagecheck import CheckedPhoto, DecodeBudget, PhotoRejected, clean_filename, decode_photo, read_header
-from app.models import PendingDeletion, Photo, PhotoSet
+from app.models import ACTIVE, PendingDeletion, Photo, PhotoSet
 from app.services import quotas
 from app.settings import Settings
 from app.storage import (Storage, StorageError, gallery_prefix, pack_key, photo_key, photo_thumb_key, run_prefix,
                          team_prefix)
 
 log = logging.getLogger("domainstudio.photosets")
-ACTIVE = ("queued", "running")
 
 
 # the form fields' names as the user reads them in an error (translated when shown)
@@ -324,29 +323,12 @@ def _remove_objects(db: Session, storage: Storage, prefixes: list[str], keys: li
             log.error("object.delete_failed", extra={"keys": [p.key for p in later]})
 
 
-def _busy(db: Session, run_ids: list, gallery_ids: list) -> bool:
-    from sqlalchemy import select
-
-    from app.models import Gallery, Pack, Run
-
-    active = list(ACTIVE)
-    return bool(
-        (run_ids and db.scalar(select(Run.id).where(Run.id.in_(run_ids), Run.status.in_(active)).limit(1)))
-        or (run_ids and db.scalar(select(Gallery.id).where(Gallery.run_id.in_(run_ids), Gallery.status.in_(active))
-                                  .limit(1)))
-        or (gallery_ids and db.scalar(select(Gallery.id).where(Gallery.id.in_(gallery_ids),
-                                                                Gallery.status.in_(active)).limit(1)))
-        or db.scalar(select(Pack.id).join(Gallery, Pack.gallery_id == Gallery.id)
-                     .where(Pack.status.in_(active),
-                            Gallery.run_id.in_(run_ids) if run_ids else Gallery.id.in_(gallery_ids)).limit(1)))
-
-
 def delete_run(db: Session, storage: Storage, team_id, run_id) -> None:
     """A finished run with its checkpoint, previews, galleries, images and packs."""
     run = repo.run(db, team_id, run_id)
     if run is None:
         raise NotFound("run not found")
-    if _busy(db, [run.id], []):
+    if repo.busy_jobs(db, [run.id], []):
         raise Conflict("this run, its gallery or a pack of it is still in progress; cancel it first")
     prefixes, keys = [], []
     _run_objects(db, team_id, run.id, prefixes, keys)
@@ -361,7 +343,7 @@ def delete_gallery(db: Session, storage: Storage, team_id, gallery_id) -> None:
     gallery = repo.gallery(db, team_id, gallery_id)
     if gallery is None:
         raise NotFound("gallery not found")
-    if _busy(db, [], [gallery.id]):
+    if repo.busy_jobs(db, [], [gallery.id]):
         raise Conflict("this gallery or one of its packs is still being made; cancel it first")
     prefixes, keys = [], []
     _gallery_objects(db, team_id, gallery.id, prefixes, keys)

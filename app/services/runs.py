@@ -13,7 +13,7 @@ from app.services import quotas
 from app.errors import BadInput, Message, NotFound, TooManyRequests, Unavailable, set_error
 from app.jobs import ADAPT_RUN, JobQueue
 from app.db import aware, utcnow
-from app.models import TERMINAL, Gallery, Run
+from app.models import TERMINAL, Gallery, JobStatus, Run
 from app.progress import RUN_STAGES, total_seconds
 from app.presets import SettingsError, build_settings
 from app.settings import Settings
@@ -60,14 +60,14 @@ def start_run(
                               "wait for one to finish or cancel one", params={"n": active})
     run = Run(
         team_id=team_id, photo_set_id=ps.id, preset=preset, base_model=base_model, settings=run_settings,
-        gallery_size=gallery_size, status="queued", total_steps=run_settings["steps"],
+        gallery_size=gallery_size, status=JobStatus.QUEUED, total_steps=run_settings["steps"],
     )
     db.add(run)
     db.commit()  # the job is sent only once the row is committed
     try:
         queue.send_row(db, Run, ADAPT_RUN, run.id)
     except Unavailable:
-        run.status, run.finished_at = "failed", utcnow()
+        run.status, run.finished_at = JobStatus.FAILED, utcnow()
         set_error(run, Message("the job queue was unreachable; start the run again"))
         db.commit()
         raise
@@ -112,8 +112,8 @@ def cancel_run(db: Session, team_id, run_id) -> Run:
     if run.status in TERMINAL:
         return run
     run.cancel_requested = True
-    if run.status == "queued":
-        run.status, run.finished_at = "canceled", utcnow()
+    if run.status == JobStatus.QUEUED:
+        run.status, run.finished_at = JobStatus.CANCELED, utcnow()
     db.commit()
     log.info("run.cancel.requested", extra={"run": str(run.id)})
     return run

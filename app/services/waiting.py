@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import repositories as repo
-from app.models import Gallery, Run
+from app.models import Gallery, JobStatus, Run
 from app.presets import PRESETS
 
 
@@ -83,7 +83,7 @@ def preset_estimates(db: Session, base_model: str, gallery_size: int) -> dict[st
 
 def _remaining(db: Session, job: Run | Gallery, speeds: dict) -> float | None:
     if isinstance(job, Run):
-        if job.status == "running" and job.eta_seconds is not None:
+        if job.status == JobStatus.RUNNING and job.eta_seconds is not None:
             return job.eta_seconds
         speed = speeds.setdefault(job.base_model, machine_speed(db, job.base_model))
         return speed.run_seconds(job.total_steps - job.step, 0) if speed else None
@@ -103,7 +103,7 @@ def _in_line_since(job: Run | Gallery) -> datetime:
 
 def queue_spot(db: Session, team_id, job: Run | Gallery) -> QueueSpot | None:
     """Where a queued job stands; None when it is not waiting in the queue."""
-    if job.status != "queued":
+    if job.status != JobStatus.QUEUED:
         return None
     runs, galleries = repo.gpu_jobs_ahead(db, _in_line_since(job))
     jobs = [(r, name, "run") for r, name in runs if r.id != job.id] + \
@@ -111,7 +111,7 @@ def queue_spot(db: Session, team_id, job: Run | Gallery) -> QueueSpot | None:
     spot = QueueSpot(position=len(jobs) + 1)
     speeds: dict = {}
     waits = []
-    for row, name, kind in sorted(jobs, key=lambda j: (j[0].status != "running", _in_line_since(j[0]))):
+    for row, name, kind in sorted(jobs, key=lambda j: (j[0].status != JobStatus.RUNNING, _in_line_since(j[0]))):
         waits.append(_remaining(db, row, speeds))
         if row.team_id != team_id:
             spot.others_ahead += 1

@@ -18,13 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # web_helpers, service_fixtures
+from service_fixtures import suite_fixtures
+from web_helpers import ROOT, TAG, CeleryWorker, free_port, production_settings, settings_env, wait_for
 
-from service_fixtures import app_fixtures, own_database_and_queues  # noqa: E402
-from web_helpers import ROOT, TAG, CeleryWorker, free_port, production_settings, settings_env, wait_for  # noqa: E402
-
-s3_endpoint = app_fixtures()[0]  # the moto S3 server of tests/app
-pg_url, queues = own_database_and_queues("e2e")  # a database and queue names of our own
+_suite = suite_fixtures("e2e")  # a database, queue names and an S3 server of this suite's own
+pg_url, queues, s3_endpoint = _suite.pg_url, _suite.queues, _suite.s3_endpoint
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]

@@ -11,13 +11,12 @@ import uuid
 from io import BytesIO
 from pathlib import Path
 
-from sqlalchemy import update
 
 from app import repositories as repo
 from app.db import aware, utcnow
 from app.errors import Message, error_values, message_of
 from app.jobs import SAMPLE_GALLERY
-from app.models import Checkpoint, Gallery, Image, Run
+from app.models import ACTIVE, Checkpoint, Gallery, Image, JobStatus
 from app.progress import with_stage_time
 from app.settings import get_settings
 from app.storage import gallery_prefix
@@ -65,10 +64,10 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
         ck = repo.checkpoint_of_run(db, gallery.run_id)
         missing = sorted(set(range(gallery.size)) - repo.image_seeds(db, gallery.id))
         if ck is None:
-            set_row(e, Gallery, gallery_id, status="failed", **error_values(Message("the run has no checkpoint")))
-            return "failed"
-        if not missing and gallery.status in ("queued", "running"):
-            set_row(e, Gallery, gallery_id, status="succeeded")
+            set_row(e, Gallery, gallery_id, status=JobStatus.FAILED, **error_values(Message("the run has no checkpoint")))
+            return JobStatus.FAILED
+        if not missing and gallery.status in ACTIVE:
+            set_row(e, Gallery, gallery_id, status=JobStatus.SUCCEEDED)
             return "skipped"
     started = []
 
@@ -78,8 +77,8 @@ def sample_gallery_images(e: Env, gallery_id: uuid.UUID) -> str:
         started.append(time.monotonic())
 
     def fail(heartbeat: Heartbeat, error: Message) -> str:
-        set_row(e, Gallery, gallery_id, status="failed", **error_values(error))
-        return "failed"
+        set_row(e, Gallery, gallery_id, status=JobStatus.FAILED, **error_values(error))
+        return JobStatus.FAILED
 
     outcome = run_job(e, Gallery, gallery_id, "gallery", lambda heartbeat: _sample(e, gallery, ck, missing, heartbeat),
                       fail, claimed=claimed)
@@ -93,7 +92,7 @@ def _record_gallery_wait(e: Env, gallery: Gallery) -> None:
     waited for (the report's total); recorded once, at its first claim."""
     try:
         with e.sessions() as db:
-            row = db.get(Run, gallery.run_id, with_for_update=True)
+            row = repo.run_for_update(db, gallery.run_id)
             if row is None or "gallery_queued" in (row.stage_times or {}):
                 return
             waited = (utcnow() - aware(gallery.created_at)).total_seconds()
@@ -145,15 +144,15 @@ def _sample(e: Env, gallery: Gallery, ck: Checkpoint, missing: list[int], heartb
         # them, so "generate more" adds only what is asked for
         with e.sessions() as db:
             have = len(repo.image_seeds(db, gallery_id))
-        set_row(e, Gallery, gallery_id, status="canceled", size=have)
+        set_row(e, Gallery, gallery_id, status=JobStatus.CANCELED, size=have)
         log.info("gallery.canceled", extra={"gallery": str(gallery_id)})
-        return "canceled"
+        return JobStatus.CANCELED
     except DomainStudioError as exc:  # the core's, and the copy guard's (CopyGuardError)
-        set_row(e, Gallery, gallery_id, status="failed", **error_values(message_of(exc)))
-        return "failed"
-    set_row(e, Gallery, gallery_id, status="succeeded")
+        set_row(e, Gallery, gallery_id, status=JobStatus.FAILED, **error_values(message_of(exc)))
+        return JobStatus.FAILED
+    set_row(e, Gallery, gallery_id, status=JobStatus.SUCCEEDED)
     log.info("gallery.succeeded", extra={"gallery": str(gallery_id)})
-    return "succeeded"
+    return JobStatus.SUCCEEDED
 
 
 def _consecutive(seeds: list[int]) -> list[tuple[int, int]]:
@@ -245,12 +244,10 @@ def _measure_gallery(e: Env, gallery: Gallery, guard, should_stop) -> None:
         measured = guard.measure([_open_image(BytesIO(e.storage.get_bytes(r.key))) for r in todo])
         with e.sessions() as db:
             for r, m in zip(todo, measured):
-                db.execute(update(Image).where(Image.id == r.id).values(
-                    nearest_distance=m.distance, nearest_photo_id=m.photo_id))
+                repo.set_nearest(db, r.id, m.distance, m.photo_id)
             db.commit()
     with e.sessions() as db:
-        db.execute(update(Image).where(Image.gallery_id == gallery.id, Image.nearest_distance.is_not(None))
-                   .values(near_copy=Image.nearest_distance < guard.threshold))
+        repo.mark_near_copies(db, gallery.id, guard.threshold)
         db.commit()
     step = max(1, -(-len(rows) // DIVERSITY_SAMPLE))
     sample = [_open_image(BytesIO(e.storage.get_bytes(r.key))) for r in rows[::step]]

@@ -8,8 +8,7 @@ from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
-from sqlalchemy import select, update
-
+from app import repositories as repo
 from app.errors import Message
 from app.storage import StorageError
 from worker.tasks.env import Env
@@ -57,14 +56,14 @@ def internal_error(exc: Exception) -> Message:
 
 def set_row(e: Env, model, obj_id, **values) -> None:
     with e.sessions() as db:
-        db.execute(update(model).where(model.id == obj_id).values(**values))
+        repo.update_job(db, model, obj_id, **values)
         db.commit()
 
 
 def cancel_asked(e: Env, model, obj_id) -> bool:
     try:
         with e.sessions() as db:
-            return bool(db.scalar(select(model.cancel_requested).where(model.id == obj_id)))
+            return repo.cancel_requested(db, model, obj_id)
     except Exception:  # the database is unreachable: keep going, ask again later
         return False
 

@@ -15,10 +15,10 @@ import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, or_, select, update
-
+from app import repositories as repo
 from app.db import utcnow as _now
 from app.errors import Message, error_values
+from app.models import JobStatus
 from app.settings import get_settings
 from app.storage import StorageError
 from worker.tasks.env import Env
@@ -30,15 +30,9 @@ class Superseded(Exception):
     """Another delivery claimed the job (this worker was taken for dead)."""
 
 
-def _stale_before(e: Env) -> datetime:
+def stale_before(e: Env) -> datetime:
+    """A running job whose last heartbeat is older than this was abandoned: its worker died."""
     return _now() - timedelta(seconds=e.settings.job_stale_seconds)
-
-
-def abandoned(model, e: Env, or_never_beat: bool = True):
-    """Running, but its worker stopped sending heartbeats. A running job without any
-    heartbeat was released by its owner (the embedded app's restart) or predates them."""
-    stale = model.heartbeat_at < _stale_before(e)
-    return and_(model.status == "running", or_(model.heartbeat_at.is_(None), stale) if or_never_beat else stale)
 
 
 def _machine() -> str:
@@ -78,18 +72,15 @@ def claim(e: Env, model, obj_id) -> int | None:
     """The attempt number this delivery now holds, or None when the job is done, canceled
     or held by a live worker."""
     with e.sessions() as db:
-        row = db.execute(select(model.attempts, model.status, model.worker).where(model.id == obj_id)).first()
+        row = repo.job_lease(db, model, obj_id)
         if row is None:
             return None
         attempts, status, holder = row
-        free = or_(model.status == "queued", abandoned(model, e))
-        if status == "running" and holder_died(holder):
-            free = and_(model.status == "running", model.worker == holder)
-        done = db.execute(
-            update(model).where(model.id == obj_id, model.attempts == attempts, free)
-            .values(status="running", heartbeat_at=_now(), attempts=attempts + 1, worker=worker_id()))
+        dead_holder = holder if status == JobStatus.RUNNING and holder_died(holder) else None
+        done = repo.claim_job(db, model, obj_id, attempts, stale_before=stale_before(e), dead_holder=dead_holder,
+                              worker=worker_id(), at=_now())
         db.commit()
-    if done.rowcount != 1:
+    if not done:
         log.info("job.claim.skipped", extra={"job": model.__tablename__, "id": str(obj_id)})
         return None
     return attempts + 1
@@ -118,10 +109,9 @@ class Heartbeat:
         while not self._stop.wait(self.e.settings.job_heartbeat_seconds):
             try:
                 with self.e.sessions() as db:
-                    mine = db.execute(update(m).where(m.id == self.obj_id, m.attempts == self.attempt)
-                                      .values(heartbeat_at=_now()))
+                    mine = repo.update_held_job(db, m, self.obj_id, self.attempt, heartbeat_at=_now())
                     db.commit()
-                if mine.rowcount == 0:
+                if not mine:
                     self.superseded = True
                     log.warning("job.superseded", extra={"job": m.__tablename__, "id": str(self.obj_id)})
                     return
@@ -159,11 +149,10 @@ def retry_or_fail(e: Env, model, obj_id, heartbeat: Heartbeat, exc: StorageError
     message = Message("the object store failed (%(detail)s); trying again shortly", {"detail": str(exc)[:300]})
     due = _now() + timedelta(seconds=retry_delay(e.settings.storage_retries - _retries_left.get()))
     with e.sessions() as db:
-        mine = db.execute(update(model).where(model.id == obj_id, model.attempts == heartbeat.attempt)
-                          .values(status="queued", heartbeat_at=None, worker=None, sent_at=due,
-                                  **error_values(message)))
+        mine = repo.update_held_job(db, model, obj_id, heartbeat.attempt, status=JobStatus.QUEUED, heartbeat_at=None,
+                                    worker=None, sent_at=due, **error_values(message))
         db.commit()
-    if mine.rowcount == 1:
+    if mine:
         log.warning("job.retry_later", extra={"job": model.__tablename__, "id": str(obj_id), "error": str(exc)[:200]})
         raise RetryLater()
 

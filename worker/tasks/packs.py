@@ -12,7 +12,7 @@ from app import repositories as repo
 from app.db import utcnow
 from app.errors import Message, error_values
 from app.jobs import BUILD_PACK
-from app.models import Pack
+from app.models import JobStatus, Pack
 from app.packfiles import PackCanceled, PackSource, write_pack_zip
 from worker.celery_app import app
 from worker.tasks.env import Env, env
@@ -48,7 +48,7 @@ class PackProgress:
 def build_pack_zip(e: Env, pack_id: uuid.UUID) -> str:
     with e.sessions() as db:
         pack = repo.pack_by_id(db, pack_id)
-        if pack is None or pack.status == "succeeded":
+        if pack is None or pack.status == JobStatus.SUCCEEDED:
             return "skipped"
         gallery = repo.gallery_by_id(db, pack.gallery_id)
         images = list(repo.images_by_ids(db, gallery.id, pack.image_ids))
@@ -59,8 +59,8 @@ def build_pack_zip(e: Env, pack_id: uuid.UUID) -> str:
         e.settings.resolved_work_dir.mkdir(parents=True, exist_ok=True)
 
     def fail(heartbeat: Heartbeat, error: Message) -> str:
-        set_row(e, Pack, pack_id, status="failed", finished_at=utcnow(), **error_values(error))
-        return "failed"
+        set_row(e, Pack, pack_id, status=JobStatus.FAILED, finished_at=utcnow(), **error_values(error))
+        return JobStatus.FAILED
 
     return run_job(e, Pack, pack_id, "pack", lambda heartbeat: _build(e, pack, images, source, heartbeat), fail,
                    claimed=claimed)
@@ -84,9 +84,9 @@ def _build(e: Env, pack: Pack, images, source: PackSource, heartbeat: Heartbeat)
             e.storage.put_file(pack.key, path, "application/zip")
             size = path.stat().st_size
     except PackCanceled:
-        set_row(e, Pack, pack_id, status="canceled", finished_at=utcnow())
+        set_row(e, Pack, pack_id, status=JobStatus.CANCELED, finished_at=utcnow())
         log.info("pack.canceled", extra={"pack": str(pack_id)})
-        return "canceled"
-    set_row(e, Pack, pack_id, status="succeeded", size_bytes=size, progress=1.0, finished_at=utcnow())
+        return JobStatus.CANCELED
+    set_row(e, Pack, pack_id, status=JobStatus.SUCCEEDED, size_bytes=size, progress=1.0, finished_at=utcnow())
     log.info("pack.succeeded", extra={"pack": str(pack_id), "images": len(images)})
-    return "succeeded"
+    return JobStatus.SUCCEEDED

@@ -12,13 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
 
 from app import repositories as repo
 from app.db import aware, utcnow
 from app.errors import Message, error_values, message_of, set_error, set_warnings
 from app.jobs import ADAPT_RUN, SAMPLE_GALLERY
-from app.models import TERMINAL, Checkpoint, Gallery, Run
+from app.models import TERMINAL, Checkpoint, Gallery, JobStatus, Run
 from app.progress import add_loss_point, loss_point, with_stage_time
 from app.settings import get_settings
 from app.storage import StorageError, run_prefix
@@ -97,7 +96,7 @@ class RunReporter:
             values.update(preview_count=len(event.previews), preview_step=event.step)
         try:
             with self.e.sessions() as db:
-                db.execute(update(Run).where(Run.id == self.run_id).values(**values))
+                repo.update_job(db, Run, self.run_id, **values)
                 db.commit()
         except Exception as exc:  # progress is best effort: a database blip must not stop training
             log.warning("run.progress.failed", extra={"run": str(self.run_id), "error": str(exc)[:200]})
@@ -139,7 +138,7 @@ def record_stage_time(e: Env, run_id, stage: str, seconds: float, add: bool = Fa
     database blip must not fail a run whose work is done."""
     try:
         with e.sessions() as db:
-            row = db.get(Run, run_id, with_for_update=True)  # a gallery may add to it at the same time
+            row = repo.run_for_update(db, run_id)  # a gallery may add to it at the same time
             if row is not None:
                 row.stage_times = with_stage_time(row.stage_times, stage, seconds, add)
                 db.commit()
@@ -176,8 +175,7 @@ def _mark_started(e: Env, run_id) -> None:
 
 def _finish_run(e: Env, run_id, status: str, error: Message | None = None) -> None:
     with e.sessions() as db:
-        db.execute(update(Run).where(Run.id == run_id).values(status=status, finished_at=utcnow(),
-                                                               **error_values(error)))
+        repo.update_job(db, Run, run_id, status=status, finished_at=utcnow(), **error_values(error))
         db.commit()
     log.info(f"run.{status}", extra={"run": str(run_id), "error": error.render() if error else None})
 
@@ -186,13 +184,13 @@ def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
     with e.sessions() as db:
         run = repo.run_by_id(db, run_id)
         if run is None or run.status in TERMINAL:
-            if run is not None and run.status == "canceled":
+            if run is not None and run.status == JobStatus.CANCELED:
                 _drop_state(e, run)  # canceled while it waited for its next turn
             return "skipped"
         if run.cancel_requested:
-            _finish_run(e, run_id, "canceled")
+            _finish_run(e, run_id, JobStatus.CANCELED)
             _drop_state(e, run)
-            return "canceled"
+            return JobStatus.CANCELED
     photos = []
 
     def claimed() -> None:
@@ -201,7 +199,7 @@ def run_adaptation(e: Env, run_id: uuid.UUID) -> str:
             photos.extend(repo.photos_of_set(db, run.photo_set_id))
 
     def fail(heartbeat: Heartbeat, error: Message) -> str:
-        return _end(e, run_id, heartbeat, "failed", error)
+        return _end(e, run_id, heartbeat, JobStatus.FAILED, error)
 
     return run_job(e, Run, run_id, "run", lambda heartbeat: _adapt(e, run, photos, heartbeat), fail,
                    claimed=claimed, crashed=_crashed)
@@ -248,14 +246,14 @@ def _adapt(e: Env, run: Run, photos, heartbeat: Heartbeat) -> str:
         return give_up_turn(e, run_id, heartbeat, over.reason, reporter.step)
     except Canceled:
         _drop_state(e, run)
-        return _end(e, run_id, heartbeat, "canceled")
+        return _end(e, run_id, heartbeat, JobStatus.CANCELED)
     except DomainStudioError as exc:
-        return _end(e, run_id, heartbeat, "failed", message_of(exc))
+        return _end(e, run_id, heartbeat, JobStatus.FAILED, message_of(exc))
     except SoftTimeLimitExceeded:
         reporter.sync_state()  # the core saved the state on its way out
-        return _end(e, run_id, heartbeat, "failed",
+        return _end(e, run_id, heartbeat, JobStatus.FAILED,
                     Message("the run reached its time limit; its training state was saved"))
-    return "succeeded"
+    return JobStatus.SUCCEEDED
 
 
 def _drop_state(e: Env, run: Run) -> None:
@@ -311,7 +309,7 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
         ck.settings = {k: v for k, v in config.items() if k not in ("photos", "prompts")}
         ck.prompts = _prompts_by_filename(db, run, config.get("prompts") or {}) or None
         db.add(ck)
-        row.status, row.step, row.total_steps, row.finished_at = "succeeded", result.steps, result.steps, utcnow()
+        row.status, row.step, row.total_steps, row.finished_at = JobStatus.SUCCEEDED, result.steps, result.steps, utcnow()
         set_warnings(row, result.warnings or [])
         set_error(row, None)
         row.stage_times = with_stage_time(row.stage_times, "publish", time.monotonic() - started)
@@ -327,6 +325,6 @@ def _publish_checkpoint(e: Env, run: Run, out: Path, result) -> None:
 def _new_gallery(db, settings, run: Run, prompt: str | None) -> Gallery:
     """The run's first gallery, queued in the same commit as the run's success."""
     gallery = Gallery(team_id=run.team_id, run_id=run.id, size=run.gallery_size, prompt=prompt,
-                      steps=settings.sample_steps, status="queued")
+                      steps=settings.sample_steps, status=JobStatus.QUEUED)
     db.add(gallery)
     return gallery

@@ -18,22 +18,22 @@ import threading
 from datetime import timedelta
 
 from celery import signals
-from sqlalchemy import and_, or_, select, update
 
+from app import repositories as repo
 from app.db import utcnow
 from app.errors import Message, error_values
 from app.jobs import JOBS
-from app.models import PendingDeletion, Photo
+from app.models import JobStatus
 from app.storage import StorageError
 from worker.tasks.env import Env, env
-from worker.tasks.leases import abandoned, holder_died
+from worker.tasks.leases import holder_died, stale_before
 
 log = logging.getLogger("domainstudio.worker")
 
 
 def _given_up(model, failures: int) -> dict:
     """The values of a job failed because its workers kept dying on it."""
-    values = {"status": "failed", "heartbeat_at": None,
+    values = {"status": JobStatus.FAILED, "heartbeat_at": None,
               **error_values(Message("the worker stopped %(n)s times while working on this (killed, or out of "
                                      "memory); it was given up: try again with smaller settings", {"n": failures}))}
     if hasattr(model, "finished_at"):
@@ -48,31 +48,28 @@ def recover_orphans(e: Env) -> int:
     lost = _broker_lost(e)
     for model, task in JOBS:
         with e.sessions() as db:
-            orphans = [(obj_id, attempts, failures, abandoned(model, e, False)) for obj_id, attempts, failures in
-                       db.execute(select(model.id, model.attempts, model.failures).where(abandoned(model, e, False)))]
-            orphans += [(obj_id, attempts, failures, model.worker == holder) for obj_id, attempts, failures, holder in
-                        db.execute(select(model.id, model.attempts, model.failures, model.worker)
-                                   .where(model.status == "running"))
-                        if holder_died(holder)]
-            for obj_id, attempts, failures, still in orphans:
+            # (id, attempts, failures, how it was found): a stale heartbeat, or its worker process gone
+            stale = stale_before(e)
+            orphans = [(*job, {"stale_before": stale}) for job in repo.stale_jobs(db, model, stale)]
+            orphans += [(obj_id, attempts, failures, {"holder": holder})
+                        for obj_id, attempts, failures, holder in repo.running_jobs(db, model) if holder_died(holder)]
+            for obj_id, attempts, failures, found in orphans:
                 # a job that killed its worker max_job_attempts times would kill the next one too
                 give_up = failures + 1 >= e.settings.max_job_attempts
-                moved = db.execute(update(model).where(model.id == obj_id, model.attempts == attempts,
-                                                       model.status == "running", still)
-                                   .values(failures=failures + 1,
-                                           **(_given_up(model, failures + 1) if give_up
-                                              else {"status": "queued", "sent_at": None})))
+                moved = repo.take_orphan(db, model, obj_id, attempts, **found, failures=failures + 1,
+                                         **(_given_up(model, failures + 1) if give_up
+                                            else {"status": JobStatus.QUEUED, "sent_at": None}))
                 db.commit()
-                if moved.rowcount == 1 and give_up:
+                if moved and give_up:
                     log.error("job.given_up", extra={"job": model.__tablename__, "id": str(obj_id),
                                                      "failures": failures + 1})
-                elif moved.rowcount == 1:
+                elif moved:
                     log.warning("job.requeued", extra={"job": model.__tablename__, "id": str(obj_id),
                                                        "reason": "its worker died"})
                     e.queue.send_row(db, model, task, obj_id)
                     sent += 1
             if lost:
-                for obj_id in db.scalars(select(model.id).where(model.status == "queued")):
+                for obj_id in repo.queued_job_ids(db, model):
                     log.warning("job.resent", extra={"job": model.__tablename__, "id": str(obj_id),
                                                      "reason": "the broker lost its queues"})
                     e.queue.send(task, obj_id)
@@ -90,10 +87,7 @@ def resend_unsent(e: Env) -> int:
     before = utcnow() - timedelta(seconds=e.settings.job_unsent_seconds)
     for model, task in JOBS:
         with e.sessions() as db:
-            never = and_(model.sent_at.is_(None), model.created_at < before)
-            overdue_retry = and_(model.error.is_not(None), model.sent_at < before)
-            unsent = db.scalars(select(model.id).where(model.status == "queued", or_(never, overdue_retry))).all()
-            for obj_id in unsent:
+            for obj_id in repo.unsent_job_ids(db, model, before):
                 log.warning("job.resent", extra={"job": model.__tablename__, "id": str(obj_id),
                                                  "reason": "it was never sent"})
                 e.queue.send_row(db, model, task, obj_id)
@@ -105,9 +99,8 @@ def sweep_deletions(e: Env, limit: int = 200) -> int:
     """Deletes the objects whose deletion failed while the object store was down."""
     done = 0
     with e.sessions() as db:
-        for p in db.scalars(select(PendingDeletion).order_by(PendingDeletion.created_at).limit(limit)).all():
-            if not p.prefix and db.scalar(select(Photo.id).where(or_(Photo.key == p.key, Photo.thumb_key == p.key))
-                                          .limit(1)):
+        for p in repo.pending_deletions(db, limit):
+            if not p.prefix and repo.photo_object_in_use(db, p.key):
                 db.delete(p)  # the same photo was uploaded again: its object is in use
                 continue
             try:

@@ -18,7 +18,7 @@ from app.models import Checkpoint, Gallery, Pack, Run
 from app.models import Image as ImageRow
 from app.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("DOMAINSTUDIO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("DOMAINSTUDIO_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TAG = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
