@@ -3,6 +3,7 @@ The tasks take it as an argument, so a test builds one of its own (``Env(setting
 and a worker process makes one from its settings, once (``env()``)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,6 +34,18 @@ class Env:
 def env() -> Env:
     """This worker process's environment, made on its first job."""
     return Env.from_settings(get_settings())
+
+
+def _forget_inherited_connections() -> None:
+    """A forked child (a prefork worker's replacement) must not use the pooled database
+    connections it inherited from its parent, whose watchdog made them: both would talk over
+    one socket (seen: "unexpected result EMPTY_QUERY from command 'ROLLBACK'", "server closed
+    the connection"). SQLAlchemy's advice for forks: dispose of the pool without closing them."""
+    if env.cache_info().currsize:
+        env().sessions.kw["bind"].dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 def use_torch_threads(e: Env) -> None:
