@@ -214,6 +214,33 @@ def gpu_jobs_ahead(db: Session, since) -> tuple[Sequence[tuple[Run, str]], Seque
     return [tuple(r) for r in run_rows], [tuple(g) for g in gallery_rows]
 
 
+def _in_turn_line(model, now):
+    """Queued and handed to the broker (a storage retry only once it is due), not canceled."""
+    return and_(model.status == JobStatus.QUEUED, model.sent_at.is_not(None), model.sent_at <= now,
+                model.cancel_requested.is_(False))
+
+
+def waiting_for_a_turn(db: Session, run: Run, now) -> str | None:
+    """What waits in line for ``run``'s worker (worker/turns.py): a gallery, another team's
+    run, or an earlier run of its team; None when nothing does."""
+    if db.scalar(select(Gallery.id).where(_in_turn_line(Gallery, now)).limit(1)) is not None:
+        return "a gallery is waiting"
+    runs = select(Run.id).where(_in_turn_line(Run, now), Run.id != run.id).limit(1)
+    if db.scalar(runs.where(Run.team_id != run.team_id)) is not None:
+        return "another team's run is waiting"
+    if db.scalar(runs.where(Run.team_id == run.team_id, Run.created_at < run.created_at)) is not None:
+        return "an earlier run of its team is waiting"
+    return None
+
+
+def run_back_in_line(db: Session, run_id, attempt: int, step: int) -> bool:
+    """A running run goes back to queued at ``step`` while delivery ``attempt`` still holds it."""
+    done = db.execute(update(Run).where(Run.id == run_id, Run.attempts == attempt, Run.status == JobStatus.RUNNING)
+                      .values(status=JobStatus.QUEUED, step=step, heartbeat_at=None, worker=None, sent_at=None,
+                              eta_seconds=None))
+    return done.rowcount == 1
+
+
 def finished_runs_of_model(db: Session, base_model: str, limit: int = 5) -> Sequence[Run]:
     """The latest succeeded runs of a base model on this installation (their stage times
     tell how fast this machine is)."""

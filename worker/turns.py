@@ -28,12 +28,12 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from sqlalchemy import and_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import repositories as repo
 from app.errors import Unavailable
 from app.jobs import ADAPT_RUN
-from app.models import Gallery, JobStatus, Run
+from app.models import Run
 
 log = logging.getLogger("domainstudio.worker")
 
@@ -46,23 +46,9 @@ class TurnOver(Exception):
         self.reason = reason
 
 
-def _in_line(model, now: datetime):
-    """Queued and handed to the broker (a storage retry only once it is due)."""
-    return and_(model.status == JobStatus.QUEUED, model.sent_at.is_not(None), model.sent_at <= now,
-                model.cancel_requested.is_(False))
-
-
 def waiting_before(db, run: Run) -> str | None:
     """Why ``run`` should let a job waiting in line have the worker, or None."""
-    now = datetime.now(timezone.utc)
-    if db.scalar(select(Gallery.id).where(_in_line(Gallery, now)).limit(1)) is not None:
-        return "a gallery is waiting"
-    runs = select(Run.id).where(_in_line(Run, now), Run.id != run.id).limit(1)
-    if db.scalar(runs.where(Run.team_id != run.team_id)) is not None:
-        return "another team's run is waiting"
-    if db.scalar(runs.where(Run.team_id == run.team_id, Run.created_at < run.created_at)) is not None:
-        return "an earlier run of its team is waiting"
-    return None
+    return repo.waiting_for_a_turn(db, run, datetime.now(timezone.utc))
 
 
 class Turn:
@@ -102,12 +88,9 @@ def give_up_turn(e, run_id, heartbeat, reason: str, step: int) -> str:
     if heartbeat.superseded:
         return "superseded"
     with e.sessions() as db:
-        mine = db.execute(update(Run).where(Run.id == run_id, Run.attempts == heartbeat.attempt,
-                                            Run.status == JobStatus.RUNNING)
-                          .values(status=JobStatus.QUEUED, step=step, heartbeat_at=None, worker=None, sent_at=None,
-                                  eta_seconds=None))
+        mine = repo.run_back_in_line(db, run_id, heartbeat.attempt, step)
         db.commit()
-        if mine.rowcount != 1:
+        if not mine:
             return "superseded"
         log.info("run.turn.given", extra={"run": str(run_id), "step": step, "reason": reason})
         try:
