@@ -1,5 +1,6 @@
 """Adaptation of the builtin tiny DDPM: steps, checkpoints, resume, progress, cancel, bad input."""
 import json
+import logging
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ class GiveUpTurn(Exception):
 
 
 @pytest.mark.parametrize("stop_after", [3, 4])  # 4: right after a checkpoint (checkpoint_every=2)
-def test_a_stop_from_should_stop_saves_the_state_once_and_resumes_identically(photos, tmp_path, caplog,
+def test_a_stop_from_should_stop_saves_the_state_once_and_resumes_identically(photos, tmp_path, caplog, monkeypatch,
                                                                              stop_after):
     adapt(tiny(steps=6), photos, tmp_path / "straight")
     steps = []
@@ -91,6 +92,9 @@ def test_a_stop_from_should_stop_saves_the_state_once_and_resumes_identically(ph
             raise GiveUpTurn()
         return False
     caplog.set_level("INFO", logger="domainstudio.adapt")
+    # the web app's log setup (app/logs.py, run by earlier tests in the same process) stops the
+    # domainstudio loggers from propagating to caplog's root handler
+    monkeypatch.setattr(logging.getLogger("domainstudio"), "propagate", True)
     with pytest.raises(GiveUpTurn):
         adapt(tiny(steps=6, checkpoint_every=2), photos, tmp_path / "turns", progress=lambda e: steps.append(e.step),
               should_stop=give_up)
