@@ -107,7 +107,10 @@ def known_class_word(cfg: AdaptConfig, base: BaseModel) -> tuple[AdaptConfig, li
     words = base.extra.get("class_words")
     if not base.is_text_to_image or not words or cfg.class_word in words:
         return cfg, []
-    alias = base.extra.get("class_word_aliases", {}).get(cfg.class_word.strip().lower())
+    word = cfg.class_word.strip().lower()
+    if word in words:  # "Shoe" is its word "shoe" (the run form shows it so: demo_words.model_word)
+        return dataclasses.replace(cfg, class_word=word), []
+    alias = base.extra.get("class_word_aliases", {}).get(word)
     if alias:
         note = Notice("%(model)s does not know the word %(word)s; its prompts use its own word %(alias)s",
                       model=base.spec, word=repr(cfg.class_word), alias=repr(alias))
