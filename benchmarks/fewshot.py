@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from worker.domainstudio import AdaptConfig, adapt, sample  # noqa: E402
 from worker.domainstudio import fmnist  # noqa: E402
 from worker.domainstudio.metrics import ProxyMetrics  # noqa: E402
+from worker.domainstudio.models import load_base_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Loss weights per method; None keeps the core's default for unconditional models.
@@ -67,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-source", action="store_true", help="skip scoring the unadapted source model")
     p.add_argument("--samples", type=int, default=1000, help="images sampled per method")
     p.add_argument("--sample-steps", type=int, default=25)
-    p.add_argument("--scheduler", default="dpmsolver++")
+    p.add_argument("--scheduler", default=None, help="sampler (default: the base model's own)")
     p.add_argument("--base-model", default="builtin:fmnist-ddpm-32")
     p.add_argument("--max-reference", type=int, default=0, help="cap on reference images (0 = all; for smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -78,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         p.error(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
+    # named, not left to sample(), so that the table and the cached source row say which
+    args.scheduler = args.scheduler or load_base_model(args.base_model).default_sampler
     return args
 
 

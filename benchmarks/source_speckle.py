@@ -1,9 +1,12 @@
 """How many of the demo source model's samples are speckled, by sampler and step count.
 
     python benchmarks/source_speckle.py [--n 128] [--runs dpmsolver++:25 ddim:50 ddim:50:150]
+                                        [--weights var/ft/fmnist-ddpm-32.safetensors]
 
-Why: about a quarter of builtin:fmnist-ddpm-32's samples are speckled noise, which inflates
-every method's proxy metrics in benchmarks/fewshot.py. A run is SAMPLER:STEPS, or
+Why: about a quarter of builtin:fmnist-ddpm-32's samples were speckled noise under
+DPM-Solver++ (its first 3,000-step weights), which inflated every method's proxy metrics in
+benchmarks/fewshot.py; this measures a retrain's candidate weights (--weights) and the
+model's own sampler (sde-dpmsolver++) the same way. A run is SAMPLER:STEPS, or
 ddim:STEPS:CUT, which samples with DDIM but stops at the first timestep below CUT and
 returns the model's predicted clean image from there. If more steps give more speckle
 and stopping early removes it, the model's noise prediction at small t is what is weak
@@ -26,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from worker.domainstudio import fmnist  # noqa: E402
 from worker.domainstudio.metric_net import load_metric_net  # noqa: E402
 from worker.domainstudio.models import load_base_model  # noqa: E402
+from worker.domainstudio.pretrain import load_fmnist_ddpm  # noqa: E402
 from worker.domainstudio.sampling import sample_with  # noqa: E402
 
 ROUGH = 0.5
@@ -73,13 +77,17 @@ def images_of(run: str, base, n: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=128, help="samples per run")
-    p.add_argument("--runs", nargs="+", default=["dpmsolver++:10", "dpmsolver++:25", "dpmsolver++:50", "ddim:50",
+    p.add_argument("--runs", nargs="+", default=["dpmsolver++:10", "dpmsolver++:25", "dpmsolver++:50", "sde-dpmsolver++:25", "ddim:50",
                                                   "ddim:200", "ddim:50:60", "ddim:50:150", "ddim:50:300"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("var/source_speckle"))
+    p.add_argument("--weights", type=Path, default=None,
+                   help="exported weights to measure instead of the shipped ones (a retrain's candidate)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = load_base_model("builtin:fmnist-ddpm-32")
+    if args.weights:
+        base.unet, base.scheduler = load_fmnist_ddpm(args.weights)
     base.unet.eval()
     net = load_metric_net().eval()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def test_sampling_argument_errors_keep_their_english_text():
 
     with pytest.raises(InputError) as info:
         sample_with(base, 2, scheduler="euler")
-    assert str(info.value) == "unknown scheduler 'euler'; choose one of dpmsolver++, ddim, ddpm"
+    assert str(info.value) == "unknown scheduler 'euler'; choose one of dpmsolver++, sde-dpmsolver++, ddim, ddpm"
     _check_exposed(info.value, "unknown scheduler")
 
 

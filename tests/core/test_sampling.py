@@ -22,11 +22,36 @@ def test_each_image_depends_on_its_seed_only_not_on_the_batch():
     assert [g.image.tobytes() for g in again] == [g.image.tobytes() for g in big]
 
 
-@pytest.mark.parametrize("scheduler", ["dpmsolver++", "ddim", "ddpm"])
+@pytest.mark.parametrize("scheduler", ["dpmsolver++", "sde-dpmsolver++", "ddim", "ddpm"])
 def test_every_scheduler_samples_with_metadata(scheduler):
     images = sample("builtin:tiny-ddpm", 2, seed=0, steps=3, scheduler=scheduler)
     assert images[0].scheduler == scheduler and images[0].steps == 3
     assert images[0].model == "builtin:tiny-ddpm" and images[0].prompt is None
+
+
+def test_the_stochastic_sampler_draws_its_noise_per_image_seed():
+    # Its fresh noise at every step comes from each image's own generator, so an image is the
+    # same whichever batch it was drawn in, and a gallery can be regenerated from its seeds.
+    big = sample("builtin:tiny-ddpm", 3, seed=4, steps=3, batch_size=3, scheduler="sde-dpmsolver++")
+    one = sample("builtin:tiny-ddpm", 1, seed=5, steps=3, scheduler="sde-dpmsolver++")
+    assert _max_difference(big[1], one[0]) <= 2
+    deterministic = sample("builtin:tiny-ddpm", 1, seed=5, steps=3, scheduler="dpmsolver++")
+    assert _max_difference(deterministic[0], one[0]) > 2  # fresh noise did change the image
+
+
+def test_a_model_samples_with_its_own_sampler_unless_told():
+    assert sample("builtin:tiny-ddpm", 1, steps=2)[0].scheduler == "dpmsolver++"
+    assert sample("builtin:tiny-sd", 1, prompt="a bottle", steps=2)[0].scheduler == "dpmsolver++"
+    assert sample("builtin:fmnist-ddpm-32", 1, steps=2)[0].scheduler == "sde-dpmsolver++"
+    assert sample("builtin:fmnist-ddpm-32", 1, steps=2, scheduler="ddim")[0].scheduler == "ddim"
+
+
+def test_a_run_on_a_model_with_its_own_sampler_keeps_it(photos, tmp_path):
+    # The gallery samples a full run's saved UNet folder, which alone would not know the
+    # base model's sampler: the checkpoint records it.
+    adapt(AdaptConfig(base_model="builtin:fmnist-ddpm-32", steps=1, batch_size=2, preview_every=0,
+                      num_similarity_samples=3), photos, tmp_path / "run")
+    assert sample(tmp_path / "run", 1, steps=2)[0].scheduler == "sde-dpmsolver++"
 
 
 def test_text_to_image_uses_one_prompt_per_image():

@@ -94,7 +94,7 @@ def _learned_variance_ddpm() -> BaseModel:
     return BaseModel("learned-variance", "unconditional", unet, scheduler, 16, 1)
 
 
-@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmsolver++"])
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++"])
 def test_learned_variance_models_sample_with_every_scheduler(scheduler):
     images = sample(_learned_variance_ddpm(), 2, steps=3, scheduler=scheduler, device="cpu")
     assert [g.image.size for g in images] == [(16, 16)] * 2

@@ -334,7 +334,8 @@ def _publish(trainer, cfg, out: Path, meta, terms, start, clock) -> AdaptResult:
     staging.mkdir()
     trainer.save_model(staging)
     publish(staging, out, {**meta, "kind": trainer.base.kind, "steps": cfg.steps, "losses": terms,
-                           "resolution": cfg.resolution, "channels": trainer.base.channels})
+                           "resolution": cfg.resolution, "channels": trainer.base.channels,
+                           "default_sampler": trainer.base.default_sampler})
     log.info("run.finished steps=%d output=%s", cfg.steps, out)
     return AdaptResult(out, cfg.steps, trainer.base.kind, cfg.mode, terms, resumed_from=start,
                        elapsed_seconds=clock.elapsed())

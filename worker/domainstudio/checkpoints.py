@@ -73,6 +73,8 @@ def load_for_sampling(model: str | Path, device: torch.device | str = "cpu") -> 
                          path=str(path), folder=str(model_dir))
     adapted = load_local_folder(model_dir)
     adapted.spec, adapted.fingerprint = str(path), info.get("base_fingerprint", "")
+    if info.get("default_sampler"):  # the base model's own sampler suits its adapted weights too
+        adapted.extra["default_sampler"] = info["default_sampler"]
     return adapted.to(device)
 
 

@@ -104,7 +104,8 @@ def _sample_parser(sub) -> None:
     p.add_argument("--negative-prompt", help="negative prompt (text-to-image models)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i [default: 0]")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps [default: {DEFAULT_STEPS}]")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="dpmsolver++", help="sampler [default: dpmsolver++]")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
+                   help="sampler [default: the model's own: dpmsolver++, sde-dpmsolver++ for builtin:fmnist-ddpm-32]")
     p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance [default: 7.5]")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch [default: 8]")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto [default: auto]")

@@ -15,7 +15,11 @@ from .errors import InputError
 
 UNCONDITIONAL = "unconditional"
 TEXT_TO_IMAGE = "text-to-image"
-SCHEDULERS = ("dpmsolver++", "ddim", "ddpm")  # samplers; DPM-Solver++ is the default
+# Samplers. DPM-Solver++ is the default; a model may name another as its own
+# (BaseModel.default_sampler): the stochastic variant for pixel-space models whose noise
+# prediction at small t is rough (builtin:fmnist-ddpm-32, benchmarks/results/fmnist-source.md).
+SCHEDULERS = ("dpmsolver++", "sde-dpmsolver++", "ddim", "ddpm")
+DEFAULT_SCHEDULER = "dpmsolver++"
 DEFAULT_SAMPLING_STEPS = 25
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import TEXT_TO_IMAGE, UNCONDITIONAL
+from .config import DEFAULT_SCHEDULER, TEXT_TO_IMAGE, UNCONDITIONAL
 from .errors import ModelError
 from .model_kinds import DDPM, SD1, SD2, SDXL, SINGLE_FILE_SUFFIXES, read_json, refuse_unsupported
 
@@ -55,6 +55,11 @@ class BaseModel:
     @property
     def is_sdxl(self) -> bool:
         return self.family == SDXL
+
+    @property
+    def default_sampler(self) -> str:
+        """The sampler this model's images come from when none is asked for."""
+        return self.extra.get("default_sampler") or DEFAULT_SCHEDULER
 
     @property
     def modules(self) -> list:
@@ -123,7 +128,7 @@ def _tiny_sdxl() -> BaseModel:
 
 def _fmnist_ddpm() -> BaseModel:
     try:
-        from .pretrain import load_fmnist_ddpm
+        from .pretrain import SAMPLER, load_fmnist_ddpm
     except ImportError as exc:  # the demo model's module is part of the package
         raise ModelError("builtin:fmnist-ddpm-32 is not available in this installation (%(detail)s)",
                          detail=str(exc)) from exc
@@ -136,7 +141,8 @@ def _fmnist_ddpm() -> BaseModel:
             detail=str(exc),
         ) from exc
     return BaseModel("builtin:fmnist-ddpm-32", UNCONDITIONAL, unet, scheduler, 32, 1,
-                     fingerprint="builtin:fmnist-ddpm-32", description=BUILTINS["fmnist-ddpm-32"].description)
+                     fingerprint="builtin:fmnist-ddpm-32", description=BUILTINS["fmnist-ddpm-32"].description,
+                     extra={"default_sampler": SAMPLER})
 
 
 def _fmnist_sd() -> BaseModel:

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "fmnist-ddpm-32.safetensors"
+# The model's own sampler. Its noise prediction at small t is rough: the deterministic
+# samplers (DPM-Solver++, DDIM) carry that error into speckled images, the stochastic
+# DPM-Solver++ washes it out at the same 25 steps (benchmarks/results/fmnist-source.md).
+SAMPLER = "sde-dpmsolver++"
 DEFAULT_STATE_DIR = Path("var/pretrain")
 
 UNET_CONFIG = dict(

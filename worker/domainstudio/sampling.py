@@ -35,8 +35,8 @@ class GeneratedImage:
 def make_scheduler(name: str, config):
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if name in ("dpmsolver++", "sde-dpmsolver++"):
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type=name)
     if name == "ddim":
         return DDIMScheduler.from_config(config)
     if name == "ddpm":
@@ -51,7 +51,7 @@ def sample(
     prompt: str | Sequence[str] | None = None,
     seed: int = 0,
     steps: int = DEFAULT_STEPS,
-    scheduler: str = "dpmsolver++",
+    scheduler: str | None = None,
     guidance_scale: float = 7.5,
     batch_size: int = 8,
     device: str = "auto",
@@ -63,7 +63,8 @@ def sample(
     """Sample ``n`` images. ``model``: a run's output folder, a diffusers folder or builtin spec.
 
     For text-to-image models ``prompt`` is one prompt or one per image; classifier-free
-    guidance uses ``guidance_scale``. ``progress(done, n)`` is called after each batch.
+    guidance uses ``guidance_scale``. ``scheduler``: one of SCHEDULERS, None for the model's
+    own (BaseModel.default_sampler). ``progress(done, n)`` is called after each batch.
     ``precision``: auto (fp16 on a GPU, fp32 on the CPU), no, fp16 or bf16; a model loaded
     here has its weights cast to it, a BaseModel passed in runs under autocast.
     """
@@ -109,7 +110,7 @@ def sample_with(
     prompt: str | Sequence[str] | None = None,
     seed: int = 0,
     steps: int = DEFAULT_STEPS,
-    scheduler: str = "dpmsolver++",
+    scheduler: str | None = None,
     guidance_scale: float = 7.5,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
@@ -121,6 +122,7 @@ def sample_with(
 ) -> list[GeneratedImage]:
     """Sample from an already loaded model (used by the sampler above and for previews);
     ``precision``: autocast dtype (None: the weights' own)."""
+    scheduler = scheduler or base.default_sampler
     prompts = None
     if base.is_text_to_image and prompt is not None:
         prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
