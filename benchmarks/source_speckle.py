@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from worker.domainstudio import fmnist  # noqa: E402
-from worker.domainstudio.metric_net import load_metric_net  # noqa: E402
+from worker.domainstudio.metric_net import UNSURE_BELOW, classify, load_metric_net  # noqa: E402
 from worker.domainstudio.models import load_base_model  # noqa: E402
 from worker.domainstudio.pretrain import load_fmnist_ddpm  # noqa: E402
 from worker.domainstudio.sampling import sample_with  # noqa: E402
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         started = time.monotonic()
         x = images_of(run, base, args.n)
         rough = roughness(x)
-        with torch.no_grad():
-            unsure = net(x).softmax(-1).max(-1).values < 0.6
+        unsure = classify(net, x)[1] < UNSURE_BELOW
         print(f"{run:<16} {(rough > ROUGH).float().mean().item():>8.2f} {rough.median().item():>7.3f} "
               f"{unsure.float().mean().item():>7.2f} {time.monotonic() - started:>7.0f}", flush=True)
         fmnist.image_grid(x[:64]).save(args.out / f"{run.replace(':', '-')}.png")
