@@ -1,7 +1,7 @@
 """How many of the demo source model's samples are speckled, by sampler and step count.
 
     python benchmarks/source_speckle.py [--n 128] [--runs dpmsolver++:25 ddim:50 ddim:50:150]
-                                        [--weights var/ft/fmnist-ddpm-32.safetensors]
+                                        [--weights var/ft/fmnist-ddpm-32.safetensors] [--seed 0]
 
 Why: about a quarter of builtin:fmnist-ddpm-32's samples were speckled noise under
 DPM-Solver++ (its first 3,000-step weights), which inflated every method's proxy metrics in
@@ -42,19 +42,19 @@ def roughness(x: torch.Tensor) -> torch.Tensor:
     return lap.abs().mean((1, 2, 3))
 
 
-def sample_sampler(base, n: int, sampler: str, steps: int) -> torch.Tensor:
-    images = sample_with(base, n, seed=0, steps=steps, scheduler=sampler, batch_size=64)
+def sample_sampler(base, n: int, sampler: str, steps: int, seed: int = 0) -> torch.Tensor:
+    images = sample_with(base, n, seed=seed, steps=steps, scheduler=sampler, batch_size=64)
     return fmnist.from_pil([g.image for g in images])
 
 
 @torch.no_grad()
-def sample_ddim_cut(base, n: int, steps: int, cut: int) -> torch.Tensor:
+def sample_ddim_cut(base, n: int, steps: int, cut: int, seed: int = 0) -> torch.Tensor:
     """DDIM, but from the first timestep below ``cut`` straight to the predicted clean image."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config(base.scheduler.config)
     scheduler.set_timesteps(steps)
-    x = torch.randn(n, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed))
     abar = scheduler.alphas_cumprod
     for t in scheduler.timesteps:
         eps = base.unet(x, t).sample
@@ -64,14 +64,14 @@ def sample_ddim_cut(base, n: int, steps: int, cut: int) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-def images_of(run: str, base, n: int) -> torch.Tensor:
+def images_of(run: str, base, n: int, seed: int = 0) -> torch.Tensor:
     """"data" (1,000 real test images of the source classes), SAMPLER:STEPS or ddim:STEPS:CUT."""
     if run == "data":
         return fmnist.source_images("t10k")[:1000]
     sampler, steps, *cut = run.split(":")
     if cut:
-        return sample_ddim_cut(base, n, int(steps), int(cut[0]))
-    return sample_sampler(base, n, sampler, int(steps))
+        return sample_ddim_cut(base, n, int(steps), int(cut[0]), seed)
+    return sample_sampler(base, n, sampler, int(steps), seed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", nargs="+", default=["dpmsolver++:10", "dpmsolver++:25", "dpmsolver++:50", "sde-dpmsolver++:25", "ddim:50",
                                                   "ddim:200", "ddim:50:60", "ddim:50:150", "ddim:50:300"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0,
+                   help="image i is drawn from seed SEED + i: a candidate chosen on seed 0 is checked on "
+                        "images it was not looked at on with a seed at least --n away (e.g. 100000)")
     p.add_argument("--out", type=Path, default=Path("var/source_speckle"))
     p.add_argument("--weights", type=Path, default=None,
                    help="exported weights to measure instead of the shipped ones (a retrain's candidate)")
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'run':<16} {'rough':>8} {'median':>7} {'unsure':>7} {'seconds':>7}")
     for run in ["data", *args.runs]:
         started = time.monotonic()
-        x = images_of(run, base, args.n)
+        x = images_of(run, base, args.n, args.seed)
         rough = roughness(x)
         unsure = classify(net, x)[1] < UNSURE_BELOW
         print(f"{run:<16} {(rough > ROUGH).float().mean().item():>8.2f} {rough.median().item():>7.3f} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -72,6 +73,13 @@ class PretrainConfig:
     # exported weights to start from when the state folder has no checkpoint (fine-tuning
     # the shipped model further without its original training state)
     init_from: str = ""
+    # Cosine decay of the learning rate from ``lr`` to ``lr_final`` over the run's steps (None:
+    # constant). A decayed rate settles the weights where a constant one keeps them jittering,
+    # which an EMA only partly smooths out.
+    lr_final: float | None = None
+    # bfloat16 autocast for the forward pass (the weights and optimizer stay float32): 1.25x
+    # faster a step on a 2-core CPU with AMX, 1.7x for a 4x wider UNet (measured 2026-12-02).
+    bf16: bool = False
 
 
 def build_unet() -> UNet2DModel:
@@ -218,7 +226,17 @@ def _to_zero_ema(ema: dict, initial: dict, decay: float, step: int) -> dict:
     return {k: v - decay ** step * initial[k] if v.dtype.is_floating_point else v for k, v in ema.items()}
 
 
-def _train_step(unet, sched, opt, data, gen, config: PretrainConfig) -> float:
+def learning_rate(config: PretrainConfig, step: int) -> float:
+    """The rate for the step after ``step`` steps: constant, or cosine from lr to lr_final."""
+    if config.lr_final is None:
+        return config.lr
+    progress = min(step / max(config.steps, 1), 1.0)
+    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1 + math.cos(math.pi * progress))
+
+
+def _train_step(unet, sched, opt, data, gen, config: PretrainConfig, step: int) -> float:
+    for group in opt.param_groups:  # from the step count, so a resumed run continues the schedule
+        group["lr"] = learning_rate(config, step)
     idx = torch.randint(len(data), (config.batch_size,), generator=gen)
     x0 = data[idx]
     noise = torch.randn(x0.shape, generator=gen)
@@ -226,7 +244,9 @@ def _train_step(unet, sched, opt, data, gen, config: PretrainConfig) -> float:
     small = round(config.small_t_share * len(t))
     if small:
         t[:small] = torch.randint(config.small_t_max, (small,), generator=gen)
-    loss = F.mse_loss(unet(sched.add_noise(x0, noise, t), t).sample, noise)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        prediction = unet(sched.add_noise(x0, noise, t), t).sample
+    loss = F.mse_loss(prediction.float(), noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
@@ -269,7 +289,7 @@ def pretrain(config: PretrainConfig | None = None, state_dir: str | Path = DEFAU
     t0, step0, running = time.time(), step, []
     try:
         while step < config.steps:
-            running.append(_train_step(unet, sched, opt, data, gen, config))
+            running.append(_train_step(unet, sched, opt, data, gen, config, step))
             _ema_update(ema, unet, config.ema_decay)
             step += 1
             if step % config.log_every == 0 or step == config.steps:
@@ -336,7 +356,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
                                 ema_decay=args.ema_decay, seed=args.seed,
                                 checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                                 small_t_share=args.small_t_share, small_t_max=args.small_t_max,
-                                init_from=str(args.init_from or ""))
+                                init_from=str(args.init_from or ""), lr_final=args.lr_final,
+                                bf16=args.bf16)
         pretrain(config, state_dir=args.state_dir, out=args.out, resume=not args.no_resume)
     if args.grid:
         _log(f"sample grid written to {save_sample_grid(args.grid, args.out)}")
@@ -359,6 +380,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="total steps (a resumed run continues to this)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr-final", type=float, default=d.lr_final,
+                   help="decay the learning rate to this over the steps (cosine; default: constant)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast for the forward pass (faster on CPUs with AMX or AVX-512 BF16)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
