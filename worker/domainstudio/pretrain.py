@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import fmnist
+from .training import autocast
 
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler, UNet2DModel
@@ -244,7 +245,7 @@ def _train_step(unet, sched, opt, data, gen, config: PretrainConfig, step: int) 
     small = round(config.small_t_share * len(t))
     if small:
         t[:small] = torch.randint(config.small_t_max, (small,), generator=gen)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+    with autocast(torch.device("cpu"), torch.bfloat16 if config.bf16 else None):
         prediction = unet(sched.add_noise(x0, noise, t), t).sample
     loss = F.mse_loss(prediction.float(), noise)
     opt.zero_grad(set_to_none=True)
