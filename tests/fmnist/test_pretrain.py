@@ -73,7 +73,8 @@ def test_cli_parses_pretrain_and_classifier_commands():
     parser = argparse.ArgumentParser()
     pt.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["pretrain", "--steps", "7", "--threads", "1"])
-    assert args.steps == 7 and args.func is pt._run_pretrain
+    assert args.steps == 7 and args.func is pt._run_pretrain and args.min_snr_gamma is None
+    assert parser.parse_args(["pretrain", "--min-snr-gamma", "5"]).min_snr_gamma == 5.0
     assert parser.parse_args(["train-classifier"]).func is pt._run_train_classifier
 
 
@@ -152,6 +153,78 @@ def test_decayed_learning_rate_continues_across_a_resume(tmp_path):
     assert used[0] > used[1] > used[2] > used[3]
     ema = pt.load_checkpoint(tmp_path / "s")["ema"]
     assert all(torch.isfinite(v).all() for v in ema.values() if v.dtype.is_floating_point)  # bf16 trains
+
+
+def test_min_snr_weighting_downweights_nearly_clean_samples(tmp_path):
+    """--min-snr-gamma: each sample's loss is scaled by min(SNR, gamma)/SNR, so t near 0 counts
+    for little and t past SNR = gamma counts fully; the recipe names the weighting."""
+    sched = pt.build_scheduler()
+    t = torch.tensor([0, 50, 500, 999])
+    alpha_bar = sched.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    w = pt.min_snr_weights(sched, t, 5.0)
+    assert snr[1] > 5 > snr[2]
+    assert w[0] == pytest.approx(5 / snr[0]) and w[0] < 0.001 and w[1] < 1
+    assert w[2] == 1 and w[3] == 1
+
+    # The training step's loss is that weighted mean, drawn from the same generator state.
+    config = pt.PretrainConfig(steps=1, batch_size=4, min_snr_gamma=5.0)
+    unet, data = pt.build_unet(), torch.rand(6, 1, 32, 32) * 2 - 1
+    opt = torch.optim.AdamW(unet.parameters(), lr=0.0)
+    gen = torch.Generator().manual_seed(4)
+    replay = torch.Generator().manual_seed(4)
+    idx = torch.randint(len(data), (4,), generator=replay)
+    noise = torch.randn((4, 1, 32, 32), generator=replay)
+    steps = torch.randint(1000, (4,), generator=replay)
+    assert steps.min() < 20  # this seed draws a nearly clean sample, so weighting changes the loss
+    with torch.no_grad():
+        eps = unet(sched.add_noise(data[idx], noise, steps), steps).sample
+    per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+    expected = (pt.min_snr_weights(sched, steps, 5.0) * per_sample).mean()
+    assert pt._train_step(unet, sched, opt, data, gen, config, 0) == pytest.approx(expected.item(), rel=1e-4)
+
+    out = pt.pretrain(pt.PretrainConfig(steps=1, batch_size=2, checkpoint_every=1, log_every=1,
+                                        min_snr_gamma=5.0),
+                      state_dir=tmp_path / "s", out=tmp_path / "w.safetensors")
+    assert "min-SNR-5 weighted" in json.loads(out.with_suffix(".json").read_text())["recipe"]["objective"]
+
+
+def test_a_wider_unet_trains_exports_and_loads_at_its_width(tmp_path):
+    """--channels: the width is part of the recipe; the exported JSON carries it, so the
+    loader builds the same UNet, and a run that would mix widths stops with the fix named."""
+    wide = dict(batch_size=2, checkpoint_every=1, log_every=1, block_out_channels=(16, 32, 48))
+    out = pt.pretrain(pt.PretrainConfig(steps=1, **wide), state_dir=tmp_path / "s", out=tmp_path / "w.safetensors")
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["unet"]["block_out_channels"] == [16, 32, 48]
+    assert meta["recipe"]["block_out_channels"] == [16, 32, 48] and meta["recipe"]["device"] == "cpu"
+    unet, _ = pt.load_fmnist_ddpm(out)
+    assert tuple(unet.config.block_out_channels) == (16, 32, 48)
+    assert unet(torch.zeros(1, 1, 32, 32), 10).sample.shape == (1, 1, 32, 32)
+
+    with pytest.raises(ValueError, match=r"channels \(16, 32, 48\).*--channels 16,32,48"):
+        pt.pretrain(pt.PretrainConfig(steps=2, batch_size=2), state_dir=tmp_path / "s", out=tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match=r"channels \(16, 32, 48\)"):
+        pt.pretrain(pt.PretrainConfig(steps=1, batch_size=2, init_from=str(out)),
+                    state_dir=tmp_path / "fresh", out=tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "fresh").exists()
+
+
+def test_channels_and_device_options_are_checked():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    pt.add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["pretrain", "--channels", "64,128,128", "--device", "cpu"])
+    assert args.channels == (64, 128, 128) and args.device == "cpu"
+    assert parser.parse_args(["pretrain"]).channels == (32, 64, 64)
+    for bad in ("64,128", "64,128,130", "a,b,c"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["pretrain", "--channels", bad])
+    with pytest.raises(ValueError, match="name cpu, cuda"):
+        pt.pretrain(pt.PretrainConfig(steps=1, batch_size=2, device="gpu"), state_dir="unused")
+    if not torch.cuda.is_available():  # the CPU machines this suite runs on
+        with pytest.raises(ValueError, match="no CUDA GPU.*--device cpu"):
+            pt.pretrain(pt.PretrainConfig(steps=1, batch_size=2, device="cuda"), state_dir="unused")
 
 
 def test_shipped_source_model_draws_clothes_the_classifier_recognises():

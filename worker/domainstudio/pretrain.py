@@ -79,14 +79,36 @@ class PretrainConfig:
     # which an EMA only partly smooths out.
     lr_final: float | None = None
     # bfloat16 autocast for the forward pass (the weights and optimizer stay float32): 1.25x
-    # faster a step on a 2-core CPU with AMX, 1.7x for a 4x wider UNet (measured 2026-12-02).
+    # faster a step on a 2-core CPU with AMX, 1.7x for a 4x wider UNet (measured 2026-12-02);
+    # 14x slower on an AVX2-only AMD EPYC, which emulates it (20 s a step against 1.4, 2026-12-03).
     bf16: bool = False
+    # Min-SNR-gamma loss weighting (Hang et al. 2023): each sample's epsilon loss times
+    # min(SNR, gamma) / SNR, so the nearly clean small-t samples, whose large losses dominate
+    # the gradient, weigh less and the mid noise levels where shapes form weigh more (None: off).
+    min_snr_gamma: float | None = None
+    # The UNet's width per resolution (32x32, 16x16, 8x8). The shipped model is (32, 64, 64),
+    # 1.1M parameters; (64, 128, 128) has 4.4M and costs about 2x a step with --bf16.
+    block_out_channels: tuple = UNET_CONFIG["block_out_channels"]
+    # "cuda" on a GPU machine; the data sampling stays on a CPU generator, so a run draws the
+    # same batches wherever it trains and resumes on either kind of machine.
+    device: str = "cpu"
 
 
-def build_unet() -> UNet2DModel:
+def min_snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights min(SNR_t, gamma) / SNR_t for epsilon prediction."""
+    alpha_bar = sched.alphas_cumprod.to(t.device)[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
+
+
+def unet_config(block_out_channels=UNET_CONFIG["block_out_channels"]) -> dict:
+    return dict(UNET_CONFIG, block_out_channels=tuple(block_out_channels))
+
+
+def build_unet(block_out_channels=UNET_CONFIG["block_out_channels"]) -> UNet2DModel:
     from diffusers import UNet2DModel  # imported here: `domainstudio --help` stays fast
 
-    return UNet2DModel(**UNET_CONFIG)
+    return UNet2DModel(**unet_config(block_out_channels))
 
 
 def build_scheduler() -> DDPMScheduler:
@@ -116,18 +138,21 @@ def save_checkpoint(state_dir: Path, unet, ema: dict, opt, step: int, gen: torch
 
 def load_checkpoint(state_dir: Path) -> dict | None:
     path = Path(state_dir) / "checkpoint.pt"
-    return torch.load(path, weights_only=False) if path.exists() else None
+    # map_location: a checkpoint written on a GPU machine resumes or exports on a CPU one
+    return torch.load(path, weights_only=False, map_location="cpu") if path.exists() else None
 
 
 # ---------------------------------------------------------------- export / load
 
-def export_weights(ema: dict, out: Path, recipe: dict) -> Path:
+def export_weights(ema: dict, out: Path, recipe: dict,
+                   block_out_channels=UNET_CONFIG["block_out_channels"]) -> Path:
     """Write the EMA weights as fp16 safetensors plus a JSON file with configs and recipe."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in ema.items()}
     save_file(tensors, str(out), metadata={"format": "pt", "model": "fmnist-ddpm-32"})
-    meta = {"unet": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
+    meta = {"unet": {k: list(v) if isinstance(v, tuple) else v
+                     for k, v in unet_config(block_out_channels).items()},
             "scheduler": SCHEDULER_CONFIG, "recipe": recipe}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
@@ -227,6 +252,25 @@ def _to_zero_ema(ema: dict, initial: dict, decay: float, step: int) -> dict:
     return {k: v - decay ** step * initial[k] if v.dtype.is_floating_point else v for k, v in ema.items()}
 
 
+def _training_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: name cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA GPU that torch can use "
+                         "(a CPU build of torch, or no driver); train with --device cpu")
+    return device
+
+
+def _check_same_width(config: PretrainConfig, found, where: str, fix: str) -> None:
+    """A width mismatch would otherwise surface as a wall of tensor-size errors."""
+    if tuple(found) != tuple(config.block_out_channels):
+        raise ValueError(f"{where} holds a UNet of channels {tuple(found)}, not the "
+                         f"{tuple(config.block_out_channels)} asked for: pass --channels "
+                         f"{','.join(map(str, found))} to continue it, or {fix}")
+
+
 def learning_rate(config: PretrainConfig, step: int) -> float:
     """The rate for the step after ``step`` steps: constant, or cosine from lr to lr_final."""
     if config.lr_final is None:
@@ -238,16 +282,22 @@ def learning_rate(config: PretrainConfig, step: int) -> float:
 def _train_step(unet, sched, opt, data, gen, config: PretrainConfig, step: int) -> float:
     for group in opt.param_groups:  # from the step count, so a resumed run continues the schedule
         group["lr"] = learning_rate(config, step)
+    device = data.device
     idx = torch.randint(len(data), (config.batch_size,), generator=gen)
-    x0 = data[idx]
+    x0 = data[idx.to(device)]
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
     small = round(config.small_t_share * len(t))
     if small:
         t[:small] = torch.randint(config.small_t_max, (small,), generator=gen)
-    with autocast(torch.device("cpu"), torch.bfloat16 if config.bf16 else None):
+    noise, t = noise.to(device), t.to(device)
+    with autocast(device, torch.bfloat16 if config.bf16 else None):
         prediction = unet(sched.add_noise(x0, noise, t), t).sample
-    loss = F.mse_loss(prediction.float(), noise)
+    if config.min_snr_gamma:
+        per_sample = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (min_snr_weights(sched, t, config.min_snr_gamma) * per_sample).mean()
+    else:
+        loss = F.mse_loss(prediction.float(), noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
@@ -265,24 +315,35 @@ def pretrain(config: PretrainConfig | None = None, state_dir: str | Path = DEFAU
     """
     config = config or PretrainConfig()
     state_dir = Path(state_dir)
+    device = _training_device(config.device)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    unet, sched = build_unet(), build_scheduler()
-    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr)
+    unet, sched = build_unet(config.block_out_channels), build_scheduler()
     ema = _zero_ema(unet)
     step, elapsed = 0, 0.0
     ckpt = load_checkpoint(state_dir) if resume else None
     if ckpt:
+        _check_same_width(config, ckpt["config"].get("block_out_channels", UNET_CONFIG["block_out_channels"]),
+                          f"the checkpoint in {state_dir}", "--no-resume or another --state-dir")
         ema, step, elapsed = ckpt["ema"], ckpt["step"], ckpt["elapsed_seconds"]
         if ckpt.get("ema_kind") != "zero-init":  # the seeded initial weights are rebuilt exactly
             ema = _to_zero_ema(ema, unet.state_dict(), ckpt["config"]["ema_decay"], step)
-        unet.load_state_dict(ckpt["model"]); opt.load_state_dict(ckpt["optimizer"])
+        unet.load_state_dict(ckpt["model"])
         torch.set_rng_state(ckpt["rng"]); gen.set_state(ckpt["data_rng"])
         _log(f"resumed from {state_dir / 'checkpoint.pt'} at step {step}")
     elif config.init_from:
+        start = json.loads(Path(config.init_from).with_suffix(".json").read_text())["unet"] \
+            if Path(config.init_from).with_suffix(".json").is_file() else UNET_CONFIG
+        _check_same_width(config, start["block_out_channels"], config.init_from,
+                          "another --init-from of the width asked for")
         unet.load_state_dict({k: v.float() for k, v in load_file(config.init_from).items()})
         _log(f"starting from the exported weights {config.init_from}")
-    data = torch.cat([fmnist.class_images(config.classes, ("train",))])
+    unet.to(device)
+    ema = {k: v.to(device) for k, v in ema.items()}
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr)
+    if ckpt:  # after unet.to(device): the optimizer state follows its parameters' device
+        opt.load_state_dict(ckpt["optimizer"])
+    data = torch.cat([fmnist.class_images(config.classes, ("train",))]).to(device)
     _log(f"pretrain: {len(data)} images of classes {list(config.classes)}, "
          f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, "
          f"{torch.get_num_threads()} threads, steps {step}->{config.steps}")
@@ -326,14 +387,17 @@ def export_from_checkpoint(state_dir: str | Path = DEFAULT_STATE_DIR,
                   threads=torch.get_num_threads(), data="Fashion-MNIST train, non-footwear classes",
                   objective="epsilon MSE, t ~ U{0..999}" + (
                       f", {ckpt['config'].get('small_t_share', 0):.0%} of each batch t ~ U{{0..{ckpt['config'].get('small_t_max', 250) - 1}}}"
-                      if ckpt["config"].get("small_t_share") else ""),
+                      if ckpt["config"].get("small_t_share") else "") + (
+                      f", min-SNR-{ckpt['config']['min_snr_gamma']:g} weighted"
+                      if ckpt["config"].get("min_snr_gamma") else ""),
                   ema="exported, bias-corrected")
     if ckpt["config"].get("init_from"):
         previous = Path(ckpt["config"]["init_from"]).with_suffix(".json")
         if previous.is_file():  # the recipe of the weights this run started from
             recipe["started_from"] = json.loads(previous.read_text()).get("recipe")
     weights = ema_weights(ckpt["ema"], ckpt["config"]["ema_decay"], ckpt["step"])
-    path = export_weights(weights, Path(out), recipe)
+    path = export_weights(weights, Path(out), recipe,
+                          ckpt["config"].get("block_out_channels", UNET_CONFIG["block_out_channels"]))
     _log(f"exported EMA weights at step {ckpt['step']} to {path} "
          f"({path.stat().st_size / 1e6:.1f} MB)")
     return path
@@ -358,7 +422,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
                                 checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                                 small_t_share=args.small_t_share, small_t_max=args.small_t_max,
                                 init_from=str(args.init_from or ""), lr_final=args.lr_final,
-                                bf16=args.bf16)
+                                bf16=args.bf16, min_snr_gamma=args.min_snr_gamma,
+                                block_out_channels=args.channels, device=args.device)
         pretrain(config, state_dir=args.state_dir, out=args.out, resume=not args.no_resume)
     if args.grid:
         _log(f"sample grid written to {save_sample_grid(args.grid, args.out)}")
@@ -374,6 +439,17 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channels(text: str) -> tuple:
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) != 3 or any(c <= 0 or c % 8 for c in channels):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give three positive multiples of 8 (GroupNorm's 8 groups), e.g. 64,128,128")
+    return channels
+
+
 def add_cli(subparsers) -> None:
     """Add the ``pretrain`` and ``train-classifier`` subcommands; each sets ``func(args) -> int``."""
     p = subparsers.add_parser("pretrain", help="train the builtin:fmnist-ddpm-32 source model")
@@ -384,7 +460,13 @@ def add_cli(subparsers) -> None:
     p.add_argument("--lr-final", type=float, default=d.lr_final,
                    help="decay the learning rate to this over the steps (cosine; default: constant)")
     p.add_argument("--bf16", action="store_true",
-                   help="bfloat16 autocast for the forward pass (faster on CPUs with AMX or AVX-512 BF16)")
+                   help="bfloat16 autocast for the forward pass (faster on CPUs with AMX or AVX-512 BF16, "
+                        "much slower without: compare the logged s/step)")
+    p.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma,
+                   help="weight each sample's loss by min(SNR, gamma)/SNR (5 is the paper's; default: off)")
+    p.add_argument("--channels", type=_channels, default=d.block_out_channels,
+                   help="UNet width at 32x32, 16x16 and 8x8, e.g. 64,128,128 (default: the shipped 32,64,64)")
+    p.add_argument("--device", default=d.device, help="cpu, or cuda on a GPU machine")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
