@@ -263,6 +263,11 @@ def _training_device(name: str) -> torch.device:
     return device
 
 
+def _width(config: dict) -> tuple:
+    """The UNet width a saved config names; configs from before --channels are the shipped one's."""
+    return tuple(config.get("block_out_channels", UNET_CONFIG["block_out_channels"]))
+
+
 def _check_same_width(config: PretrainConfig, found, where: str, fix: str) -> None:
     """A width mismatch would otherwise surface as a wall of tensor-size errors."""
     if tuple(found) != tuple(config.block_out_channels):
@@ -323,8 +328,8 @@ def pretrain(config: PretrainConfig | None = None, state_dir: str | Path = DEFAU
     step, elapsed = 0, 0.0
     ckpt = load_checkpoint(state_dir) if resume else None
     if ckpt:
-        _check_same_width(config, ckpt["config"].get("block_out_channels", UNET_CONFIG["block_out_channels"]),
-                          f"the checkpoint in {state_dir}", "--no-resume or another --state-dir")
+        _check_same_width(config, _width(ckpt["config"]), f"the checkpoint in {state_dir}",
+                          "--no-resume or another --state-dir")
         ema, step, elapsed = ckpt["ema"], ckpt["step"], ckpt["elapsed_seconds"]
         if ckpt.get("ema_kind") != "zero-init":  # the seeded initial weights are rebuilt exactly
             ema = _to_zero_ema(ema, unet.state_dict(), ckpt["config"]["ema_decay"], step)
@@ -332,9 +337,9 @@ def pretrain(config: PretrainConfig | None = None, state_dir: str | Path = DEFAU
         torch.set_rng_state(ckpt["rng"]); gen.set_state(ckpt["data_rng"])
         _log(f"resumed from {state_dir / 'checkpoint.pt'} at step {step}")
     elif config.init_from:
-        start = json.loads(Path(config.init_from).with_suffix(".json").read_text())["unet"] \
-            if Path(config.init_from).with_suffix(".json").is_file() else UNET_CONFIG
-        _check_same_width(config, start["block_out_channels"], config.init_from,
+        start_meta = Path(config.init_from).with_suffix(".json")
+        start = json.loads(start_meta.read_text())["unet"] if start_meta.is_file() else {}
+        _check_same_width(config, _width(start), config.init_from,
                           "another --init-from of the width asked for")
         unet.load_state_dict({k: v.float() for k, v in load_file(config.init_from).items()})
         _log(f"starting from the exported weights {config.init_from}")
@@ -396,8 +401,7 @@ def export_from_checkpoint(state_dir: str | Path = DEFAULT_STATE_DIR,
         if previous.is_file():  # the recipe of the weights this run started from
             recipe["started_from"] = json.loads(previous.read_text()).get("recipe")
     weights = ema_weights(ckpt["ema"], ckpt["config"]["ema_decay"], ckpt["step"])
-    path = export_weights(weights, Path(out), recipe,
-                          ckpt["config"].get("block_out_channels", UNET_CONFIG["block_out_channels"]))
+    path = export_weights(weights, Path(out), recipe, _width(ckpt["config"]))
     _log(f"exported EMA weights at step {ckpt['step']} to {path} "
          f"({path.stat().st_size / 1e6:.1f} MB)")
     return path
