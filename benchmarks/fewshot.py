@@ -72,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--base-model", default="builtin:fmnist-ddpm-32")
     p.add_argument("--max-reference", type=int, default=0, help="cap on reference images (0 = all; for smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine (adaptation and sampling)")
     p.add_argument("--tag", default="", help="suffix for output names (e.g. a tuning variant)")
     p.add_argument("--work-dir", type=Path, default=ROOT / "var" / "fewshot", help="adapted runs go here")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -101,7 +102,7 @@ def method_config(args, method: str) -> AdaptConfig:
                                     pairwise_max_timestep=args.pairwise_max_timestep).items() if v is not None}
     return AdaptConfig(base_model=args.base_model, steps=args.steps, batch_size=args.batch_size,
                        learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
-                       preview_every=0, checkpoint_every=max(args.steps // 4, 1), device="cpu",
+                       preview_every=0, checkpoint_every=max(args.steps // 4, 1), device=args.device,
                        **weights, **extra)
 
 
@@ -109,7 +110,7 @@ def draw_samples(model, args) -> tuple[torch.Tensor, float]:
     """``args.samples`` images from a run folder or base spec, as [N, 1, 32, 32]; the same seeds for all."""
     t0 = time.time()
     images = sample(model, args.samples, seed=1_000_000 + args.seed, steps=args.sample_steps,
-                    scheduler=args.scheduler, batch_size=100, device="cpu")
+                    scheduler=args.scheduler, batch_size=100, device=args.device)
     return fmnist.from_pil([g.image for g in images]), time.time() - t0
 
 

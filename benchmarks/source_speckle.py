@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -74,6 +75,16 @@ def images_of(run: str, base, n: int, seed: int = 0) -> torch.Tensor:
     return sample_sampler(base, n, sampler, int(steps), seed)
 
 
+@torch.no_grad()
+def hesitations(net, x: torch.Tensor) -> Counter:
+    """For the images the classifier is unsure of, how often each pair of its two likeliest
+    classes comes up ("shirt/T-shirt"): ambiguous clothes, or something no class fits."""
+    probs = torch.cat([net(x[i:i + 500]).softmax(-1) for i in range(0, len(x), 500)])
+    top2 = probs.topk(2, dim=-1)
+    unsure = top2.values[:, 0] < UNSURE_BELOW
+    return Counter("/".join(sorted(fmnist.CLASS_NAMES[c] for c in pair.tolist())) for pair in top2.indices[unsure])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=128, help="samples per run")
@@ -86,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("var/source_speckle"))
     p.add_argument("--weights", type=Path, default=None,
                    help="exported weights to measure instead of the shipped ones (a retrain's candidate)")
+    p.add_argument("--pairs", action="store_true",
+                   help="also print, per run, which two classes the classifier hesitates between on the unsure images")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = load_base_model("builtin:fmnist-ddpm-32")
@@ -102,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         unsure = classify(net, x)[1] < UNSURE_BELOW
         print(f"{run:<16} {(rough > ROUGH).float().mean().item():>8.2f} {rough.median().item():>7.3f} "
               f"{unsure.float().mean().item():>7.2f} {time.monotonic() - started:>7.0f}", flush=True)
+        if args.pairs:
+            print("    unsure between: " + ", ".join(f"{pair} {n}" for pair, n in hesitations(net, x).most_common(6)))
         fmnist.image_grid(x[:64]).save(args.out / f"{run.replace(':', '-')}.png")
 
 

@@ -273,6 +273,23 @@ def test_the_memory_estimate_matches_the_demo_model_measurements():
         assert abs(estimate_mb(demo, values) - mb) < 0.1 * mb, (batch, samples, resolution)
 
 
+def test_the_step_memory_benchmark_reproduces_the_measurements(capsys):
+    """benchmarks/step_memory.py is how the figures above are measured again after the demo
+    model changes: its smallest configuration comes out where the table says (537 MB)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "step_memory.py"
+    spec = importlib.util.spec_from_file_location("step_memory", path)
+    step_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_memory)
+    step_memory.main(["--configs", "2/4/32"])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert row[0] == "2/4/32"
+    measured, estimated = int(row[1].replace(",", "")), int(row[2].replace(",", ""))
+    assert abs(measured - 537) < 0.1 * 537 and estimated == 533, row
+
+
 def test_a_local_model_folder_is_sized_from_its_files_without_loading_it(tmp_path):
     torch = pytest.importorskip("torch")
     from app.runlimits import TEXT_TO_IMAGE, UNCONDITIONAL, model_facts

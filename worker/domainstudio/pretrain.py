@@ -87,7 +87,9 @@ class PretrainConfig:
     # the gradient, weigh less and the mid noise levels where shapes form weigh more (None: off).
     min_snr_gamma: float | None = None
     # The UNet's width per resolution (32x32, 16x16, 8x8). The shipped model is (32, 64, 64),
-    # 1.1M parameters; (64, 128, 128) has 4.4M and costs about 2x a step with --bf16.
+    # 1.1M parameters; (48, 96, 96) has 2.5M (1.6x a step with --bf16) and, trained from
+    # scratch for 8,000 steps, sampled no better (benchmarks/results/fmnist-source.md);
+    # (64, 128, 128) has 4.4M and costs about 2x a step.
     block_out_channels: tuple = UNET_CONFIG["block_out_channels"]
     # "cuda" on a GPU machine; the data sampling stays on a CPU generator, so a run draws the
     # same batches wherever it trains and resumes on either kind of machine.
