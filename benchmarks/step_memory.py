@@ -72,10 +72,9 @@ def one_step(model: str, config: str, photos_dir: Path, threads: int) -> int:
 def peak_rss_mb() -> int:
     """This process's resident-set high-water mark. Not ru_maxrss: Linux carries that over
     from the parent's memory at the exec, so a large parent (a test run) would read as ours."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) // 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    from benchmarks._measure import _rss_kib
+
+    return _rss_kib("VmHWM") // 1024
 
 
 def measure(model: str, config: str, photos_dir: Path, threads: int) -> int:
