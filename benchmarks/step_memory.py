@@ -29,10 +29,18 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 DEFAULT_CONFIGS = ("2/4/32", "2/4/64", "2/4/128", "8/4/64", "10/4/64", "2/16/64")
 
 
+def _config(text: str) -> str:
+    parts = text.split("/")
+    if len(parts) != 3 or not all(v.isdigit() and int(v) > 0 for v in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: write BATCH/S/PIXELS, e.g. 2/4/64")
+    return text
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="builtin:fmnist-ddpm-32")
-    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="BATCH/S/PIXELS each")
+    p.add_argument("--model", default="builtin:fmnist-ddpm-32",
+                   help="a builtin spec or a local model folder whose size the web app can read")
+    p.add_argument("--configs", nargs="+", type=_config, default=list(DEFAULT_CONFIGS), help="BATCH/S/PIXELS each")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the child process's configuration
     p.add_argument("--photos", type=Path, default=None, help=argparse.SUPPRESS)  # and its photos
@@ -91,6 +99,9 @@ def main(argv=None) -> None:
     from app.runlimits import estimate_mb, model_facts
 
     facts = model_facts(args.model)
+    if facts is None:
+        sys.exit(f"--model {args.model}: the web app cannot size this model from its files "
+                 "(a builtin spec or a local diffusers folder with safetensors weights is needed)")
     print(f"{args.model}: {facts.unet_params:,} UNet parameters")
     print(f"{'batch/S/px':>12} {'measured MB':>12} {'estimated MB':>13} {'ratio':>6}")
     with tempfile.TemporaryDirectory(prefix="step-memory-") as photos_dir:
