@@ -1,8 +1,14 @@
 """Sampling: deterministic per seed, independent of batching, every scheduler, clear errors."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from worker.domainstudio import InputError, ModelError, adapt, AdaptConfig, sample
+from worker.domainstudio.checkpoints import load_for_sampling
+from worker.domainstudio.models import load_base_model
+from worker.domainstudio.sampling import sample_with
 
 
 def _max_difference(a, b):
@@ -46,12 +52,53 @@ def test_a_model_samples_with_its_own_sampler_unless_told():
     assert sample("builtin:fmnist-ddpm-32", 1, steps=2, scheduler="ddim")[0].scheduler == "ddim"
 
 
-def test_a_run_on_a_model_with_its_own_sampler_keeps_it(photos, tmp_path):
+def test_a_run_on_a_model_with_its_own_sampler_keeps_it(photos, tmp_path, monkeypatch):
     # The gallery samples a full run's saved UNet folder, which alone would not know the
     # base model's sampler: the checkpoint records it.
-    adapt(AdaptConfig(base_model="builtin:fmnist-ddpm-32", steps=1, batch_size=2, preview_every=0,
+    from worker.domainstudio import sampling
+
+    def guided(*args):
+        raise AssertionError("a run's preview was autoguided by the source model's guide")
+
+    # ... but not its autoguidance: the guide is a weaker copy of the source weights, not of
+    # the adapted ones, so the run's previews and gallery are the adapted UNet's alone.
+    monkeypatch.setattr(sampling, "_autoguided", guided)
+    adapt(AdaptConfig(base_model="builtin:fmnist-ddpm-32", steps=1, batch_size=2, preview_every=1, num_previews=1,
                       num_similarity_samples=3), photos, tmp_path / "run")
     assert sample(tmp_path / "run", 1, steps=2)[0].scheduler == "sde-dpmsolver++"
+    assert load_for_sampling(tmp_path / "run").guide is None
+    monkeypatch.undo()
+    assert "autoguidance" not in sample(tmp_path / "run", 1, steps=2)[0].metadata
+    assert sample("builtin:fmnist-ddpm-32", 1, steps=2)[0].metadata["autoguidance"] == 2.0
+
+
+class _Scaled(torch.nn.Module):
+    """A UNet's prediction times a factor (factor 0: a guide that always predicts zero noise)."""
+
+    def __init__(self, unet, factor):
+        super().__init__()
+        self.unet, self.factor = unet, factor
+
+    def forward(self, x, t):
+        return SimpleNamespace(sample=self.factor * self.unet(x, t).sample)
+
+
+def test_autoguidance_extrapolates_from_the_guide_to_the_model():
+    # eps = guide + w * (model - guide): with a guide that predicts zero, w = 3 must sample
+    # exactly what a model predicting 3x its noise samples unguided.
+    guided = load_base_model("builtin:tiny-ddpm")
+    guided.guide, guided.guidance_weight = _Scaled(guided.unet, 0.0), 3.0
+    tripled = load_base_model("builtin:tiny-ddpm")
+    tripled.unet = _Scaled(tripled.unet, 3.0)
+    plain = load_base_model("builtin:tiny-ddpm")
+    a, b, c = (sample_with(m, 2, seed=3, steps=3, scheduler="ddim") for m in (guided, tripled, plain))
+    assert all(_max_difference(x, y) <= 1 for x, y in zip(a, b))
+    assert all(_max_difference(x, y) > 10 for x, y in zip(a, c))
+    assert a[0].metadata["autoguidance"] == 3.0 and "autoguidance" not in c[0].metadata
+    # A guide that is the model itself changes nothing, whatever the weight.
+    same = load_base_model("builtin:tiny-ddpm")
+    same.guide, same.guidance_weight = same.unet, 3.0
+    assert all(_max_difference(x, y) <= 1 for x, y in zip(sample_with(same, 2, seed=3, steps=3, scheduler="ddim"), c))
 
 
 def test_text_to_image_uses_one_prompt_per_image():

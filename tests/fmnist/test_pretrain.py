@@ -87,6 +87,14 @@ def test_shipped_source_model_loads_offline():
     with torch.no_grad():
         eps = unet(torch.randn(2, 1, 32, 32), torch.tensor([10, 500])).sample
     assert eps.shape == (2, 1, 32, 32) and torch.isfinite(eps).all()
+    # Its autoguidance guide: the same architecture, other (earlier) weights, never trained.
+    from worker.domainstudio.models import load_base_model
+
+    base = load_base_model("builtin:fmnist-ddpm-32")
+    assert base.guidance_weight == pt.AUTOGUIDANCE > 1
+    assert base.guide.config.block_out_channels == unet.config.block_out_channels
+    assert not any(p.requires_grad for p in base.guide.parameters())
+    assert not torch.equal(base.guide.conv_out.weight, base.unet.conv_out.weight)
 
 
 def test_missing_weights_name_the_file(tmp_path):
@@ -229,10 +237,11 @@ def test_channels_and_device_options_are_checked():
 
 def test_shipped_source_model_draws_clothes_the_classifier_recognises():
     # What a newcomer sees first from the unconditional demo model: its default sampler's
-    # images. The shipped classifier is unsure (< 60%) of 6% of real test images and of 11-12%
-    # of 512 samples (the weights before the second fine-tune: 14-15%; before the first, with
-    # plain DPM-Solver++: 28%; benchmarks/results/fmnist-source.md). Of these 64 it is unsure
-    # of 7; with the weights before the second fine-tune of 9, before the first of 17.
+    # autoguided images. The shipped classifier is unsure (< 60%) of 6% of real test images and
+    # of 9.6% of 2,048 samples (unguided 11.9%; the weights before the second fine-tune: 14-15%;
+    # before the first, with plain DPM-Solver++: 28%; benchmarks/results/fmnist-source.md).
+    # Of these 64 it is unsure of 7, guided or not; with the weights before the second
+    # fine-tune of 9, before the first of 17.
     from worker.domainstudio import fmnist, metric_net, sample
 
     images = sample("builtin:fmnist-ddpm-32", 64, seed=0, batch_size=64, device="cpu")

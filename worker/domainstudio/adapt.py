@@ -78,7 +78,7 @@ def adapt(config: AdaptConfig, photos, output_dir: str | Path, progress: Progres
 def _adapt(config, photos, out: Path, progress, should_stop, resume) -> AdaptResult:
     device = resolve_device(config.device)
     check_optimizer(config.optimizer, device)
-    base = load_base_model(config.base_model)
+    base = load_base_model(config.base_model).forget_guide()  # the run adapts these weights
     set_attention((base.unet, base.vae), config.attention)
     loaded = load_photos(photos, config.resolution or base.resolution, base.channels)
     cfg = config.resolved(base.kind, len(loaded.names), base.resolution, base.extra.get("default_settings"))

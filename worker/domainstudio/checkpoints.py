@@ -61,7 +61,7 @@ def load_for_sampling(model: str | Path, device: torch.device | str = "cpu") -> 
     if info is None:
         return load_base_model(str(model), device)
     if info["mode"] == "lora":
-        base = load_base_model(info["base_model"], device)
+        base = load_base_model(info["base_model"], device).forget_guide()  # adapted by the LoRA below
         _check_same_base(base, info, path)
         pipe = base.pipeline()
         pipe.load_lora_weights(str(path), weight_name=LORA_FILE)
@@ -99,12 +99,13 @@ def describe(model: str | Path) -> dict[str, Any]:
     base = load_base_model(str(model))
     params = {name: sum(p.numel() for p in m.parameters())
               for name, m in (("unet", base.unet), ("vae", base.vae), ("text_encoder", base.text_encoder),
-                              ("text_encoder_2", base.text_encoder_2))
+                              ("text_encoder_2", base.text_encoder_2), ("guide", base.guide))
               if m is not None}
     return {"type": "base model", "spec": base.spec, "kind": base.kind, "family": LABELS.get(base.family, base.family),
             "resolution": base.resolution,
             "channels": base.channels, "description": base.description, "parameters": params,
-            "fingerprint": base.fingerprint}
+            "fingerprint": base.fingerprint,
+            **({"autoguidance": base.guidance_weight} if base.guide is not None else {})}
 
 
 def folder_size(folder: Path, skip: tuple[str, ...] = ()) -> int:

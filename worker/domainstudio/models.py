@@ -43,6 +43,10 @@ class BaseModel:
     tokenizer_2: Any = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+    # Autoguidance: a weaker model of the same data that sampling steers away from (unconditional
+    # models only; see pretrain.AUTOGUIDANCE). Set by the loader of a model that ships one.
+    guide: Any = None
+    guidance_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.family:
@@ -63,7 +67,14 @@ class BaseModel:
 
     @property
     def modules(self) -> list:
-        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2, self.guide) if m is not None]
+
+    def forget_guide(self) -> "BaseModel":
+        """Sample without the guide from now on: it is a weaker copy of *these* weights, and
+        once they are adapted to a photo set it no longer is (guiding an adapted model away from
+        it would push away from the source domain, not from its errors)."""
+        self.guide, self.guidance_weight = None, 1.0
+        return self
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "BaseModel":
         for module in self.modules:
@@ -128,12 +139,14 @@ def _tiny_sdxl() -> BaseModel:
 
 def _fmnist_ddpm() -> BaseModel:
     try:
-        from .pretrain import SAMPLER, load_fmnist_ddpm
+        from .pretrain import AUTOGUIDANCE, GUIDE_WEIGHTS, SAMPLER, load_fmnist_ddpm
     except ImportError as exc:  # the demo model's module is part of the package
         raise ModelError("builtin:fmnist-ddpm-32 is not available in this installation (%(detail)s)",
                          detail=str(exc)) from exc
     try:
         unet, scheduler = load_fmnist_ddpm()
+        guide, _ = load_fmnist_ddpm(GUIDE_WEIGHTS)
+        guide.requires_grad_(False)  # it only ever samples
     except FileNotFoundError as exc:
         raise ModelError(
             "builtin:fmnist-ddpm-32's weights are missing from this installation (%(detail)s); "
@@ -142,7 +155,7 @@ def _fmnist_ddpm() -> BaseModel:
         ) from exc
     return BaseModel("builtin:fmnist-ddpm-32", UNCONDITIONAL, unet, scheduler, 32, 1,
                      fingerprint="builtin:fmnist-ddpm-32", description=BUILTINS["fmnist-ddpm-32"].description,
-                     extra={"default_sampler": SAMPLER})
+                     extra={"default_sampler": SAMPLER}, guide=guide, guidance_weight=AUTOGUIDANCE)
 
 
 def _fmnist_sd() -> BaseModel:

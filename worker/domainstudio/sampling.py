@@ -87,6 +87,15 @@ def sample(
                        precision=dtype)
 
 
+def _settings(base: BaseModel, guidance_scale: float) -> dict:
+    """How an image was guided, for its metadata line."""
+    if base.is_text_to_image:
+        return {"guidance_scale": guidance_scale}
+    if base.guide is not None and base.guidance_weight != 1.0:
+        return {"guidance_scale": None, "autoguidance": base.guidance_weight}
+    return {"guidance_scale": None}
+
+
 def _check(n: int, steps: int, batch_size: int, scheduler: str, prompts: list | None, base: BaseModel) -> None:
     if not 1 <= n <= 100_000:
         raise InputError("n must be between 1 and 100000, got %(value)s", value=n)
@@ -143,8 +152,7 @@ def sample_with(
                 batch_prompts = [None] * len(seeds)
                 images = _unconditional_batch(base, seeds, steps, scheduler, device)
         for image, s, p in zip(images, seeds, batch_prompts):
-            out.append(GeneratedImage(image, s, p, steps, scheduler, base.spec,
-                                      {"guidance_scale": guidance_scale if base.is_text_to_image else None}))
+            out.append(GeneratedImage(image, s, p, steps, scheduler, base.spec, _settings(base, guidance_scale)))
         if progress is not None:
             progress(len(out), n)
     return out
@@ -176,9 +184,19 @@ def _unconditional_batch(base: BaseModel, seeds: list[int], steps: int, schedule
         model_in = scheduler.scale_model_input(x, t)
         out = unet(model_in, t).sample
         out = out[:, : 2 * base.channels] if learned else out[:, : base.channels]
+        if base.guide is not None and base.guidance_weight != 1.0:
+            out = _autoguided(base, model_in, t, out)
         x = scheduler.step(out, t, x, generator=generators).prev_sample
     unet.train(was_training)
     return to_pil(x)
+
+
+def _autoguided(base: BaseModel, model_in: torch.Tensor, t, out: torch.Tensor) -> torch.Tensor:
+    """guide + w * (model - guide) on the noise prediction (a learned variance, if any, is the model's own)."""
+    c = base.channels
+    weak = base.guide(model_in, t).sample[:, :c]
+    guided = weak + base.guidance_weight * (out[:, :c] - weak)
+    return torch.cat([guided, out[:, c:]], dim=1)
 
 
 @torch.no_grad()
