@@ -69,6 +69,11 @@ class BaseModel:
     def modules(self) -> list:
         return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2, self.guide) if m is not None]
 
+    @property
+    def is_guided(self) -> bool:
+        """Whether sampling applies autoguidance (a weight of 1 is the model alone)."""
+        return self.guide is not None and self.guidance_weight != 1.0
+
     def forget_guide(self) -> "BaseModel":
         """Sample without the guide from now on: it is a weaker copy of *these* weights, and
         once they are adapted to a photo set it no longer is (guiding an adapted model away from

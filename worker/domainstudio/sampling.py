@@ -91,7 +91,7 @@ def _settings(base: BaseModel, guidance_scale: float) -> dict:
     """How an image was guided, for its metadata line."""
     if base.is_text_to_image:
         return {"guidance_scale": guidance_scale}
-    if base.guide is not None and base.guidance_weight != 1.0:
+    if base.is_guided:
         return {"guidance_scale": None, "autoguidance": base.guidance_weight}
     return {"guidance_scale": None}
 
@@ -184,7 +184,7 @@ def _unconditional_batch(base: BaseModel, seeds: list[int], steps: int, schedule
         model_in = scheduler.scale_model_input(x, t)
         out = unet(model_in, t).sample
         out = out[:, : 2 * base.channels] if learned else out[:, : base.channels]
-        if base.guide is not None and base.guidance_weight != 1.0:
+        if base.is_guided:
             out = _autoguided(base, model_in, t, out)
         x = scheduler.step(out, t, x, generator=generators).prev_sample
     unet.train(was_training)
